@@ -1,0 +1,3 @@
+"""sweeper: hyperparameter sweeps for fine-tuning image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,194 @@
+"""Datasets: ImageFolder or built-in, decoded once into a cache that every trial reuses.
+
+Decoding JPEGs dominates small-data epochs, so the orchestrator decodes each image once, at the
+largest size any trial needs, into `trials/.cache/`; workers load that file and only augment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sweeper.augment import CROP_RATIO
+from sweeper.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLIT_SEED = 0  # one split for the whole study, so trials are compared on the same images
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Where the images are, before decoding."""
+
+    classes: list[str]
+    train: list[tuple[str, int]]  # (path, label)
+    val: list[tuple[str, int]]
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _images_in(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+    return [
+        (str(f), label)
+        for label, name in enumerate(classes)
+        for f in sorted((folder / name).rglob("*"))
+        if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+    ]
+
+
+def _stratified_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        return train_test_split(idx, test_size=val_fraction, random_state=SPLIT_SEED, stratify=labels)
+    except ValueError as exc:
+        raise DataError(f"cannot split {len(labels)} images into train/val by val_fraction="
+                        f"{val_fraction}: {exc}; add images or change data.val_fraction") from None
+
+
+def list_folder(root: Path, val_fraction: float) -> Listing:
+    """`root/train/<class>/*` + `root/val/<class>/*`, or `root/<class>/*` split by val_fraction."""
+    if not root.is_dir():
+        raise DataError(f"data root {root} not found; pass --data PATH to a folder with "
+                        "train/<class>/ and val/<class>/ (or <class>/ folders)")
+    train_dir, val_dir = root / "train", root / "val"
+    if train_dir.is_dir() and val_dir.is_dir():
+        classes, val_classes = _class_dirs(train_dir), _class_dirs(val_dir)
+        if classes != val_classes:
+            only_t = sorted(set(classes) - set(val_classes))
+            only_v = sorted(set(val_classes) - set(classes))
+            raise DataError(f"class folders of {train_dir} and {val_dir} differ: only in train: "
+                            f"{', '.join(only_t) or '-'}; only in val: {', '.join(only_v) or '-'}")
+        listing = Listing(classes, _images_in(train_dir, classes), _images_in(val_dir, classes))
+    else:
+        classes = _class_dirs(root)
+        everything = _images_in(root, classes)
+        if everything:
+            labels = np.array([label for _, label in everything])
+            tr, va = _stratified_split(labels, val_fraction)
+            listing = Listing(classes, [everything[i] for i in tr], [everything[i] for i in va])
+        else:
+            listing = Listing(classes, [], [])
+    if len(listing.classes) < 2:
+        raise DataError(f"{root} has {len(listing.classes)} class folder(s); a classifier needs "
+                        "at least 2 (layout: train/<class>/*.jpg and val/<class>/*.jpg)")
+    for split, items in (("train", listing.train), ("val", listing.val)):
+        if not items:
+            raise DataError(f"no images found for {split} under {root} "
+                            f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return listing
+
+
+def _decode(path: str, side: int) -> np.ndarray:
+    """Decode to RGB (grayscale, palette and alpha images included), shorter side <= side."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (side, side))  # JPEG: decode at reduced scale when possible
+            im = im.convert("RGB")
+            scale = side / min(im.size)
+            if scale < 1:
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                               Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except Exception as exc:
+        raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+
+
+def _digits(val_fraction: float) -> tuple[list[str], list[np.ndarray], np.ndarray, list[np.ndarray], np.ndarray]:
+    """scikit-learn's handwritten digits (1,797 8x8 grayscale images, shipped with it)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    rgb = [np.repeat(g[:, :, None], 3, axis=2) for g in gray]
+    tr, va = _stratified_split(digits.target, val_fraction)
+    return ([str(c) for c in digits.target_names], [rgb[i] for i in tr], digits.target[tr],
+            [rgb[i] for i in va], digits.target[va])
+
+
+def cache_side(image_size: int) -> int:
+    return math.ceil(image_size / CROP_RATIO)
+
+
+def _cache_key(source: str, items: list[tuple[str, int]], side: int, val_fraction: float) -> str:
+    h = hashlib.sha256(f"{source}|{side}|{val_fraction}".encode())
+    for path, label in items:
+        st = os.stat(path)
+        h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def prepare(
+    root: str | None,
+    builtin: str | None,
+    val_fraction: float,
+    image_size: int,
+    cache_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Decode the dataset once into a cache file (reused when present); returns its path."""
+    side = cache_side(image_size)
+    if builtin:
+        path = cache_dir / f"{builtin}-{val_fraction}.pt"
+        if not path.exists():
+            classes, tr_x, tr_y, va_x, va_y = _digits(val_fraction)
+            _write(path, classes, tr_x, tr_y, va_x, va_y)
+        return path
+    listing = list_folder(Path(root), val_fraction)
+    items = listing.train + [(p, -1 - label) for p, label in listing.val]
+    path = cache_dir / f"{Path(root).name}-{side}px-{_cache_key(root, items, side, val_fraction)}.pt"
+    if path.exists():
+        return path
+    total = len(items)
+    decoded: list[np.ndarray] = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for i, img in enumerate(pool.map(lambda p: _decode(p, side), [p for p, _ in items])):
+            decoded.append(img)
+            if progress:
+                progress(i + 1, total)
+    n = len(listing.train)
+    _write(path, listing.classes, decoded[:n], np.array([y for _, y in listing.train]),
+           decoded[n:], np.array([y for _, y in listing.val]))
+    return path
+
+
+def _write(path: Path, classes, tr_x, tr_y, va_x, va_y) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({
+        "classes": list(classes),
+        "train_images": [torch.from_numpy(x) for x in tr_x],
+        "train_labels": torch.as_tensor(np.asarray(tr_y), dtype=torch.long),
+        "val_images": [torch.from_numpy(x) for x in va_x],
+        "val_labels": torch.as_tensor(np.asarray(va_y), dtype=torch.long),
+    }, tmp)
+    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+
+
+class CachedImages(torch.utils.data.Dataset):
+    """Decoded uint8 HWC images + labels, transformed on access."""
+
+    def __init__(self, images: list[torch.Tensor], labels: torch.Tensor, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i].numpy())), self.labels[i]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,140 @@
+"""The training knobs: where each is fixed in the YAML, its default, and what values are valid.
+
+A knob is fixed under `data:`, `model:` or `train:` (at the YAML path given here) or searched
+under `space:` by its name, never both. This table is the single source of truth for both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Check = Callable[[Any], "str | None"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def int_at_least(lo: int) -> Check:
+    return lambda v: None if _is_int(v) and v >= lo else f"must be an integer >= {lo}, got {v!r}"
+
+
+def float_range(lo: float, hi: float | None = None, lo_open: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        ok = _is_number(v) and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
+        if ok:
+            return None
+        bound = f"> {lo}" if lo_open else f">= {lo}"
+        if hi is not None:
+            bound += f" and <= {hi}"
+        return f"must be a number {bound}, got {v!r}"
+
+    return check
+
+
+def one_of(*names: str) -> Check:
+    return lambda v: None if v in names else f"must be one of {', '.join(names)}; got {v!r}"
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
+def text(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
+
+
+def pretrained(v: Any) -> str | None:
+    if isinstance(v, bool) or (isinstance(v, str) and v):
+        return None
+    return f"must be true (timm hub weights), false, or a checkpoint path; got {v!r}"
+
+
+def milestones(v: Any) -> str | None:
+    if (
+        isinstance(v, list)
+        and v
+        and all(_is_int(m) and m > 0 for m in v)
+        and all(a < b for a, b in zip(v, v[1:]))
+    ):
+        return None
+    return f"must be a list of increasing positive epoch numbers, e.g. [30, 60, 90]; got {v!r}"
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    path: tuple[str, ...]  # where the knob is fixed in the YAML
+    default: Any
+    check: Check
+    kind: str  # "int" | "float" | "other": how a {low, high} range is sampled
+    help: str
+
+    @property
+    def yaml_path(self) -> str:
+        return ".".join(self.path)
+
+
+def _k(name: str, path: str, default: Any, check: Check, kind: str, help: str) -> Knob:
+    return Knob(name, tuple(path.split(".")), default, check, kind, help)
+
+
+KNOBS: tuple[Knob, ...] = (
+    _k("image_size", "data.image_size", 224, int_at_least(8), "int", "input size in pixels"),
+    _k("model", "model.name", "resnet50", text, "other", "any timm model name"),
+    _k("pretrained", "model.pretrained", False, pretrained, "other",
+       "true (timm hub), false, or a local checkpoint path"),
+    _k("frozen_stages", "model.frozen_stages", -1, int_at_least(-1), "int",
+       "-1 freezes nothing; k >= 0 freezes the stem and stages 1..k (mmcls semantics)"),
+    _k("backbone_lr_mult", "model.backbone_lr_mult", 1.0, float_range(0, lo_open=True), "float",
+       "lr multiplier for every layer but the classifier head"),
+    _k("epochs", "train.epochs", 10, int_at_least(1), "int", "training epochs"),
+    _k("batch_size", "train.batch_size", 64, int_at_least(1), "int", "images per step"),
+    _k("lr", "train.lr", 0.1, float_range(0, lo_open=True), "float",
+       "learning rate at base_batch_size (see lr_scaling)"),
+    _k("lr_scaling", "train.lr_scaling.rule", "none", one_of("linear", "sqrt", "none"), "other",
+       "scale lr by batch_size / base_batch_size (linear) or its square root (sqrt)"),
+    _k("base_batch_size", "train.lr_scaling.base_batch_size", 64, int_at_least(1), "int",
+       "the batch size the lr is given for"),
+    _k("optimizer", "train.optimizer.name", "sgd", one_of("sgd", "adamw"), "other", "optimizer"),
+    _k("momentum", "train.optimizer.momentum", 0.9, float_range(0, 1), "float", "SGD momentum"),
+    _k("nesterov", "train.optimizer.nesterov", False, boolean, "other", "SGD Nesterov momentum"),
+    _k("weight_decay", "train.optimizer.weight_decay", 1e-4, float_range(0), "float",
+       "weight decay"),
+    _k("schedule", "train.schedule", "step", one_of("step", "cosine"), "other",
+       "step (per epoch, at milestones) or cosine (per iteration, to min_lr)"),
+    _k("milestones", "train.milestones", [30, 60, 90], milestones, "other",
+       "epochs at which a step schedule multiplies lr by gamma"),
+    _k("gamma", "train.gamma", 0.1, float_range(0, 1, lo_open=True), "float", "step factor"),
+    _k("min_lr", "train.min_lr", 0.0, float_range(0), "float", "final lr of a cosine schedule"),
+    _k("warmup", "train.warmup.type", "none", one_of("none", "constant", "linear", "exp"), "other",
+       "warmup shape (mmcv semantics: starts at lr x warmup_ratio)"),
+    _k("warmup_iters", "train.warmup.iters", 0, int_at_least(0), "int", "warmup length in steps"),
+    _k("warmup_epochs", "train.warmup.epochs", 0, int_at_least(0), "int",
+       "warmup length in epochs (instead of iters)"),
+    _k("warmup_ratio", "train.warmup.ratio", 0.001, float_range(0, 1, lo_open=True), "float",
+       "warmup starts at lr x warmup_ratio"),
+    _k("augment", "train.augment.policy", "flip_crop", text, "other",
+       "augmentation policy set: none, flip_crop, or a name from augment_policies"),
+    _k("num_ops", "train.augment.num_ops", 2, int_at_least(1), "int",
+       "RandAugment operations per image"),
+    _k("magnitude", "train.augment.magnitude", 9, float_range(0, 10), "float",
+       "RandAugment magnitude (0-10)"),
+    _k("magnitude_std", "train.augment.magnitude_std", 0.5, float_range(0), "float",
+       "RandAugment magnitude noise"),
+    _k("label_smoothing", "train.label_smoothing", 0.0, float_range(0, 1), "float",
+       "cross-entropy label smoothing"),
+    _k("seed", "train.seed", 0, int_at_least(0), "int", "random seed of the trial"),
+    _k("precision", "train.precision", "auto", one_of("auto", "bf16", "fp32"), "other",
+       "auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32"),
+)
+
+BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
+BY_PATH: dict[tuple[str, ...], Knob] = {k.path: k for k in KNOBS}
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in KNOBS}

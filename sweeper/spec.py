@@ -1,0 +1,473 @@
+"""Search-space YAML -> a validated, typed `SweepSpec`; every problem is reported at once."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeper.policies import BUILTIN_POLICIES, OPERATIONS
+from sweeper.errors import SpecError
+from sweeper.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS, Knob
+from sweeper.space import CategoricalParam, Condition, FloatParam, IntParam, Param, SearchSpace
+from sweeper.strategies import PRUNERS, SAMPLERS, Named, create_pruner, create_sampler, parse_named
+
+OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
+BUILTIN_DATASETS = ("digits",)
+TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue")
+DATA_KEYS = ("root", "builtin", "val_fraction", "num_workers")
+SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+Problems = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    root: Path | None = None  # ImageFolder root (absolute), or None for a built-in dataset
+    builtin: str | None = None
+    val_fraction: float = 0.2  # used when root has no val/ folder, and for built-ins
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    n_trials: int = 20
+    timeout: float | None = None
+    sampler: Named = Named("tpe", {"seed": 0})
+    pruner: Named = Named("median", {"n_warmup_steps": 1})
+    objective: str = "val_acc"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    study: str
+    data: DataSpec
+    fixed: dict[str, Any]  # every knob not searched, defaults filled in
+    space: SearchSpace
+    search: SearchSpec
+    policies: dict[str, tuple[str, ...] | None]  # built-in and user policy sets
+    enqueue: tuple[dict[str, Any], ...] = ()
+    source: str = ""
+
+    def sampler(self):
+        return create_sampler(self.search.sampler, self.space.grid)
+
+    def pruner(self):
+        return create_pruner(self.search.pruner)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that also rejects duplicate keys (YAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise SpecError(str(path), [("", "file not found; pass --space path/to/space.yaml")])
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc)
+        if "could not determine a constructor" in str(what):
+            what += " (only plain YAML is accepted; remove the !! tag)"
+        raise SpecError(str(path), [(where, f"invalid YAML: {what}")]) from None
+
+
+def validate_study_name(name: Any) -> str | None:
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+        return ("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                f"(it names the folder trials/<study>); got {name!r}")
+    return None
+
+
+def _did_you_mean(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}valid keys here: {', '.join(valid)}"
+
+
+def _as_number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` as a string; accept it as the number the user meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _walk_fixed(raw: dict, prefix: tuple[str, ...], fixed: dict, problems: Problems) -> None:
+    """Collect fixed knobs under data/model/train, naming unknown keys with suggestions."""
+    children = {k.path[len(prefix)] for k in KNOBS if k.path[: len(prefix)] == prefix
+                and len(k.path) > len(prefix)}
+    if prefix == ("data",):
+        children |= set(DATA_KEYS)
+    for key, value in raw.items():
+        path = prefix + (str(key),)
+        dotted = ".".join(path)
+        if prefix == ("data",) and key in DATA_KEYS:
+            continue
+        knob = BY_PATH.get(path)
+        if knob is not None:
+            fixed[knob.name] = (dotted, _as_number(value) if knob.kind == "float" else value)
+        elif key in children and isinstance(value, dict):
+            _walk_fixed(value, path, fixed, problems)
+        elif key in children:
+            # shorthand: `optimizer: sgd` for `optimizer: {name: sgd}`, and so on
+            short = [BY_PATH[path + (leaf,)] for leaf in ("name", "type", "rule", "policy")
+                     if path + (leaf,) in BY_PATH]
+            if short:
+                fixed[short[0].name] = (dotted, value)
+            else:
+                problems.append((dotted, "must be a mapping"))
+        else:
+            problems.append((dotted, _did_you_mean(str(key), sorted(children))))
+
+
+def _parse_data(raw: Any, problems: Problems) -> DataSpec:
+    if raw is None:
+        raw = {}
+    root, builtin = raw.get("root"), raw.get("builtin")
+    if root is not None and builtin is not None:
+        problems.append(("data", "give data.root (an image folder) or data.builtin, not both"))
+    if root is None and builtin is None:
+        problems.append(("data.root", "missing: give an image folder (root/train/<class>/*, "
+                                      "root/val/<class>/*) or data.builtin: digits"))
+    if builtin is not None and builtin not in BUILTIN_DATASETS:
+        problems.append(("data.builtin", f"unknown {builtin!r}; valid: {', '.join(BUILTIN_DATASETS)}"))
+    vf = raw.get("val_fraction", 0.2)
+    if not isinstance(vf, (int, float)) or not 0 < vf < 1:
+        problems.append(("data.val_fraction", f"must be a number between 0 and 1, got {vf!r}"))
+    nw = raw.get("num_workers", 0)
+    if not isinstance(nw, int) or isinstance(nw, bool) or nw < 0:
+        problems.append(("data.num_workers", f"must be an integer >= 0, got {nw!r}"))
+    return DataSpec(
+        root=Path(root).expanduser().resolve() if isinstance(root, str) else None,
+        builtin=builtin if isinstance(builtin, str) else None,
+        val_fraction=vf, num_workers=nw,
+    )
+
+
+def _parse_when(raw: Any, path: str, problems: Problems) -> tuple[Condition, ...]:
+    if not isinstance(raw, dict) or not raw:
+        problems.append((path, "must map a parameter to a value or list, e.g. {schedule: step}"))
+        return ()
+    return tuple(
+        Condition(str(k), tuple(v) if isinstance(v, list) else (v,)) for k, v in raw.items()
+    )
+
+
+def _parse_param(name: str, raw: Any, problems: Problems) -> Param | None:
+    path = f"space.{name}"
+    knob = BY_NAME[name]
+    if isinstance(raw, list):
+        raw = {"choices": raw}
+    if not isinstance(raw, dict):
+        problems.append((path, "must be a list of choices, {choices: [...]} or {low: ..., high: ...}"))
+        return None
+    allowed = {"choices", "when"} if "choices" in raw else {"low", "high", "log", "step", "when"}
+    for key in raw:
+        if key not in allowed:
+            problems.append((f"{path}.{key}", _did_you_mean(str(key), sorted(allowed))))
+    when = _parse_when(raw["when"], f"{path}.when", problems) if "when" in raw else ()
+    n_before = len(problems)
+    if "choices" in raw:
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            problems.append((f"{path}.choices", "must be a non-empty list"))
+            return None
+        for i, c in enumerate(choices):
+            c = _as_number(c) if knob.kind == "float" else c
+            if (msg := knob.check(c)) is not None:
+                problems.append((f"{path}.choices[{i}]", msg))
+        choices = [_as_number(c) if knob.kind == "float" else c for c in choices]
+        return CategoricalParam(name, tuple(choices), when) if len(problems) == n_before else None
+    if knob.kind not in ("int", "float"):
+        problems.append((path, f"{name} is not numeric; list its choices instead"))
+        return None
+    low, high = _as_number(raw.get("low")), _as_number(raw.get("high"))
+    log, step = raw.get("log", False), _as_number(raw.get("step"))
+    for key, v in (("low", low), ("high", high)):
+        if v is None:
+            problems.append((f"{path}.{key}", "missing"))
+        elif (msg := knob.check(v)) is not None:
+            problems.append((f"{path}.{key}", msg))
+    if not isinstance(log, bool):
+        problems.append((f"{path}.log", f"must be true or false, got {log!r}"))
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
+        problems.append((f"{path}.step", f"must be a number > 0, got {step!r}"))
+    if len(problems) > n_before:
+        return None
+    if low > high:
+        problems.append((f"{path}.low", f"must be <= high ({low} > {high})"))
+    if log and low <= 0:
+        problems.append((f"{path}.low", "must be > 0 when log is true"))
+    if log and step is not None:
+        problems.append((f"{path}.step", "cannot be combined with log: true"))
+    if len(problems) > n_before:
+        return None
+    if knob.kind == "int":
+        if step is not None and not isinstance(step, int):
+            problems.append((f"{path}.step", f"must be an integer for {name}"))
+            return None
+        return IntParam(name, low, high, log, step or 1, when)
+    return FloatParam(name, float(low), float(high), log, step, when)
+
+
+def _order_by_conditions(params: list[Param], problems: Problems) -> tuple[Param, ...]:
+    """Topological order so a condition's parameter is sampled before the one it gates."""
+    names = {p.name for p in params}
+    for p in params:
+        for c in p.when:
+            if c.param not in names:
+                problems.append((f"space.{p.name}.when.{c.param}",
+                                 f"not a searched parameter; searched: {', '.join(sorted(names))}"))
+            elif c.param == p.name:
+                problems.append((f"space.{p.name}.when", "a parameter cannot depend on itself"))
+    ordered: list[Param] = []
+    pending = list(params)
+    while pending:
+        ready = [p for p in pending if all(c.param not in {q.name for q in pending} or
+                                           c.param == p.name for c in p.when)]
+        if not ready:
+            problems.append(("space", "conditions form a cycle: " +
+                             ", ".join(p.name for p in pending)))
+            return tuple(ordered + pending)
+        ordered += ready
+        pending = [p for p in pending if p not in ready]
+    return tuple(ordered)
+
+
+def _parse_space(raw: Any, fixed_at: dict[str, str], problems: Problems) -> SearchSpace:
+    if raw is None:
+        return SearchSpace()
+    if not isinstance(raw, dict):
+        problems.append(("space", "must map knob names to ranges or choices"))
+        return SearchSpace()
+    params = []
+    for name, value in raw.items():
+        name = str(name)
+        if name not in BY_NAME:
+            problems.append((f"space.{name}", _did_you_mean(name, sorted(BY_NAME))))
+        elif name in fixed_at:
+            problems.append((f"space.{name}", f"fixed at {fixed_at[name]} and searched here; "
+                                              "remove one of the two"))
+        elif (p := _parse_param(name, value, problems)) is not None:
+            params.append(p)
+    return SearchSpace(_order_by_conditions(params, problems))
+
+
+def _parse_policies(raw: Any, problems: Problems) -> dict[str, tuple[str, ...] | None]:
+    policies = dict(BUILTIN_POLICIES)
+    if raw is None:
+        return policies
+    if not isinstance(raw, dict):
+        problems.append(("augment_policies", "must map policy names to lists of operations"))
+        return policies
+    for name, ops in raw.items():
+        path = f"augment_policies.{name}"
+        if name in ("none", "flip_crop"):
+            problems.append((path, f"{name!r} is built in; choose another name"))
+        elif not isinstance(ops, list) or not ops:
+            problems.append((path, "must be a non-empty list of operations"))
+        else:
+            for i, op in enumerate(ops):
+                if op not in OPERATIONS:
+                    close = difflib.get_close_matches(str(op), list(OPERATIONS), n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    problems.append((f"{path}[{i}]", f"unknown operation {op!r}; {hint}"
+                                                     f"valid: {', '.join(OPERATIONS)}"))
+            policies[str(name)] = tuple(ops)
+    return policies
+
+
+def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
+    if raw is None:
+        return SearchSpec()
+    if not isinstance(raw, dict):
+        problems.append(("search", "must be a mapping"))
+        return SearchSpec()
+    for key in raw:
+        if key not in SEARCH_KEYS:
+            problems.append((f"search.{key}", _did_you_mean(str(key), list(SEARCH_KEYS))))
+    defaults = SearchSpec()
+    n = raw.get("n_trials", defaults.n_trials)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        problems.append(("search.n_trials", f"must be an integer >= 1, got {n!r}"))
+    timeout = raw.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        problems.append(("search.timeout", f"must be seconds > 0, got {timeout!r}"))
+    objective = raw.get("objective", defaults.objective)
+    if objective not in OBJECTIVES:
+        problems.append(("search.objective", f"unknown {objective!r}; valid: {', '.join(OBJECTIVES)}"))
+    sampler = parse_named(raw.get("sampler", "tpe"), SAMPLERS, "search.sampler", problems)
+    pruner = parse_named(raw.get("pruner", "median"), PRUNERS, "search.pruner", problems)
+    return SearchSpec(n, timeout, sampler or defaults.sampler, pruner or defaults.pruner, objective)
+
+
+def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, problems: Problems) -> None:
+    """Checks that involve more than one knob, over every fixed value and searched choice."""
+    def numbers(name: str) -> list[float]:
+        return [v for _, v in values.get(name, []) if isinstance(v, (int, float))]
+
+    max_epochs = max(numbers("epochs"), default=0)
+    step_possible = any(v == "step" for _, v in values.get("schedule", []))
+    for path, ms in values.get("milestones", []) if step_possible else []:
+        if isinstance(ms, list) and ms and isinstance(ms[-1], int) and max_epochs and ms[-1] >= max_epochs:
+            problems.append((path.strip("()").removeprefix("default "),
+                             f"milestone {ms[-1]} is not before the last epoch (epochs: "
+                             f"{int(max_epochs)}); set milestones below it or raise epochs"))
+    for path, name in values.get("augment", []):
+        if isinstance(name, str) and name not in policies:
+            problems.append((path, f"unknown augmentation policy {name!r}; defined: "
+                                   f"{', '.join(policies)} (add it under augment_policies)"))
+    for path, p in values.get("pretrained", []):
+        if isinstance(p, str) and not Path(p).expanduser().is_file():
+            problems.append((path, f"checkpoint {p!r} not found; give a .pth file, true for "
+                                   "timm hub weights, or false"))
+    if numbers("warmup_iters") and numbers("warmup_epochs") and max(numbers("warmup_iters")) > 0 \
+            and max(numbers("warmup_epochs")) > 0:
+        problems.append(("train.warmup", "give warmup iters or epochs, not both"))
+    models = [(path, m) for path, m in values.get("model", []) if isinstance(m, str)]
+    if models:
+        import timm  # deferred: only a spec that names models pays the import
+
+        known = timm.list_models()
+        known_set = set(known)
+        for path, m in models:
+            if m.split(".")[0] not in known_set:
+                close = difflib.get_close_matches(m, known, n=3)
+                hint = f"; close matches: {', '.join(close)}" if close else ""
+                problems.append((path, f"unknown timm model {m!r}{hint}"))
+
+
+def _parse_enqueue(raw: Any, space: SearchSpace, problems: Problems) -> tuple[dict[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append(("enqueue", "must be a list of {param: value} mappings"))
+        return ()
+    out = []
+    for i, entry in enumerate(raw):
+        path = f"enqueue[{i}]"
+        if not isinstance(entry, dict) or not entry:
+            problems.append((path, "must be a non-empty {param: value} mapping"))
+            continue
+        for key, value in entry.items():
+            if key not in space.names:
+                problems.append((f"{path}.{key}", f"not a searched parameter; searched: "
+                                                  f"{', '.join(space.names) or '(none)'}"))
+            elif not space[key].contains(_as_number(value) if BY_NAME[key].kind == "float" else value):
+                problems.append((f"{path}.{key}", f"{value!r} is outside the space "
+                                                  f"({space[key].describe()})"))
+        out.append({k: _as_number(v) if BY_NAME.get(k) and BY_NAME[k].kind == "float" else v
+                    for k, v in entry.items()})
+    return tuple(out)
+
+
+def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Validate a loaded YAML document.
+
+    Args:
+        raw: what `yaml.safe_load` returned.
+        source: the file name, for messages.
+        overrides: command-line values: `study`, `data_root`, `n_trials`, `timeout`.
+
+    Raises:
+        SpecError: with every problem found, each naming its YAML path.
+    """
+    overrides = overrides or {}
+    problems: Problems = []
+    if not isinstance(raw, dict):
+        raise SpecError(source, [("", "must be a YAML mapping with keys " + ", ".join(TOP_KEYS))])
+    for key in raw:
+        if key not in TOP_KEYS:
+            problems.append((str(key), _did_you_mean(str(key), list(TOP_KEYS))))
+    study = overrides.get("study") or raw.get("study")
+    if study is None:
+        problems.append(("study", "missing: name the study (or pass --study NAME)"))
+    elif (msg := validate_study_name(study)) is not None:
+        problems.append(("study", msg))
+
+    raw_data = raw.get("data") or {}
+    if overrides.get("data_root"):
+        raw_data = {**raw_data, "root": overrides["data_root"]}
+        raw_data.pop("builtin", None)
+    fixed_raw: dict[str, tuple[str, Any]] = {}
+    for section in ("data", "model", "train"):
+        value = raw_data if section == "data" else raw.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append((section, "must be a mapping"))
+            continue
+        _walk_fixed(value, (section,), fixed_raw, problems)
+    data = _parse_data(raw_data if isinstance(raw_data, dict) else {}, problems)
+    for name, (path, value) in fixed_raw.items():
+        if (msg := BY_NAME[name].check(value)) is not None:
+            problems.append((path, msg))
+
+    space = _parse_space(raw.get("space"), {n: p for n, (p, _) in fixed_raw.items()}, problems)
+    search = _parse_search(raw.get("search"), problems)
+    if "n_trials" in overrides and overrides["n_trials"] is not None:
+        search = SearchSpec(overrides["n_trials"], search.timeout, search.sampler, search.pruner,
+                            search.objective)
+    if overrides.get("timeout") is not None:
+        search = SearchSpec(search.n_trials, overrides["timeout"], search.sampler, search.pruner,
+                            search.objective)
+    policies = _parse_policies(raw.get("augment_policies"), problems)
+    fixed = {**DEFAULTS, **{n: v for n, (_, v) in fixed_raw.items()}}
+    for name in space.names:
+        fixed.pop(name, None)
+
+    # Every fixed value and every searched choice/bound, for checks across knobs.
+    values: dict[str, list[tuple[str, Any]]] = {}
+    for name, value in fixed.items():
+        path = fixed_raw[name][0] if name in fixed_raw else f"(default {BY_NAME[name].yaml_path})"
+        values.setdefault(name, []).append((path, value))
+    for p in space.params:
+        if isinstance(p, CategoricalParam):
+            values[p.name] = [(f"space.{p.name}.choices[{i}]", c) for i, c in enumerate(p.choices)]
+        else:
+            values[p.name] = [(f"space.{p.name}.low", p.low), (f"space.{p.name}.high", p.high)]
+    _check_values(values, policies, problems)
+
+    enqueue = _parse_enqueue(raw.get("enqueue"), space, problems)
+    if search.sampler.name == "grid":
+        for p in space.params:
+            if isinstance(p, FloatParam) and p.step is None:
+                problems.append((f"space.{p.name}", "the grid sampler needs a step for every "
+                                                    "float range (or list the choices)"))
+    if not problems:
+        try:
+            create_sampler(search.sampler, space.grid)
+        except Exception as exc:  # the sampler's own validation of its options
+            problems.append(("search.sampler", f"invalid options: {exc}"))
+        try:
+            create_pruner(search.pruner)
+        except Exception as exc:
+            problems.append(("search.pruner", f"invalid options: {exc}"))
+    if problems:
+        raise SpecError(source, problems)
+    return SweepSpec(study, data, fixed, space, search, policies, enqueue, source)
+
+
+def load_spec(path: Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read and validate a search-space file."""
+    return parse_spec(read_yaml(path), str(path), overrides)

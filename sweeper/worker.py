@@ -1,0 +1,208 @@
+"""One trial's training, top to bottom; run as `python -m sweeper.worker trials/<study>/<n>/config.json`.
+
+The worker never touches the study store. It talks to its orchestrator over its own pipes:
+one JSON line per event on stdout, and after each epoch it reads one line from stdin,
+`continue` or `stop` (end of input, e.g. a dead orchestrator, also means stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from sweeper import data as datasets
+from sweeper import model as models
+from sweeper.augment import eval_transform, train_transform
+from sweeper.errors import SweeperError
+from sweeper.schedule import LrSchedule
+from sweeper.trial_config import TrialConfig
+
+Report = Callable[[dict[str, Any]], bool]  # an event -> True to go on training
+LOG_EVERY = 20  # steps between log lines, as in the user's mmcls logs
+METRIC_FIELDS = ["epoch", "train_loss", "val_acc", "val_balanced_acc", "val_top5", "lr",
+                 "seconds", "images_per_s"]
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, bf16: bool, num_classes: int) -> dict:
+    model.eval()
+    k = min(5, num_classes)
+    correct = correct_k = 0
+    per_class_hits = torch.zeros(num_classes)
+    per_class_total = torch.zeros(num_classes)
+    for x, y in loader:
+        x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).float().cpu()
+        top = logits.topk(k, dim=1).indices
+        hit = top[:, 0] == y
+        correct += int(hit.sum())
+        correct_k += int((top == y[:, None]).any(dim=1).sum())
+        per_class_hits += torch.bincount(y[hit], minlength=num_classes)
+        per_class_total += torch.bincount(y, minlength=num_classes)
+    n = int(per_class_total.sum())
+    present = per_class_total > 0
+    return {
+        "val_acc": correct / n,
+        "val_balanced_acc": float((per_class_hits[present] / per_class_total[present]).mean()),
+        "val_top5": correct_k / n,
+    }
+
+
+def run_trial(config: TrialConfig, report: Report) -> str:
+    """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
+    seed_everything(config.seed)
+    device = pick_device()
+    bf16 = use_bf16(config.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes
+    out = Path(config.trial_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    d = datasets.load(Path(config.data_cache))
+    classes = d["classes"]
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    train_set = datasets.CachedImages(d["train_images"], d["train_labels"], train_transform(
+        config.augment, config.augment_ops, config.image_size, config.num_ops, config.magnitude,
+        config.magnitude_std))
+    val_set = datasets.CachedImages(d["val_images"], d["val_labels"], eval_transform(config.image_size))
+    loader_args = dict(num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                       persistent_workers=config.num_workers > 0)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = torch.utils.data.DataLoader(train_set, config.batch_size, shuffle=True,
+                                               drop_last=len(train_set) > config.batch_size,
+                                               generator=generator, **loader_args)
+    val_loader = torch.utils.data.DataLoader(val_set, max(config.batch_size, 64), **loader_args)
+
+    model = models.create(config.model, len(classes), config.pretrained)
+    frozen = models.freeze_stages(model, config.frozen_stages)
+    model.to(device, memory_format=torch.channels_last)
+    groups = models.param_groups(model, config.scaled_lr, config.backbone_lr_mult)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.scaled_lr, momentum=config.momentum,
+                                    nesterov=config.nesterov, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.scaled_lr, weight_decay=config.weight_decay)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    steps = len(train_loader)
+    lr_at = LrSchedule.from_config(config, steps)
+
+    report({"event": "start", "classes": classes, "device": str(device), "bf16": bf16,
+            "train_images": len(train_set), "val_images": len(val_set)})
+    with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf:
+        metrics = csv.DictWriter(mf, METRIC_FIELDS)
+        metrics.writeheader()
+        print(f"trial {config.number}: {config.model} on {device} (bf16={bf16}), "
+              f"{len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, "
+              f"params {json.dumps(config.params)}", file=log, flush=True)
+        for epoch in range(config.epochs):
+            models.train_mode(model, frozen)
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            for step, (x, y) in enumerate(train_loader):
+                lr = lr_at(epoch, epoch * steps + step)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * g["lr_mult"]
+                x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+                y = y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = criterion(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(y)
+                seen += len(y)
+                if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+                    ms = (time.perf_counter() - start) / (step + 1) * 1000
+                    print(f"Epoch:[{epoch + 1:3d}/{config.epochs:3d}], step:[{step + 1:5d}/{steps:5d}], "
+                          f"loss:[{loss.item():.3f}/{loss_sum.item() / seen:.3f}], time:{ms:.1f} ms, "
+                          f"lr:{lr:.5f}", file=log, flush=True)
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                print(f"Epoch {epoch + 1}: non-finite loss ({train_loss}); stopping", file=log, flush=True)
+                report({"event": "nonfinite", "epoch": epoch + 1, "train_loss": train_loss})
+                return "stopped"
+            train_seconds = time.perf_counter() - start
+            val = evaluate(model, val_loader, device, bf16, len(classes))
+            record = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr,
+                      "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds}
+            metrics.writerow({k: record[k] for k in METRIC_FIELDS})
+            mf.flush()
+            print(f"Epoch {epoch + 1} done: {record['seconds']:.1f} s, {ms:.1f} ms/step, "
+                  f"avg loss {train_loss:.4f}, {record['images_per_s']:.0f} images/s, "
+                  f"val acc {val['val_acc']:.4f}, balanced {val['val_balanced_acc']:.4f}, "
+                  f"top5 {val['val_top5']:.4f}", file=log, flush=True)
+            if not report({"event": "epoch", **record}):
+                print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
+                return "stopped"
+    return "complete"
+
+
+def _pipe_reporter(proto, replies) -> Report:
+    def report(event: dict[str, Any]) -> bool:
+        proto.write(json.dumps(event) + "\n")
+        proto.flush()
+        if event["event"] != "epoch":
+            return True
+        return replies.readline().strip() == "continue"
+
+    return report
+
+
+def main(argv: list[str]) -> int:
+    config = TrialConfig.from_json(Path(argv[0]).read_text())
+    # Keep the real stdout for the protocol; anything else printed goes to stderr (the log).
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    report = _pipe_reporter(proto, sys.stdin)
+    try:
+        outcome = run_trial(config, report)
+        report({"event": outcome})
+        return 0
+    except SweeperError as exc:
+        report({"event": "fail", "reason": str(exc)})
+        return 1
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        reason = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            report({"event": "fail", "reason": reason.splitlines()[0][:500]})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
