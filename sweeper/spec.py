@@ -344,6 +344,10 @@ def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, prob
     if numbers("warmup_iters") and numbers("warmup_epochs") and max(numbers("warmup_iters")) > 0 \
             and max(numbers("warmup_epochs")) > 0:
         problems.append(("train.warmup", "give warmup iters or epochs, not both"))
+    if any(w != "none" for _, w in values.get("warmup", [])) and \
+            max(numbers("warmup_iters") + numbers("warmup_epochs"), default=0) == 0:
+        problems.append(("train.warmup", "a warmup needs a length: set train.warmup.iters or "
+                                         "train.warmup.epochs (or type: none)"))
     models = [(path, m) for path, m in values.get("model", []) if isinstance(m, str)]
     if models:
         import timm  # deferred: only a spec that names models pays the import

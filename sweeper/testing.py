@@ -1,0 +1,66 @@
+"""Helpers for tests and benchmarks: small real image folders and search-space files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+# Distinct hues, so a tiny model can learn the classes in an epoch or two.
+_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30), (200, 40, 200)]
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 20,
+                      split: bool = True, seed: int = 0) -> Path:
+    """Write noisy coloured images as root/{train,val}/<class>/*.{png,jpg}.
+
+    Modes vary on purpose (RGB JPEG, grayscale PNG, palette PNG) to exercise RGB conversion.
+    """
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        for i in range(per_class):
+            sub = ("val" if i % 3 == 0 else "train") if split else ""
+            folder = root / sub / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array(_COLOURS[c % len(_COLOURS)], dtype=np.float64)
+            pixels = np.clip(base + rng.normal(0, 40, (size, size + 4, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            if i % 4 == 1:
+                image.convert("L").save(folder / f"img_{i}.png")
+            elif i % 4 == 2:
+                image.convert("P").save(folder / f"img_{i}.png")
+            else:
+                image.save(folder / f"img_{i}.jpg", quality=90)
+    return root
+
+
+def tiny_space(data_root: Path | None = None, **sections: Any) -> dict[str, Any]:
+    """A search space that trains in seconds on CPU; sections override (merged one level deep)."""
+    doc: dict[str, Any] = {
+        "study": "tiny",
+        "data": {"root": str(data_root), "image_size": 16} if data_root else
+                {"builtin": "digits", "image_size": 16},
+        "model": {"name": "test_resnet", "pretrained": False},
+        "train": {"epochs": 2, "batch_size": 16, "schedule": "cosine",
+                  "augment": "flip_crop", "precision": "fp32"},
+        "search": {"n_trials": 2, "sampler": {"name": "random", "seed": 0},
+                   "pruner": "none"},
+        "space": {"lr": {"low": 0.01, "high": 0.1, "log": True}},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    for name in doc.get("space") or {}:  # a searched knob is not also fixed
+        for section in ("data", "model", "train"):
+            doc[section].pop(name, None)
+    return doc
+
+
+def write_space(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
