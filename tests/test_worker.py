@@ -1,0 +1,51 @@
+"""The epoch loop, run in-process on real tiny images with a real tiny timm model."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+from sweeper import data as datasets
+from sweeper.spec import parse_spec
+from sweeper.testing import tiny_space
+from sweeper.trial_config import resolve
+from sweeper.worker import run_trial
+
+
+def _config(folder, tmp_path, **train):
+    spec = parse_spec(tiny_space(folder, train={"epochs": 3, "batch_size": 8, **train}))
+    cache = datasets.prepare(str(folder), None, 0.2, 16, tmp_path / "cache")
+    return resolve(spec, 0, {"lr": 0.05}, tmp_path / "trials", cache)
+
+
+def test_trial_reports_every_epoch_and_writes_its_folder(colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path)
+    events = []
+    assert run_trial(config, lambda e: events.append(e) or True) == "complete"
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert set(epochs[0]) >= {"train_loss", "val_acc", "val_balanced_acc", "val_top5", "lr",
+                              "seconds", "images_per_s"}
+    assert epochs[-1]["val_acc"] > 0.6  # three colours are easy
+    out = Path(config.trial_dir)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    log = (out / "log.txt").read_text()
+    assert "Epoch:[  1/  3], step:[" in log and "val acc" in log
+    assert (out / "classes.txt").read_text().split() == ["class_0", "class_1", "class_2"]
+
+
+def test_trial_stops_when_told(colour_folder, tmp_path):
+    config = _config(colour_folder, tmp_path)
+    assert run_trial(config, lambda e: e["event"] != "epoch") == "stopped"
+    rows = list(csv.DictReader(open(Path(config.trial_dir) / "metrics.csv")))
+    assert len(rows) == 1
+    assert "Stopped by the orchestrator after epoch 1" in (Path(config.trial_dir) / "log.txt").read_text()
+
+
+def test_non_finite_loss_stops_the_trial(colour_folder, tmp_path):
+    config = dataclasses.replace(_config(colour_folder, tmp_path), lr=1.0e12)
+    events = []
+    assert run_trial(config, lambda e: events.append(e) or True) == "stopped"
+    assert events[-1]["event"] == "nonfinite"
