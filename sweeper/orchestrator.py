@@ -10,7 +10,6 @@ import json
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -106,6 +105,14 @@ class Orchestrator:
 
     def _launch(self, slot: Slot) -> None:
         trial = self.study.ask()
+        try:
+            self._spawn(trial, slot)
+        except BaseException as exc:  # never leave a trial RUNNING behind
+            trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+
+    def _spawn(self, trial: optuna.Trial, slot: Slot) -> None:
         sampled = self.spec.space.suggest(trial)
         config = resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
         out = Path(config.trial_dir)

@@ -437,8 +437,9 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
                             search.objective)
     policies = _parse_policies(raw.get("augment_policies"), problems)
     fixed = {**DEFAULTS, **{n: v for n, (_, v) in fixed_raw.items()}}
-    for name in space.names:
-        fixed.pop(name, None)
+    for p in space.params:
+        if not p.when:  # a conditional knob keeps its fixed value for when it is not searched
+            fixed.pop(p.name, None)
 
     # Every fixed value and every searched choice/bound, for checks across knobs.
     values: dict[str, list[tuple[str, Any]]] = {}

@@ -148,3 +148,19 @@ def test_shipped_search_spaces_are_valid():
 def test_write_space_round_trip(tmp_path):
     spec = load_spec(write_space(tmp_path / "s.yaml", tiny_space()))
     assert spec.study == "tiny" and spec.data.builtin == "digits"
+
+
+def test_inactive_conditional_knob_falls_back_to_its_fixed_value(tmp_path):
+    import optuna
+
+    from sweeper.trial_config import resolve
+
+    spec = parse_spec(tiny_space(train={"epochs": 100}, space={
+        "schedule": ["cosine"],
+        "milestones": {"choices": [[30, 60, 90]], "when": {"schedule": "step"}},
+    }))
+    trial = optuna.create_study().ask()
+    sampled = spec.space.suggest(trial)
+    assert "milestones" not in sampled and "milestones" not in trial.params
+    config = resolve(spec, 0, sampled, tmp_path, tmp_path / "cache.pt")
+    assert config.schedule == "cosine" and config.milestones == [30, 60, 90]
