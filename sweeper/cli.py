@@ -90,12 +90,13 @@ def run(
     spec = load_spec(space, overrides)
     gpu_ids = _parse_gpus(gpus)
     if spec.data.root is not None:
-        listing = datasets.list_folder(spec.data.root, spec.data.val_fraction)  # fail before writing
+        datasets.list_folder(spec.data.root, spec.data.val_fraction)  # fail before writing
     if dry_run:
         from sweeper.dry_run import describe
 
         print(describe(spec))
         return
+    orchestrator.prefetch_hub_weights(spec)
     storage_url = storage or store.DEFAULT_STORAGE
     bar, callback = _data_progress("decoding images")
     if bar:
@@ -113,7 +114,11 @@ def run(
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
-        orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir).run()
+        try:
+            orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir).run()
+        except KeyboardInterrupt:
+            _err("interrupted: running trials recorded as FAIL (interrupted); `run` again to resume")
+            raise typer.Exit(130) from None
     print(summary(the_study, spec.search.objective, time.monotonic() - start))
 
 
@@ -130,6 +135,177 @@ def summary(study, objective: str, seconds: float) -> str:
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
         line += f"\nbest {objective} {best.value:.4f} (trial {best.number}): {params}"
     return line
+
+
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
+StorageOpt = Annotated[Optional[str], typer.Option(help="Study store URL (default sqlite:///studies.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _open_study(study: str, storage: str | None):
+    from sweeper import store
+
+    return store.load_study(store.open_storage(storage or store.DEFAULT_STORAGE), study)
+
+
+def _print_json(value) -> None:
+    import json
+
+    print(json.dumps(value, indent=2, default=str))
+
+
+@app.command()
+@user_errors
+def report(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file (default trials/<study>/report.html).")] = None,
+) -> None:
+    """Write a self-contained HTML report (importances, curves, ...) and trials.csv."""
+    from sweeper.report import write_report
+
+    the_study = _open_study(study, storage)
+    html_path, csv_path, data = write_report(the_study, out or Path("trials") / study / "report.html")
+    c = data.counts
+    print(f"{html_path}\n{csv_path}\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, "
+          f"{c['FAIL']} failed")
+
+
+def _best_trial(the_study):
+    from sweeper.errors import StorageError
+
+    try:
+        return the_study.best_trial
+    except ValueError:
+        raise StorageError(f"study {the_study.study_name!r} has no completed trial yet; "
+                           "run `sweeper run` first") from None
+
+
+@app.command()
+@user_errors
+def best(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    export: Annotated[Optional[str], typer.Option(help="Write the best trial's config here (a file, or a folder ending in /).")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="mmcls | mmpretrain | yaml (default: by suffix).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the best trial; with --export, write it as an mmcls/mmpretrain config or YAML space."""
+    from sweeper import export as exporter
+    from sweeper.errors import StorageError
+    from sweeper.trial_config import TrialConfig
+
+    the_study = _open_study(study, storage)
+    trial = _best_trial(the_study)
+    info = {"trial": trial.number, "value": trial.value, "params": trial.params,
+            "epochs": trial.user_attrs.get("epochs_run"), "trial_dir": trial.user_attrs.get("trial_dir")}
+    written = None
+    if export is not None:
+        if format is not None and format not in exporter.FORMATS:
+            raise SpecError("--format", [("", f"unknown {format!r}; valid: {', '.join(exporter.FORMATS)}")])
+        config_path = Path(info["trial_dir"] or "") / "config.json"
+        if not config_path.is_file():
+            raise StorageError(f"the best trial's config {config_path} is missing; was trials/ moved?")
+        config = TrialConfig.from_json(config_path.read_text())
+        is_dir = Path(export).is_dir() or export.endswith(("/", "\\"))
+        fmt = format or (exporter.guess_format(Path(export)) if not is_dir else "mmcls")
+        target = Path(export) / exporter.default_filename(config, fmt) if is_dir else Path(export)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        classes = trial.user_attrs.get("classes") or []
+        target.write_text(exporter.render(config, classes, fmt, trial.value))
+        written = str(target)
+        info["exported"] = {"path": written, "format": fmt}
+    if as_json:
+        _print_json(info)
+        return
+    params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    print(f"best trial {trial.number}: {the_study.user_attrs.get('objective', 'value')} "
+          f"{trial.value:.4f} after {info['epochs']} epochs\nparams: {params}\n"
+          f"folder: {info['trial_dir']}")
+    if written:
+        print(f"exported {info['exported']['format']} config: {written}")
+
+
+@app.command()
+@user_errors
+def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """List the studies in a store with their trial counts and best value."""
+    from optuna.trial import TrialState
+
+    from sweeper import store
+
+    rows = []
+    the_storage = store.open_storage(storage or store.DEFAULT_STORAGE)
+    for s in the_storage.get_all_studies():
+        trials = the_storage.get_all_trials(s._study_id, deepcopy=False)
+        count = {st.name.lower(): sum(t.state == st for t in trials)
+                 for st in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+        values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+        rows.append({"study": s.study_name, "trials": len(trials), **count,
+                     "best": max(values) if values else None})
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        print("no studies yet")
+    for r in rows:
+        best_text = f"{r['best']:.4f}" if r["best"] is not None else "-"
+        print(f"{r['study']}: {r['trials']} trials ({r['complete']} complete, {r['pruned']} pruned, "
+              f"{r['fail']} failed, {r['running']} running), best {best_text}")
+
+
+@app.command()
+@user_errors
+def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """A table of a study's trials: state, value, params, epochs, duration, reason."""
+    from sweeper.report_data import trial_rows
+
+    frame = trial_rows(_open_study(study, storage).get_trials(deepcopy=False))
+    frame = frame.drop(columns=["start", "end"])
+    if as_json:
+        _print_json(frame.astype(object).where(frame.notna(), None).to_dict(orient="records"))
+        return
+    frame.columns = [c.removeprefix("params_") for c in frame.columns]
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+
+
+@app.command()
+@user_errors
+def show(
+    study: StudyOpt,
+    trial: Annotated[int, typer.Option("--trial", help="Trial number.")],
+    storage: StorageOpt = None,
+    lines: Annotated[int, typer.Option(help="Log lines to show.")] = 15,
+    as_json: JsonOpt = False,
+) -> None:
+    """One trial: its state, the resolved config and the tail of its log."""
+    import json
+
+    from sweeper.errors import StorageError
+    from sweeper.report_data import trial_config_text
+
+    the_study = _open_study(study, storage)
+    found = [t for t in the_study.get_trials(deepcopy=False) if t.number == trial]
+    if not found:
+        raise StorageError(f"study {study!r} has no trial {trial} "
+                           f"(trials 0-{len(the_study.trials) - 1})")
+    t = found[0]
+    config = trial_config_text(t)
+    log_path = Path(t.user_attrs.get("trial_dir", "")) / "log.txt"
+    log_tail = log_path.read_text().splitlines()[-lines:] if log_path.is_file() else []
+    info = {"trial": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "intermediate_values": t.intermediate_values, "user_attrs": t.user_attrs,
+            "config": json.loads(config) if config else None, "log_tail": log_tail}
+    if as_json:
+        _print_json(info)
+        return
+    reason = t.user_attrs.get("reason")
+    print(f"trial {t.number}: {t.state.name}" + (f" {t.value:.4f}" if t.value is not None else "")
+          + (f" ({reason})" if reason else ""))
+    print(f"config ({t.user_attrs.get('trial_dir')}/config.json):")
+    print(config or "  (missing)")
+    print(f"log ({log_path}, last {len(log_tail)} lines):")
+    print("\n".join(log_tail) or "  (missing)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import data as datasets
+from sweeper import model as models
+from sweeper.errors import SpecError, WorkerError
 from sweeper.progress import SweepProgress
 from sweeper.space import CategoricalParam
 from sweeper.spec import SweepSpec
@@ -61,10 +63,7 @@ def make_slots(workers: int | None, gpus: list[str] | None) -> list[Slot]:
 
 
 def max_image_size(spec: SweepSpec) -> int:
-    if "image_size" in spec.space.names:
-        p = spec.space["image_size"]
-        return max(p.choices) if isinstance(p, CategoricalParam) else p.high
-    return spec.fixed["image_size"]
+    return max(_values(spec, "image_size"))
 
 
 def create_study(spec: SweepSpec, storage) -> optuna.Study:
@@ -121,6 +120,7 @@ class Orchestrator:
         config.save()
         trial.set_user_attr("trial_dir", str(out))
         trial.set_user_attr("slot", slot.index)
+        trial.set_user_attr("epochs", config.epochs)
         with open(out / "stderr.txt", "w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sweeper.worker", str(out / "config.json")],
@@ -152,6 +152,7 @@ class Orchestrator:
         if kind == "start":
             run.trial.set_user_attr("classes", event["classes"])
             run.trial.set_user_attr("device", event["device"])
+            run.trial.set_user_attr("cuda_visible_devices", event["cuda_visible_devices"])
         elif kind == "epoch":
             value = event[self.spec.search.objective]
             run.last_value, run.epochs_run = value, event["epoch"]
@@ -212,9 +213,16 @@ class Orchestrator:
                     self._finish(run)
                 else:
                     self._handle(run, event)
-        finally:
-            for run in self.running.values():  # only on an error in the orchestrator itself
+        except BaseException as exc:  # Ctrl-C, or a bug here: stop workers, leave nothing RUNNING
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+                f"orchestrator error: {type(exc).__name__}"
+            for run in self.running.values():
                 run.proc.kill()
+                run.proc.wait()
+                run.outcome = (TrialState.FAIL, reason)
+                self._finish(run)
+            self.running.clear()
+            raise
 
 
 def _exit_reason(code: int, config: TrialConfig) -> str:
@@ -233,3 +241,23 @@ def prepare_data(spec: SweepSpec, trials_root: Path, progress=None) -> Path:
     return datasets.prepare(
         str(spec.data.root) if spec.data.root else None, spec.data.builtin, spec.data.val_fraction,
         max_image_size(spec), trials_root / ".cache", progress)
+
+
+def _values(spec: SweepSpec, knob: str) -> list[Any]:
+    """Every value a knob can take in this sweep."""
+    if knob in spec.space.names:
+        p = spec.space[knob]
+        return list(p.choices) if isinstance(p, CategoricalParam) else [p.low, p.high]
+    return [spec.fixed[knob]]
+
+
+def prefetch_hub_weights(spec: SweepSpec) -> None:
+    """Download hub weights once, here, so that trials neither race for them nor all fail later."""
+    if True not in _values(spec, "pretrained"):
+        return
+    for name in _values(spec, "model"):
+        print(f"fetching timm hub weights for {name} (once, before the sweep)", file=sys.stderr)
+        try:
+            models.create(name, 2, True)
+        except WorkerError as exc:
+            raise SpecError(spec.source, [("model.pretrained", str(exc))]) from None

@@ -64,3 +64,42 @@ def tiny_space(data_root: Path | None = None, **sections: Any) -> dict[str, Any]
 def write_space(path: Path, doc: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def make_study(storage: str, name: str, complete: int, pruned: int = 0, failed: int = 0,
+               epochs: int = 4, seed: int = 0):
+    """A study with trials written straight into a real store (no training), for report tests.
+
+    Values rise with lr so that importances have something to find; pruned trials stop early.
+    """
+    import datetime
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import TrialState
+
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    study.set_user_attr("objective", "val_acc")
+    dists = {"lr": FloatDistribution(1e-4, 1.0, log=True),
+             "batch_size": CategoricalDistribution([32, 64, 128]),
+             "frozen_stages": IntDistribution(-1, 4)}
+    start = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    states = [TrialState.COMPLETE] * complete + [TrialState.PRUNED] * pruned + [TrialState.FAIL] * failed
+    for i, state in enumerate(states):
+        params = {"lr": float(10 ** rng.uniform(-4, 0)), "batch_size": int(rng.choice([32, 64, 128])),
+                  "frozen_stages": int(rng.integers(-1, 5))}
+        final = 0.2 + 0.15 * (np.log10(params["lr"]) + 4) + rng.normal(0, 0.02)
+        run = epochs if state == TrialState.COMPLETE else (1 if state == TrialState.PRUNED else 0)
+        curve = {e: float(final * e / epochs) for e in range(1, run + 1)}
+        begun = start + datetime.timedelta(seconds=30 * i)
+        trial = optuna.trial.create_trial(
+            state=state, params=params, distributions=dists,
+            value=float(final) if state == TrialState.COMPLETE else None,
+            intermediate_values=curve,
+            user_attrs={"slot": i % 2, "epochs": epochs, "epochs_run": run, "duration_s": 25.0,
+                        **({"reason": "pruned after epoch 1"} if state == TrialState.PRUNED else {}),
+                        **({"reason": "worker exited with code 1"} if state == TrialState.FAIL else {})})
+        trial.datetime_start, trial.datetime_complete = begun, begun + datetime.timedelta(seconds=25)
+        study.add_trial(trial)
+    return study

@@ -83,6 +83,8 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
     missing = [k.name for k in KNOBS if k.name not in knobs]
     assert not missing, f"unresolved knobs {missing}"  # a bug, not a user error
     ops = spec.policies[knobs["augment"]]
+    if isinstance(knobs["pretrained"], str):  # absolute, so the file is found from any folder
+        knobs["pretrained"] = str(Path(knobs["pretrained"]).expanduser().resolve())
     return TrialConfig(
         study=spec.study,
         number=number,

@@ -118,6 +118,7 @@ def run_trial(config: TrialConfig, report: Report) -> str:
     lr_at = LrSchedule.from_config(config, steps)
 
     report({"event": "start", "classes": classes, "device": str(device), "bf16": bf16,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "train_images": len(train_set), "val_images": len(val_set)})
     with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf:
         metrics = csv.DictWriter(mf, METRIC_FIELDS)

@@ -150,3 +150,29 @@ def test_python_dash_m_sweeper_runs():
 
     out = subprocess.run([sys.executable, "-m", "sweeper", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "run" in out.stdout
+
+
+def test_unreachable_hub_weights_stop_the_run_before_the_store(colour_folder, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, fast
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path / "space.yaml", tiny_space(
+        colour_folder, model={"name": "test_resnet", "pretrained": True}))
+    result = sweep(["--space", str(space)])
+    assert result.exit_code == 2, result.output
+    assert "model.pretrained: could not fetch timm hub weights for test_resnet" in result.output
+    assert not (tmp_path / "studies.db").exists()
+
+
+def test_workers_run_side_by_side_each_pinned_to_its_gpu(colour_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path / "space.yaml", tiny_space(colour_folder, study="pair"))
+    result = sweep(["--space", str(space), "--workers", "2", "--gpus", "0,1", "--n-trials", "2"])
+    assert result.exit_code == 0, result.output
+    trials = trials_of("pair", tmp_path / "studies.db")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.user_attrs["slot"] for t in trials) == [0, 1]
+    assert sorted(t.user_attrs["cuda_visible_devices"] for t in trials) == ["0", "1"]
+    assert "workers=2 (GPU 0, GPU 1)" in result.output

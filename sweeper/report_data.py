@@ -1,0 +1,136 @@
+"""Plain data about a study, for the report, `trials`, `studies` and `best`: pandas, no plotting."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+MIN_FOR_IMPORTANCE = 3  # completed trials before importances mean anything
+
+
+@dataclass
+class Importance:
+    """Importances by evaluator (param -> share), or why they cannot be computed yet."""
+
+    label: str
+    n_trials: int
+    by_evaluator: dict[str, dict[str, float]] = field(default_factory=dict)
+    missing: str | None = None
+
+
+@dataclass
+class StudyData:
+    name: str
+    objective: str
+    trials: pd.DataFrame  # one row per trial
+    curves: pd.DataFrame  # number, state, epoch, value: every reported epoch
+    importance: Importance
+    importance_with_pruned: Importance | None
+    counts: dict[str, int]
+    best: FrozenTrial | None
+    compute_seconds: float
+    epochs_saved: int
+
+
+def _display(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def trial_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
+    """One row per trial: number, state, value, params, epochs, duration, reason, slot, times."""
+    rows = []
+    for t in trials:
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() \
+            if t.datetime_complete and t.datetime_start else t.user_attrs.get("duration_s")
+        rows.append({
+            "number": t.number, "state": t.state.name, "value": t.value,
+            **{f"params_{k}": _display(v) for k, v in t.params.items()},
+            "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+            "epochs": t.user_attrs.get("epochs"),
+            "duration_s": duration, "reason": t.user_attrs.get("reason"),
+            "slot": t.user_attrs.get("slot"),
+            "start": t.datetime_start, "end": t.datetime_complete,
+        })
+    columns = ["number", "state", "value", "epochs_run", "epochs", "duration_s", "reason", "slot",
+               "start", "end"]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    params = sorted(c for c in frame.columns if c.startswith("params_"))
+    return frame[columns[:3] + params + columns[3:]]
+
+
+def _importance(study_trials: list[FrozenTrial], label: str) -> Importance:
+    n = len(study_trials)
+    result = Importance(label, n)
+    if n < MIN_FOR_IMPORTANCE:
+        result.missing = (f"needs at least {MIN_FOR_IMPORTANCE} completed trials; "
+                          f"the study has {n}")
+        return result
+    scratch = optuna.create_study(direction="maximize")
+    scratch.add_trials(study_trials)
+    evaluators = {"PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(),
+                  "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0)}
+    for name, evaluator in evaluators.items():
+        try:
+            with warnings.catch_warnings():  # few-trial warnings: the report states the count
+                warnings.simplefilter("ignore")
+                result.by_evaluator[name] = optuna.importance.get_param_importances(
+                    scratch, evaluator=evaluator)
+        except Exception as exc:  # e.g. every trial has the same params
+            result.missing = f"{name}: {exc}"
+    if not any(result.by_evaluator.values()):
+        result.missing = result.missing or "no parameter varies across the completed trials"
+    return result
+
+
+def _as_completed(trial: FrozenTrial) -> FrozenTrial:
+    """A pruned trial standing in as complete, valued at its last reported epoch."""
+    last = trial.intermediate_values[max(trial.intermediate_values)]
+    return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
+                                     value=last, intermediate_values=trial.intermediate_values)
+
+
+def collect(study: optuna.Study) -> StudyData:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    counts = {s.name: sum(t.state == s for t in trials)
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    with_pruned = None
+    finished = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    if pruned and len(pruned) >= max(2, finished // 4):
+        # pruned trials' reasons (non-finite loss) are kept out: their value says nothing
+        usable = [t for t in pruned if t.user_attrs.get("reason") != "non-finite loss"]
+        with_pruned = _importance(complete + [_as_completed(t) for t in usable],
+                                  "completed + pruned trials, pruned ones by their last reported value")
+    curves = pd.DataFrame(
+        [{"number": t.number, "state": t.state.name, "epoch": e, "value": v}
+         for t in trials for e, v in sorted(t.intermediate_values.items())],
+        columns=["number", "state", "epoch", "value"])
+    frame = trial_rows(trials)
+    saved = 0
+    for t in pruned:
+        if t.user_attrs.get("epochs"):
+            saved += t.user_attrs["epochs"] - t.user_attrs.get("epochs_run", len(t.intermediate_values))
+    return StudyData(
+        name=study.study_name, objective=study.user_attrs.get("objective", "value"),
+        trials=frame, curves=curves,
+        importance=_importance(complete, "completed trials"),
+        importance_with_pruned=with_pruned, counts=counts,
+        best=max(complete, key=lambda t: t.value) if complete else None,
+        compute_seconds=float(frame["duration_s"].fillna(0).sum()) if not frame.empty else 0.0,
+        epochs_saved=int(saved),
+    )
+
+
+def trial_config_text(trial: FrozenTrial) -> str | None:
+    path = Path(trial.user_attrs.get("trial_dir", "")) / "config.json"
+    return path.read_text() if path.is_file() else None

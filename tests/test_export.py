@@ -1,0 +1,91 @@
+"""Exported configs: literals only, loadable by mmengine, holding the trial's values under mmcls names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from sweeper import export
+from sweeper.spec import parse_spec
+from sweeper.testing import tiny_space
+from sweeper.trial_config import resolve
+
+mmengine = pytest.importorskip("mmengine")
+CLASSES = ["cat", "dog", "eel"]
+
+
+def _config(tmp_path, **train):
+    doc = tiny_space(tmp_path / "caltech", model={"name": "resnet50", "frozen_stages": 2},
+                     train={"epochs": 100, "schedule": "step", "milestones": [20, 40, 60],
+                            "warmup": {"type": "linear", "iters": 500, "ratio": 0.001},
+                            "augment": "swin_randaug", "label_smoothing": 0.1,
+                            "lr_scaling": {"rule": "linear", "base_batch_size": 64}, **train},
+                     space={"batch_size": [32, 64]})
+    (tmp_path / "caltech" / "train").mkdir(parents=True, exist_ok=True)
+    return resolve(parse_spec(doc), 7, {"batch_size": 64, "lr": 0.1}, tmp_path / "trials", tmp_path / "c.pt")
+
+
+def _load(tmp_path, text: str):
+    path = tmp_path / "exported.py"
+    path.write_text(text)
+    return mmengine.Config.fromfile(str(path))
+
+
+def _assert_literals_only(text: str) -> None:
+    for node in ast.parse(text).body:
+        assert isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name), ast.dump(node)
+        ast.literal_eval(node.value)  # raises on any call, name or expression
+
+
+def test_mmcls_export_holds_the_trial_under_mmcls_keys(tmp_path):
+    config = _config(tmp_path, lr=0.1)
+    text = export.mmcls_config(config, CLASSES, 0.9)
+    _assert_literals_only(text)
+    cfg = _load(tmp_path, text)
+    assert cfg.model.backbone.type == "ResNet" and cfg.model.backbone.depth == 50
+    assert cfg.model.backbone.frozen_stages == 2
+    assert cfg.model.head.num_classes == 3 and cfg.model.head.in_channels == 2048
+    assert cfg.model.head.loss.label_smooth_val == pytest.approx(0.1)
+    assert cfg.data.samples_per_gpu == 64
+    assert cfg.data.train.classes == CLASSES
+    assert cfg.optimizer.type == "SGD" and cfg.optimizer.lr == pytest.approx(config.scaled_lr)
+    assert cfg.lr_config.policy == "step" and cfg.lr_config.step == [20, 40, 60]
+    assert (cfg.lr_config.warmup, cfg.lr_config.warmup_iters, cfg.lr_config.warmup_ratio) == \
+        ("linear", 500, 0.001)
+    assert cfg.runner.max_epochs == 100
+    randaug = [t for t in cfg.data.train.pipeline if t.type == "RandAugment"][0]
+    assert {p["type"] for p in randaug.policies} >= {"AutoContrast", "SolarizeAdd", "ColorTransform",
+                                                    "Shear", "Translate"}
+    assert randaug.num_policies == 2 and randaug.magnitude_level == 9
+    assert cfg.evaluation.metric == "accuracy"
+
+
+def test_mmpretrain_export_uses_1x_names(tmp_path):
+    config = _config(tmp_path, lr=0.1)
+    text = export.mmpretrain_config(config, CLASSES)
+    _assert_literals_only(text)
+    cfg = _load(tmp_path, text)
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(config.scaled_lr)
+    assert [s["type"] for s in cfg.param_scheduler] == ["LinearLR", "MultiStepLR"]
+    assert cfg.param_scheduler[0]["end"] == 500 and cfg.param_scheduler[1]["milestones"] == [20, 40, 60]
+    assert cfg.train_dataloader.batch_size == 64
+    assert cfg.train_cfg.max_epochs == 100
+    assert cfg.auto_scale_lr.base_batch_size == 64
+
+
+def test_a_model_mmcls_lacks_is_wrapped_with_a_note(tmp_path):
+    config = _config(tmp_path, lr=0.1)
+    config = type(config)(**{**config.__dict__, "model": "convnext_atto", "schedule": "cosine"})
+    text = export.mmcls_config(config, CLASSES)
+    cfg = _load(tmp_path, text)
+    assert cfg.model.backbone.type == "TIMMBackbone" and cfg.model.backbone.model_name == "convnext_atto"
+    assert "# NOTE: timm model 'convnext_atto' has no native mmcls backbone" in text
+    assert "frozen_stages=2 does not map" in text
+    assert cfg.lr_config.policy == "CosineAnnealing"
+
+
+def test_default_file_name_follows_the_openmmlab_convention(tmp_path):
+    assert export.default_filename(_config(tmp_path, lr=0.1), "mmcls") == \
+        "resnet50_1xb64-frozen2-step20-40-60_caltech.py"
