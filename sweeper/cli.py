@@ -77,6 +77,10 @@ def run(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Trials at a time (default: one per GPU, else 1).")] = None,
     gpus: Annotated[Optional[str], typer.Option(help="GPU ids to use, e.g. 0,1.")] = None,
     trials_dir: Annotated[Path, typer.Option(help="Where trial folders go.")] = Path("trials"),
+    max_retry: Annotated[int, typer.Option(min=0, help="Times a lost or interrupted trial is queued again.")] = 1,
+    trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a trial with no epoch for this many seconds.")] = None,
+    keep_checkpoints: Annotated[int, typer.Option(min=0, help="Best completed trials that keep checkpoint.pth.")] = 3,
+    heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True, help="Seconds between heartbeats.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show samples; write nothing.")] = False,
 ) -> None:
     """Create or resume a study and run trials until it holds n_trials finished ones."""
@@ -114,12 +118,15 @@ def run(
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
-        try:
-            orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir).run()
-        except KeyboardInterrupt:
-            _err("interrupted: running trials recorded as FAIL (interrupted); `run` again to resume")
-            raise typer.Exit(130) from None
+        options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat)
+        runner = orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir,
+                                           storage_url, options)
+        runner.run()
     print(summary(the_study, spec.search.objective, time.monotonic() - start))
+    if runner.interrupts:
+        _err("interrupted: the trials that were running are recorded FAIL (interrupted) and "
+             "queued again; `sweeper run` again resumes the study")
+        raise typer.Exit(130)
 
 
 def summary(study, objective: str, seconds: float) -> str:
@@ -144,8 +151,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 def _open_study(study: str, storage: str | None):
     from sweeper import store
+    from sweeper.spec import validate_study_name
 
-    return store.load_study(store.open_storage(storage or store.DEFAULT_STORAGE), study)
+    if (problem := validate_study_name(study)) is not None:
+        raise SpecError("--study", [("", problem)])
+    return store.load_study(store.open_storage(storage or store.DEFAULT_STORAGE, create=False), study)
 
 
 def _print_json(value) -> None:
@@ -235,7 +245,7 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     from sweeper import store
 
     rows = []
-    the_storage = store.open_storage(storage or store.DEFAULT_STORAGE)
+    the_storage = store.open_storage(storage or store.DEFAULT_STORAGE, create=False)
     for s in the_storage.get_all_studies():
         trials = the_storage.get_all_trials(s._study_id, deepcopy=False)
         count = {st.name.lower(): sum(t.state == st for t in trials)

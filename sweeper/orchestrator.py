@@ -1,7 +1,9 @@
 """Runs a sweep: ask Optuna -> spawn a worker per trial -> relay its epochs -> tell the outcome.
 
 The orchestrator is the only process that writes to the study store; workers speak JSON lines
-over pipes (see worker.py), read here by one thread per worker into a single queue.
+over pipes (see worker.py), read here by one thread per worker into a single queue. Several
+orchestrators (on one machine or many) may share a study: they share its trial budget through
+`store.budget_lock` and watch each other through heartbeats (recovery.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -23,6 +26,7 @@ from optuna.trial import TrialState
 
 from sweeper import data as datasets
 from sweeper import model as models
+from sweeper import recovery, store
 from sweeper.errors import SpecError, WorkerError
 from sweeper.progress import SweepProgress
 from sweeper.space import CategoricalParam
@@ -30,6 +34,7 @@ from sweeper.spec import SweepSpec
 from sweeper.trial_config import TrialConfig, resolve
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+CHECKPOINT = "checkpoint.pth"
 
 
 @dataclass
@@ -50,6 +55,15 @@ class Running:
     epochs_run: int = 0
     outcome: tuple[TrialState, str | None] | None = None  # decided, not yet told
     started: float = field(default_factory=time.time)
+    last_event: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Options:
+    max_retry: int = 1  # times a lost or interrupted trial's params are queued again
+    trial_timeout: float | None = None  # seconds without an epoch before a worker is killed
+    keep_checkpoints: int = 3  # best completed trials that keep checkpoint.pth
+    heartbeat: float = 10.0  # seconds between heartbeats
 
 
 def make_slots(workers: int | None, gpus: list[str] | None) -> list[Slot]:
@@ -62,32 +76,80 @@ def make_slots(workers: int | None, gpus: list[str] | None) -> list[Slot]:
     return [Slot(i, gpus[i % len(gpus)] if gpus else None) for i in range(k)]
 
 
+def _values(spec: SweepSpec, knob: str) -> list[Any]:
+    """Every value a knob can take in this sweep."""
+    if knob in spec.space.names:
+        p = spec.space[knob]
+        return list(p.choices) if isinstance(p, CategoricalParam) else [p.low, p.high]
+    return [spec.fixed[knob]]
+
+
 def max_image_size(spec: SweepSpec) -> int:
     return max(_values(spec, "image_size"))
 
 
+def prepare_data(spec: SweepSpec, trials_root: Path, progress=None) -> Path:
+    """Decode the dataset once, at the largest image size any trial asks for."""
+    return datasets.prepare(
+        str(spec.data.root) if spec.data.root else None, spec.data.builtin, spec.data.val_fraction,
+        max_image_size(spec), trials_root / ".cache", progress)
+
+
+def prefetch_hub_weights(spec: SweepSpec) -> None:
+    """Download hub weights once, here, so that trials neither race for them nor all fail later."""
+    if True not in _values(spec, "pretrained"):
+        return
+    for name in _values(spec, "model"):
+        print(f"fetching timm hub weights for {name} (once, before the sweep)", file=sys.stderr)
+        try:
+            models.create(name, 2, True)
+        except WorkerError as exc:
+            raise SpecError(spec.source, [("model.pretrained", str(exc))]) from None
+
+
 def create_study(spec: SweepSpec, storage) -> optuna.Study:
     """Create or resume the study and queue the known configurations (each only once)."""
-    study = optuna.create_study(storage=storage, study_name=spec.study, direction="maximize",
-                                sampler=spec.sampler(), pruner=spec.pruner(), load_if_exists=True)
-    study.set_user_attr("objective", spec.search.objective)
+    study = store.retrying(lambda: optuna.create_study(
+        storage=storage, study_name=spec.study, direction="maximize", sampler=spec.sampler(),
+        pruner=spec.pruner(), load_if_exists=True))
+    store.retrying(lambda: study.set_user_attr("objective", spec.search.objective))
     for params in spec.enqueue:
-        study.enqueue_trial(spec.space.to_optuna_params(params), skip_if_exists=True)
+        store.retrying(lambda: study.enqueue_trial(spec.space.to_optuna_params(params),
+                                                   skip_if_exists=True))
     return study
-
-
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 class Orchestrator:
     def __init__(self, spec: SweepSpec, study: optuna.Study, slots: list[Slot], data_cache: Path,
-                 progress: SweepProgress, trials_root: Path = Path("trials")):
+                 progress: SweepProgress, trials_root: Path = Path("trials"),
+                 storage_url: str = store.DEFAULT_STORAGE, options: Options = Options()):
         self.spec, self.study, self.slots = spec, study, slots
         self.data_cache, self.progress, self.trials_root = data_cache, progress, trials_root
+        self.storage_url, self.options = storage_url, options
         self.events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
         self.running: dict[int, Running] = {}  # by slot index
         self.deadline = time.monotonic() + spec.search.timeout if spec.search.timeout else None
+        self.interrupts = 0
+        self.last_beat = 0.0
+
+    # --- the budget shared with other orchestrators -------------------------------------------
+
+    def _counts(self) -> tuple[int, int]:
+        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        finished = sum(t.state in FINISHED for t in trials)
+        return finished, sum(t.state == TrialState.RUNNING for t in trials)
+
+    def _claim_trial(self) -> optuna.Trial | None:
+        """Ask for a trial if the study's budget (n_trials, all orchestrators) allows one."""
+        if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
+            return None
+        with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
+            finished, running = self._counts()
+            if finished + running >= self.spec.search.n_trials:
+                return None
+            trial = store.retrying(self.study.ask)
+            recovery.beat(self.study, trial._trial_id, self.options.heartbeat)
+            return trial
 
     # --- launching ---------------------------------------------------------------------------
 
@@ -102,8 +164,7 @@ class Orchestrator:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _launch(self, slot: Slot) -> None:
-        trial = self.study.ask()
+    def _launch(self, slot: Slot, trial: optuna.Trial) -> None:
         try:
             self._spawn(trial, slot)
         except BaseException as exc:  # never leave a trial RUNNING behind
@@ -118,14 +179,17 @@ class Orchestrator:
         if out.exists():  # left by an earlier study of the same name that was deleted
             shutil.rmtree(out)
         config.save()
-        trial.set_user_attr("trial_dir", str(out))
-        trial.set_user_attr("slot", slot.index)
-        trial.set_user_attr("epochs", config.epochs)
         with open(out / "stderr.txt", "w") as err:
+            # A session of its own: a Ctrl-C at the terminal reaches the orchestrator only,
+            # which then stops the workers itself (see _interrupt).
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sweeper.worker", str(out / "config.json")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                env=self._worker_env(slot), start_new_session=False)
+                env=self._worker_env(slot), start_new_session=True)
+        attrs = {"trial_dir": str(out), "slot": slot.index, "epochs": config.epochs,
+                 "worker_pid": proc.pid, "host": os.uname().nodename}
+        for key, value in attrs.items():
+            store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = Running(trial, config, slot, proc)
         threading.Thread(target=self._read, args=(slot.index, proc), daemon=True).start()
         self.progress.started(trial.number, slot.index, sampled, config.epochs)
@@ -149,19 +213,19 @@ class Orchestrator:
 
     def _handle(self, run: Running, event: dict[str, Any]) -> None:
         kind = event["event"]
+        run.last_event = time.monotonic()
         if kind == "start":
-            run.trial.set_user_attr("classes", event["classes"])
-            run.trial.set_user_attr("device", event["device"])
-            run.trial.set_user_attr("cuda_visible_devices", event["cuda_visible_devices"])
+            for key in ("classes", "device", "cuda_visible_devices"):
+                store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
         elif kind == "epoch":
             value = event[self.spec.search.objective]
             run.last_value, run.epochs_run = value, event["epoch"]
-            run.trial.report(value, event["epoch"])
+            store.retrying(lambda: run.trial.report(value, event["epoch"]))
             self.progress.epoch(run.trial.number, event["epoch"], value)
-            prune = run.trial.should_prune()
+            prune = store.retrying(run.trial.should_prune)
             if prune:
                 run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
-            self._reply(run, "stop" if prune else "continue")
+            self._reply(run, "stop" if prune or self.interrupts else "continue")
         elif kind == "nonfinite":
             run.epochs_run = event["epoch"]
             run.outcome = (TrialState.PRUNED, "non-finite loss")
@@ -179,50 +243,128 @@ class Orchestrator:
         if state == TrialState.COMPLETE and run.last_value is None:
             state, reason = TrialState.FAIL, "worker reported no epoch"
         trial = run.trial
-        trial.set_user_attr("epochs_run", run.epochs_run)
-        trial.set_user_attr("duration_s", round(time.time() - run.started, 2))
+        attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2)}
         if reason:
-            trial.set_user_attr("reason", reason)
-        if state == TrialState.COMPLETE:
-            self.study.tell(trial, run.last_value)
+            attrs["reason"] = reason
+        for key, value in attrs.items():
+            store.retrying(lambda: trial.set_user_attr(key, value))
+        if reason == "interrupted":
+            frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
+            store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason,
+                                                             self.options.max_retry))
+        elif state == TrialState.COMPLETE:
+            store.retrying(lambda: self.study.tell(trial, run.last_value))
         else:
-            self.study.tell(trial, state=state)
+            store.retrying(lambda: self.study.tell(trial, state=state))
         self.progress.finished(trial.number, state.name,
                                run.last_value if state != TrialState.FAIL else None, reason)
+        if state == TrialState.COMPLETE:
+            self._keep_best_checkpoints()
+
+    def _keep_best_checkpoints(self) -> None:
+        """Only the best `keep_checkpoints` completed trials keep their checkpoint file."""
+        done = store.retrying(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        ranked = sorted(done, key=lambda t: t.value, reverse=True)
+        for t in ranked[self.options.keep_checkpoints:]:
+            path = Path(t.user_attrs.get("trial_dir", "")) / CHECKPOINT
+            if t.user_attrs.get("trial_dir") and path.is_file():
+                path.unlink()
+
+    # --- interruption, time-outs, heartbeats --------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.progress.message("stopping: no new trials; running trials are stopped and "
+                                  "queued again (Ctrl-C again to stop at once)")
+            for run in self.running.values():
+                run.outcome = (TrialState.FAIL, "interrupted")
+                _signal(run.proc, signal.SIGTERM)
+        else:
+            for run in self.running.values():
+                run.outcome = (TrialState.FAIL, "interrupted")
+                _signal(run.proc, signal.SIGKILL)
+
+    def _check_timeouts(self) -> None:
+        limit = self.options.trial_timeout
+        if limit is None:
+            return
+        for run in self.running.values():
+            if run.outcome is None and time.monotonic() - run.last_event > limit:
+                run.outcome = (TrialState.FAIL, f"timeout: no epoch finished within {limit:g} s")
+                _signal(run.proc, signal.SIGKILL)
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self.last_beat < self.options.heartbeat:
+            return
+        self.last_beat = time.monotonic()
+        for run in self.running.values():
+            store.retrying(lambda: recovery.beat(self.study, run.trial._trial_id, self.options.heartbeat))
+        mine = {run.trial.number for run in self.running.values()}
+        lost = store.retrying(lambda: recovery.recover_stale(
+            self.study, self.options.max_retry, self.options.heartbeat, mine))
+        for number in lost:
+            self.progress.message(f"trial {number}: its orchestrator is gone; recorded FAIL "
+                                  "(orchestrator lost) and queued again")
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def _may_launch(self) -> bool:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return False
-        return count_finished(self.study) + len(self.running) < self.spec.search.n_trials
-
     def run(self) -> None:
         """Run trials until the study holds n_trials finished ones (or the timeout passes)."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
         try:
-            while True:
-                for slot in self.slots:
-                    if slot.index not in self.running and self._may_launch():
-                        self._launch(slot)
-                if not self.running:
+            self._loop()
+        except BaseException:  # a bug here: stop workers, leave nothing RUNNING
+            for run in self.running.values():
+                _signal(run.proc, signal.SIGKILL)
+                run.outcome = run.outcome or (TrialState.FAIL, "orchestrator error")
+                self._finish(run)
+            self.running.clear()
+            raise
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> None:
+        waiting_noted = False
+        while True:
+            self._heartbeat()
+            for slot in self.slots:
+                if slot.index not in self.running and (trial := self._claim_trial()) is not None:
+                    self._launch(slot, trial)
+            if not self.running:
+                if self.interrupts or (self.deadline and time.monotonic() >= self.deadline):
                     return
-                slot_index, event = self.events.get()
+                finished, running = self._counts()
+                if finished >= self.spec.search.n_trials or running == 0:
+                    return
+                if not waiting_noted:  # the rest of the budget runs elsewhere
+                    self.progress.message(f"waiting for {running} trial(s) running elsewhere")
+                    waiting_noted = True
+                time.sleep(min(self.options.heartbeat, 2.0))
+                continue
+            try:
+                slot_index, event = self.events.get(timeout=1.0)
+            except queue.Empty:
+                slot_index, event = None, None
+            if slot_index is not None:
                 run = self.running[slot_index]
                 if event is None:
                     del self.running[slot_index]
                     self._finish(run)
                 else:
                     self._handle(run, event)
-        except BaseException as exc:  # Ctrl-C, or a bug here: stop workers, leave nothing RUNNING
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
-                f"orchestrator error: {type(exc).__name__}"
-            for run in self.running.values():
-                run.proc.kill()
-                run.proc.wait()
-                run.outcome = (TrialState.FAIL, reason)
-                self._finish(run)
-            self.running.clear()
-            raise
+            self._check_timeouts()
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
 
 
 def _exit_reason(code: int, config: TrialConfig) -> str:
@@ -234,30 +376,3 @@ def _exit_reason(code: int, config: TrialConfig) -> str:
         lines = [line for line in err.read_text(errors="replace").splitlines() if line.strip()]
         tail = f": {lines[-1][:300]}" if lines else ""
     return f"worker exited with code {code}{tail}"
-
-
-def prepare_data(spec: SweepSpec, trials_root: Path, progress=None) -> Path:
-    """Decode the dataset once, at the largest image size any trial asks for."""
-    return datasets.prepare(
-        str(spec.data.root) if spec.data.root else None, spec.data.builtin, spec.data.val_fraction,
-        max_image_size(spec), trials_root / ".cache", progress)
-
-
-def _values(spec: SweepSpec, knob: str) -> list[Any]:
-    """Every value a knob can take in this sweep."""
-    if knob in spec.space.names:
-        p = spec.space[knob]
-        return list(p.choices) if isinstance(p, CategoricalParam) else [p.low, p.high]
-    return [spec.fixed[knob]]
-
-
-def prefetch_hub_weights(spec: SweepSpec) -> None:
-    """Download hub weights once, here, so that trials neither race for them nor all fail later."""
-    if True not in _values(spec, "pretrained"):
-        return
-    for name in _values(spec, "model"):
-        print(f"fetching timm hub weights for {name} (once, before the sweep)", file=sys.stderr)
-        try:
-            models.create(name, 2, True)
-        except WorkerError as exc:
-            raise SpecError(spec.source, [("model.pretrained", str(exc))]) from None

@@ -43,6 +43,14 @@ def _display(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
+def planned_epochs(trial: FrozenTrial) -> int | None:
+    """The epochs a trial was configured for (its attribute, else its config.json)."""
+    if "epochs" in trial.user_attrs:
+        return trial.user_attrs["epochs"]
+    text = trial_config_text(trial)
+    return json.loads(text)["epochs"] if text else None
+
+
 def trial_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
     """One row per trial: number, state, value, params, epochs, duration, reason, slot, times."""
     rows = []
@@ -53,7 +61,7 @@ def trial_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
             "number": t.number, "state": t.state.name, "value": t.value,
             **{f"params_{k}": _display(v) for k, v in t.params.items()},
             "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
-            "epochs": t.user_attrs.get("epochs"),
+            "epochs": planned_epochs(t),
             "duration_s": duration, "reason": t.user_attrs.get("reason"),
             "slot": t.user_attrs.get("slot"),
             "start": t.datetime_start, "end": t.datetime_complete,
@@ -118,8 +126,8 @@ def collect(study: optuna.Study) -> StudyData:
     frame = trial_rows(trials)
     saved = 0
     for t in pruned:
-        if t.user_attrs.get("epochs"):
-            saved += t.user_attrs["epochs"] - t.user_attrs.get("epochs_run", len(t.intermediate_values))
+        if (planned := planned_epochs(t)) is not None:
+            saved += planned - t.user_attrs.get("epochs_run", len(t.intermediate_values))
     return StudyData(
         name=study.study_name, objective=study.user_attrs.get("objective", "value"),
         trials=frame, curves=curves,

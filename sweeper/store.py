@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sqlite3
+import time
+import zlib
+from typing import Callable, Iterator, TypeVar
 from pathlib import Path
 
 import optuna
@@ -22,23 +27,45 @@ def redact(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def _prepare_sqlite(url: str) -> None:
-    """WAL lets readers (report, dashboard) work while a sweep writes; it persists in the file."""
-    database = make_url(url).database
-    if not database or database == ":memory:":
+def sqlite_path(url: str) -> Path | None:
+    url_ = make_url(url)
+    if url_.get_backend_name() != "sqlite" or url_.database in (None, "", ":memory:"):
+        return None
+    return Path(url_.database)
+
+
+def _prepare_sqlite(url: str, create: bool) -> None:
+    """Check the file is a sound SQLite database (never resetting it), then switch on WAL.
+
+    WAL lets readers (report, dashboard) work while sweeps write; it persists in the file.
+    """
+    path = sqlite_path(url)
+    if path is None:
         return
-    path = Path(database)
     if not path.parent.is_dir():
         raise StorageError(f"cannot open study store {redact(url)}: folder {path.parent} does not exist")
-    with sqlite3.connect(path, timeout=30) as con:
-        con.execute("PRAGMA journal_mode=WAL")
+    if not path.exists() and not create:
+        raise StorageError(f"study store {path} does not exist; run `sweeper run` first or pass "
+                           "--storage URL")
+    try:
+        # mode=rw/rwc through a URI: sqlite3 never truncates or rewrites an existing file here
+        uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"study store {path} is damaged ({exc}); it was left untouched: "
+                           "restore it from a backup, or pass --storage to use another file") from None
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open (creating if needed) the study store; problems become one StorageError."""
+def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open the study store (creating it if `create`); problems become one StorageError."""
     try:
         if make_url(url).get_backend_name() == "sqlite":
-            _prepare_sqlite(url)
+            _prepare_sqlite(url, create)
             engine_kwargs = {"connect_args": {"timeout": 30}}
         else:
             engine_kwargs = {"pool_pre_ping": True}
@@ -61,3 +88,46 @@ def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
         known = ", ".join(names) if names else "none yet; create one with `sweeper run`"
         raise StorageError(f"study {name!r} not found in the store; studies there: {known}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+T = TypeVar("T")
+TRANSIENT = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
+
+
+def retrying(fn: Callable[[], T], attempts: int = 8) -> T:
+    """Run a store operation, retrying transient errors ("database is locked", a dropped
+    connection) with backoff; the last error propagates."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except TRANSIENT:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(0.1 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def budget_lock(storage: optuna.storages.RDBStorage, url: str, study: str) -> Iterator[None]:
+    """Serialise "is there budget for one more trial? then ask()" across orchestrators, so that
+    several of them on one study stop at exactly n_trials. SQLite: a lock file beside the
+    database (SQLite is single-machine anyway); PostgreSQL: an advisory lock. Other databases
+    get no lock and may overshoot n_trials by up to one trial per extra orchestrator."""
+    path = sqlite_path(url)
+    if path is not None:
+        with open(path.with_name(path.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif make_url(url).get_backend_name() == "postgresql":
+        key = zlib.crc32(f"sweeper:{study}".encode())
+        with storage.engine.connect() as con:
+            con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    else:
+        yield

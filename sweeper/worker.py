@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +28,7 @@ from torch import nn
 from sweeper import data as datasets
 from sweeper import model as models
 from sweeper.augment import eval_transform, train_transform
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, WorkerError
 from sweeper.schedule import LrSchedule
 from sweeper.trial_config import TrialConfig
 
@@ -137,11 +140,18 @@ def run_trial(config: TrialConfig, report: Report) -> str:
                     g["lr"] = lr * g["lr_mult"]
                 x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
                 y = y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = criterion(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                try:
+                    inject_fault("oom", config.number)
+                    inject_fault("host_oom", config.number)
+                    inject_fault("hang", config.number)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss = criterion(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                except (torch.cuda.OutOfMemoryError, MemoryError):
+                    # the process exits next, which frees the memory; say why first
+                    raise WorkerError(f"out of memory at batch_size={config.batch_size}") from None
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
                 if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
@@ -167,7 +177,35 @@ def run_trial(config: TrialConfig, report: Report) -> str:
             if not report({"event": "epoch", **record}):
                 print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
                 return "stopped"
+    save_checkpoint(model, classes, config)
     return "complete"
+
+
+def save_checkpoint(model: nn.Module, classes: list[str], config: TrialConfig) -> None:
+    """checkpoint.pth (the orchestrator keeps it for the best trials only), written atomically."""
+    path = Path(config.trial_dir) / "checkpoint.pth"
+    tmp = path.with_suffix(".tmp")
+    try:
+        inject_fault("disk_full", config.number)
+        torch.save({"state_dict": model.state_dict(), "classes": classes, "model": config.model}, tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WorkerError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def inject_fault(kind: str, number: int) -> None:
+    """Test hook: SWEEPER_INJECT_FAULT=kind:trial (e.g. oom:1) makes that trial fail that way."""
+    if os.environ.get("SWEEPER_INJECT_FAULT") != f"{kind}:{number}":
+        return
+    if kind == "oom":
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    if kind == "host_oom":
+        raise MemoryError()
+    if kind == "hang":
+        time.sleep(3600)
+    if kind == "disk_full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _pipe_reporter(proto, replies) -> Report:
@@ -181,7 +219,23 @@ def _pipe_reporter(proto, replies) -> Report:
     return report
 
 
+def die_with_parent() -> None:
+    """A worker whose orchestrator is gone (even by kill -9) must not run on as an orphan."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    def watch() -> None:  # elsewhere (and as a backstop): poll for re-parenting
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    die_with_parent()
     config = TrialConfig.from_json(Path(argv[0]).read_text())
     # Keep the real stdout for the protocol; anything else printed goes to stderr (the log).
     proto = os.fdopen(os.dup(1), "w")

@@ -1,0 +1,68 @@
+"""Heartbeats, and what happens to trials whose orchestrator is gone or was interrupted.
+
+Every orchestrator writes a heartbeat (a timestamp user attribute) on each of its RUNNING trials
+every few seconds. A RUNNING trial whose heartbeat is older than STALE_BEATS of its own declared
+interval belongs to an orchestrator that died (kill -9, lost machine): any orchestrator may then
+fail it ("orchestrator lost") and queue its parameters again, at most `max_retry` times. Process
+ids alone cannot tell this, since orchestrators may run on other machines.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+STALE_BEATS = 5  # missed heartbeats before a trial counts as abandoned
+HEARTBEAT = "heartbeat"
+INTERVAL = "heartbeat_interval"
+RETRIES = "retries"
+
+
+def beat(study: optuna.Study, trial_id: int, interval: float) -> None:
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+    storage.set_trial_user_attr(trial_id, INTERVAL, interval)
+
+
+def is_stale(trial: FrozenTrial, now: float, default_interval: float) -> bool:
+    if trial.state != TrialState.RUNNING:
+        return False
+    interval = trial.user_attrs.get(INTERVAL, default_interval)
+    last = trial.user_attrs.get(HEARTBEAT)
+    if last is None:  # died between ask() and its first heartbeat
+        last = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - last > STALE_BEATS * interval
+
+
+def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int) -> bool:
+    """Record the trial FAIL with `reason` and queue its params again if retries remain.
+
+    Returns False when another orchestrator finished the trial first (then nothing is queued,
+    so two orchestrators recovering the same trial do not queue it twice).
+    """
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    retries = trial.user_attrs.get(RETRIES, 0)
+    if trial.params and retries < max_retry:
+        study.enqueue_trial(trial.params, user_attrs={RETRIES: retries + 1, "retry_of": trial.number})
+    return True
+
+
+def recover_stale(study: optuna.Study, max_retry: int, default_interval: float,
+                  mine: set[int] = frozenset()) -> list[int]:
+    """Fail (and requeue) the RUNNING trials of dead orchestrators; returns their numbers."""
+    now = time.time()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number not in mine and is_stale(t, now, default_interval):
+            if fail_and_requeue(study, t, "orchestrator lost", max_retry):
+                recovered.append(t.number)
+    return recovered
