@@ -111,7 +111,7 @@ def run(
         if bar:
             bar.stop()
     optuna_storage = store.open_storage(storage_url)
-    the_study = orchestrator.create_study(spec, optuna_storage)
+    the_study = orchestrator.create_study(spec, optuna_storage, storage_url)
     slots = orchestrator.make_slots(workers, gpu_ids)
     where = ", ".join(f"GPU {s.gpu}" if s.gpu is not None else "CPU" for s in slots)
     start = time.monotonic()

@@ -33,7 +33,6 @@ from sweeper.space import CategoricalParam
 from sweeper.spec import SweepSpec
 from sweeper.trial_config import TrialConfig, resolve
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 CHECKPOINT = "checkpoint.pth"
 
 
@@ -107,11 +106,17 @@ def prefetch_hub_weights(spec: SweepSpec) -> None:
             raise SpecError(spec.source, [("model.pretrained", str(exc))]) from None
 
 
-def create_study(spec: SweepSpec, storage) -> optuna.Study:
+def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
     """Create or resume the study and queue the known configurations (each only once)."""
     study = store.retrying(lambda: optuna.create_study(
         storage=storage, study_name=spec.study, direction="maximize", sampler=spec.sampler(),
         pruner=spec.pruner(), load_if_exists=True))
+    # Each run of the study (a resume, a second orchestrator) gets its own sampler seed: the same
+    # seed in every run would sample the same parameters again. The first run keeps the seed.
+    with store.budget_lock(storage, storage_url, spec.study):
+        runs = study.user_attrs.get("runs", 0)
+        store.retrying(lambda: study.set_user_attr("runs", runs + 1))
+    study.sampler = spec.sampler(seed_offset=runs)
     store.retrying(lambda: study.set_user_attr("objective", spec.search.objective))
     for params in spec.enqueue:
         store.retrying(lambda: study.enqueue_trial(spec.space.to_optuna_params(params),
@@ -136,7 +141,7 @@ class Orchestrator:
 
     def _counts(self) -> tuple[int, int]:
         trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
-        finished = sum(t.state in FINISHED for t in trials)
+        finished = sum(recovery.counts_toward_budget(t) for t in trials)
         return finished, sum(t.state == TrialState.RUNNING for t in trials)
 
     def _claim_trial(self) -> optuna.Trial | None:

@@ -19,6 +19,7 @@ STALE_BEATS = 5  # missed heartbeats before a trial counts as abandoned
 HEARTBEAT = "heartbeat"
 INTERVAL = "heartbeat_interval"
 RETRIES = "retries"
+REQUEUED = "requeued"
 
 
 def beat(study: optuna.Study, trial_id: int, interval: float) -> None:
@@ -44,16 +45,23 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_r
     so two orchestrators recovering the same trial do not queue it twice).
     """
     storage = study._storage
+    retries = trial.user_attrs.get(RETRIES, 0)
+    requeue = bool(trial.params) and retries < max_retry
     try:
         storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+        storage.set_trial_user_attr(trial._trial_id, REQUEUED, requeue)
         if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
         return False
-    retries = trial.user_attrs.get(RETRIES, 0)
-    if trial.params and retries < max_retry:
+    if requeue:
         study.enqueue_trial(trial.params, user_attrs={RETRIES: retries + 1, "retry_of": trial.number})
     return True
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    """A failed attempt whose params were queued again is replaced by its retry in n_trials."""
+    return trial.state.is_finished() and not trial.user_attrs.get(REQUEUED, False)
 
 
 def recover_stale(study: optuna.Study, max_retry: int, default_interval: float,

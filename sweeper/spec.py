@@ -54,8 +54,9 @@ class SweepSpec:
     enqueue: tuple[dict[str, Any], ...] = ()
     source: str = ""
 
-    def sampler(self):
-        return create_sampler(self.search.sampler, self.space.grid)
+    def sampler(self, seed_offset: int = 0):
+        """The sampler; `seed_offset` gives each run of a study its own seeded sequence."""
+        return create_sampler(self.search.sampler, self.space.grid, seed_offset)
 
     def pruner(self):
         return create_pruner(self.search.pruner)

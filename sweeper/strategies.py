@@ -72,9 +72,12 @@ def parse_named(
     return Named(name, options, wrapped)
 
 
-def create_sampler(spec: Named, grid: Callable[[], dict[str, list[Any]]]) -> optuna.samplers.BaseSampler:
+def create_sampler(spec: Named, grid: Callable[[], dict[str, list[Any]]],
+                   seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """Build the sampler; `grid` supplies the search space that GridSampler needs."""
     options = dict(spec.options)
+    if options.get("seed") is not None:
+        options["seed"] += seed_offset
     if spec.name == "grid":
         options["search_space"] = grid()
     return SAMPLERS[spec.name](**options)
