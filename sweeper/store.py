@@ -72,9 +72,12 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except StorageError:
         raise
-    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+    except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"storage URL {redact(url)} is not valid ({type(exc).__name__}); "
                            "use e.g. sqlite:///studies.db or postgresql://user@host/db") from None
+    except ImportError:
+        raise StorageError(f"no database driver for {redact(url)}; for PostgreSQL: "
+                           "pip install 'psycopg[binary]'") from None
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StorageError(f"cannot open study store {redact(url)}: "
@@ -123,7 +126,8 @@ def budget_lock(storage: optuna.storages.RDBStorage, url: str, study: str) -> It
                 fcntl.flock(handle, fcntl.LOCK_UN)
     elif make_url(url).get_backend_name() == "postgresql":
         key = zlib.crc32(f"sweeper:{study}".encode())
-        with storage.engine.connect() as con:
+        engine = getattr(storage, "_backend", storage).engine  # a study wraps it in a cache
+        with engine.connect() as con:
             con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield

@@ -1,0 +1,48 @@
+"""The multi-machine path: several orchestrators on one study in a real PostgreSQL server.
+
+`.ci/run` starts the server and sets SWEEPER_TEST_POSTGRES_URL; without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from urllib.parse import unquote
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from sweeper.testing import tiny_space, write_space
+
+URL = os.environ.get("SWEEPER_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not URL, reason="SWEEPER_TEST_POSTGRES_URL not set (.ci/run sets it)")
+
+
+def _secrets(url: str) -> list[str]:
+    password = make_url(url).password
+    return [password, url.split("@")[0].split(":")[-1], unquote(password)]
+
+
+def test_two_orchestrators_two_workers_each_on_one_postgres_study(colour_folder, tmp_path):
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    spec = write_space(tmp_path / "space.yaml", tiny_space(
+        colour_folder, study=study, search={"n_trials": 6, "sampler": "random", "pruner": "none"}))
+    started = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-m", "sweeper", "run", "--space", str(spec),
+                               "--storage", URL, "--workers", "2"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    print(f"two orchestrators on PostgreSQL: {time.monotonic() - started:.1f} s")
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+        assert not any(secret in out for secret in _secrets(URL))
+        assert "storage=postgresql://sweeper:***@127.0.0.1" in out
+    trials = optuna.load_study(study_name=study, storage=URL).get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 6
