@@ -35,9 +35,9 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def _prepare_sqlite(url: str, create: bool) -> None:
-    """Check the file is a sound SQLite database (never resetting it), then switch on WAL.
-
-    WAL lets readers (report, dashboard) work while sweeps write; it persists in the file.
+    """Check the file is a sound SQLite database (never resetting it); for a sweep, switch on
+    WAL, which lets readers (report, dashboard) work while sweeps write and persists in the file.
+    Read-only commands (create=False) leave the file's bytes as they are.
     """
     path = sqlite_path(url)
     if path is None:
@@ -54,7 +54,7 @@ def _prepare_sqlite(url: str, create: bool) -> None:
             check = con.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
-            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            if create and con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 con.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"study store {path} is damaged ({exc}); it was left untouched: "

@@ -1,0 +1,150 @@
+"""Bad input: exit code 2, one message naming the YAML path or option, no traceback, and the
+study store byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sweeper.cli import app
+from sweeper.testing import make_image_folder, tiny_space
+
+runner = CliRunner()
+
+
+def doc_with(folder, **changes):
+    return yaml.safe_dump(tiny_space(folder, **changes), sort_keys=False)
+
+
+def raw(text):
+    return lambda folder: text
+
+
+def changed(**changes):
+    return lambda folder: doc_with(folder, **changes)
+
+
+def mismatched_classes(folder):
+    root = make_image_folder(folder.parent / "mismatch", classes=2, per_class=6)
+    (root / "val" / "class_1").rename(root / "val" / "class_7")
+    return doc_with(root)
+
+
+def empty_folder(folder):
+    root = folder.parent / "empty"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+    return doc_with(root)
+
+
+def broken_image(folder):
+    root = make_image_folder(folder.parent / "broken", classes=2, per_class=6)
+    (root / "train" / "class_0" / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return doc_with(root)
+
+
+CASES = [
+    # id, space file text (from the data folder), extra arguments, expected in the message
+    ("yaml-syntax", raw("study: x\nspace: {lr: [0.1, 0.2\n"), [], "line 3"),
+    ("python-tag", raw("study: !!python/object/apply:os.system ['true']\n"), [], "remove the !! tag"),
+    ("duplicate-key", raw("study: a\nmodel: {name: resnet18}\nmodel: {name: resnet50}\n"), [],
+     "duplicate key 'model'"),
+    ("not-a-mapping", raw("- just\n- a list\n"), [], "must be a YAML mapping"),
+    ("unknown-top-key", changed(serach={"n_trials": 3}), [], "serach: unknown key; did you mean 'search'?"),
+    ("unknown-nested-key", changed(model={"name": "test_resnet", "frozen_stage": 1}), [],
+     "model.frozen_stage: unknown key; did you mean 'frozen_stages'?"),
+    ("unknown-space-knob", changed(space={"learning_rate": [0.1]}), [], "space.learning_rate: unknown key"),
+    ("empty-choices", changed(space={"batch_size": []}), [], "space.batch_size.choices: must be a non-empty list"),
+    ("low-above-high", changed(space={"lr": {"low": 0.5, "high": 0.1}}), [], "space.lr.low: must be <= high"),
+    ("log-low-zero", changed(space={"weight_decay": {"low": 0.0, "high": 0.1, "log": True}}), [],
+     "space.weight_decay.low: must be > 0 when log is true"),
+    ("step-not-positive", changed(space={"weight_decay": {"low": 0.0, "high": 0.1, "step": 0}}), [],
+     "space.weight_decay.step: must be a number > 0"),
+    ("wrong-type", changed(train={"epochs": "ten"}), [], "train.epochs: must be an integer >= 1"),
+    ("batch-size-zero", changed(train={"batch_size": 0}), [], "train.batch_size: must be an integer >= 1"),
+    ("condition-unknown", changed(space={"gamma": {"low": 0.1, "high": 0.5, "when": {"schedul": "step"}}}),
+     [], "space.gamma.when.schedul: not a searched parameter"),
+    ("fixed-and-searched", raw("study: s\ndata: {builtin: digits}\nmodel: {name: test_resnet}\n"
+                               "train: {lr: 0.1}\nspace: {lr: [0.1, 0.2]}\n"),
+     [], "space.lr: fixed at train.lr and searched here"),
+    ("unknown-operation", changed(augment_policies={"mine": ["Rotate", "Twirl"]}), [],
+     "augment_policies.mine[1]: unknown operation 'Twirl'"),
+    ("unknown-policy", changed(space={"augment": ["flip_crop", "strong"]}), [],
+     "space.augment.choices[1]: unknown augmentation policy 'strong'"),
+    ("milestones-not-increasing", changed(train={"schedule": "step", "milestones": [3, 2]}), [],
+     "train.milestones: must be a list of increasing positive epoch numbers"),
+    ("milestones-beyond-epochs", changed(train={"epochs": 5, "schedule": "step", "milestones": [2, 8]}), [],
+     "train.milestones: milestone 8 is not before the last epoch (epochs: 5)"),
+    ("unknown-model", changed(model={"name": "resnet51"}), [], "model.name: unknown timm model 'resnet51'; close matches"),
+    ("unknown-sampler", changed(search={"sampler": "bayes"}), [], "search.sampler.name: unknown 'bayes'; valid names: tpe"),
+    ("unknown-pruner", changed(search={"pruner": "early"}), [], "search.pruner.name: unknown 'early'"),
+    ("unknown-sampler-option", changed(search={"sampler": {"name": "tpe", "n_startup": 3}}), [],
+     "search.sampler.n_startup: not an option of tpe"),
+    ("grid-without-step", changed(search={"sampler": "grid"}), [], "space.lr: the grid sampler needs a step"),
+    ("unknown-objective", changed(search={"objective": "accuracy"}), [], "search.objective: unknown 'accuracy'"),
+    ("enqueue-outside", changed(enqueue=[{"lr": 3.0}]), [], "enqueue[0].lr: 3.0 is outside the space"),
+    ("warmup-without-length", changed(train={"warmup": "linear"}), [], "train.warmup: a warmup needs a length"),
+    ("bad-study-name", changed(study="../../etc"), [], "study: must be 1-128 letters"),
+    ("missing-checkpoint", changed(model={"name": "test_resnet", "pretrained": "nowhere.pth"}), [],
+     "model.pretrained: checkpoint 'nowhere.pth' not found"),
+    ("missing-data", changed(), ["--data", "no/such/folder"], "no/such/folder not found; pass --data"),
+    ("empty-data", empty_folder, [], "no images found for train"),
+    ("class-mismatch", mismatched_classes, [], "only in train: class_1; only in val: class_7"),
+    ("unreadable-image", broken_image, [], "cannot read image"),
+    ("bad-gpus", changed(), ["--gpus", "first"], "--gpus: must be GPU ids"),
+    ("storage-folder-missing", changed(), ["--storage", "sqlite:///no/such/dir/s.db"],
+     "folder no/such/dir does not exist"),
+    ("storage-url-garbage", changed(), ["--storage", "nonsense://x"], "storage URL nonsense://x is not valid"),
+]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check(result, expected, db, before):
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert result.output.count("Error:") == 1
+    assert "Traceback" not in result.output
+    assert _digest(db) == before
+
+
+@pytest.mark.parametrize("case, make, args, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_run_input(colour_folder, tmp_path, monkeypatch, case, make, args, expected):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "studies.db"
+    optuna.create_study(study_name="existing", storage=f"sqlite:///{db}")
+    before = _digest(db)
+    space = tmp_path / "space.yaml"
+    space.write_text(make(colour_folder))
+    _check(runner.invoke(app, ["run", "--space", str(space), *args]), expected, db, before)
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["report", "--study", "ghost"], "study 'ghost' not found in the store; studies there: existing"),
+    (["best", "--study", "ghost"], "study 'ghost' not found"),
+    (["trials", "--study", "ghost"], "study 'ghost' not found"),
+    (["show", "--study", "existing", "--trial", "3"], "has no trial 3"),
+    (["best", "--study", "existing", "--export", "x.py", "--format", "docx"], "no completed trial"),
+    (["run", "--space", "missing.yaml"], "missing.yaml: file not found"),
+])
+def test_bad_study_commands(tmp_path, monkeypatch, command, expected):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "studies.db"
+    optuna.create_study(study_name="existing", storage=f"sqlite:///{db}")
+    before = _digest(db)
+    _check(runner.invoke(app, command), expected, db, before)
+
+
+def test_report_without_any_store_does_not_create_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["report", "--study", "x"])
+    assert result.exit_code == 2 and "studies.db does not exist" in result.output
+    assert not (tmp_path / "studies.db").exists()
