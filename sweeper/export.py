@@ -119,6 +119,24 @@ def _randaugment(config: TrialConfig) -> dict[str, Any] | None:
             "magnitude_level": config.magnitude, "magnitude_std": config.magnitude_std}
 
 
+def _train_aug(config: TrialConfig, center_crop: list[dict[str, Any]], size_key: str,
+               flip_key: str) -> list[dict[str, Any]]:
+    """The policy set as pipeline steps; 0.x and 1.x differ only in two key names."""
+    if config.augment_ops is None:
+        return center_crop
+    steps = [{"type": "RandomResizedCrop", size_key: config.image_size},
+             {"type": "RandomFlip", flip_key: 0.5, "direction": "horizontal"}]
+    if (ra := _randaugment(config)) is not None:
+        steps.append(ra)
+    return steps
+
+
+def _header(config: TrialConfig, value: float | None, notes: list[str], how: str) -> list[str]:
+    score = f": {config.objective} {value:.4f}" if value is not None else ""
+    return ([f"{config.model}, trial {config.number} of sweeper study {config.study!r}{score}",
+             f"searched: {config.params}", how] + [f"NOTE: {n}" for n in notes])
+
+
 def _optimizer(config: TrialConfig) -> dict[str, Any]:
     if config.optimizer == "sgd":
         opt = {"type": "SGD", "lr": config.scaled_lr, "momentum": config.momentum,
@@ -147,14 +165,8 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
     size = config.image_size
     norm = {"mean": [round(m * 255, 3) for m in MEAN], "std": [round(s * 255, 3) for s in STD],
             "to_rgb": True}
-    if config.augment_ops is None:
-        train_aug = [{"type": "Resize", "size": (int(size / CROP_RATIO), -1)},
-                     {"type": "CenterCrop", "crop_size": size}]
-    else:
-        train_aug = [{"type": "RandomResizedCrop", "size": size},
-                     {"type": "RandomFlip", "flip_prob": 0.5, "direction": "horizontal"}]
-        if (ra := _randaugment(config)) is not None:
-            train_aug.append(ra)
+    train_aug = _train_aug(config, [{"type": "Resize", "size": (int(size / CROP_RATIO), -1)},
+                                    {"type": "CenterCrop", "crop_size": size}], "size", "flip_prob")
     train_pipeline = [{"type": "LoadImageFromFile"}, *train_aug,
                       {"type": "Normalize", **norm}, {"type": "ImageToTensor", "keys": ["img"]},
                       {"type": "ToTensor", "keys": ["gt_label"]},
@@ -179,11 +191,7 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
     paramwise = optimizer.pop("paramwise_cfg", None)
     head = {"type": "LinearClsHead", "num_classes": len(classes), "in_channels": channels or 0,
             "loss": _loss(config), "topk": (1, min(5, len(classes)))}
-    header = [f"{config.model}, trial {config.number} of sweeper study {config.study!r}"
-              + (f": {config.objective} {value:.4f}" if value is not None else ""),
-              f"searched: {config.params}",
-              "MMClassification 0.x: python tools/train.py THIS_FILE"]
-    header += [f"NOTE: {n}" for n in notes]
+    header = _header(config, value, notes, "MMClassification 0.x: python tools/train.py THIS_FILE")
     return _render(header, [
         ("model", {"type": "ImageClassifier", "backbone": backbone,
                    "neck": {"type": "GlobalAveragePooling"}, "head": head}),
@@ -215,14 +223,8 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
     train_dir, val_dir, data_notes = _data_dirs(config)
     notes += data_notes
     size = config.image_size
-    if config.augment_ops is None:
-        train_aug = [{"type": "ResizeEdge", "scale": int(size / CROP_RATIO), "edge": "short"},
-                     {"type": "CenterCrop", "crop_size": size}]
-    else:
-        train_aug = [{"type": "RandomResizedCrop", "scale": size},
-                     {"type": "RandomFlip", "prob": 0.5, "direction": "horizontal"}]
-        if (ra := _randaugment(config)) is not None:
-            train_aug.append(ra)
+    train_aug = _train_aug(config, [{"type": "ResizeEdge", "scale": int(size / CROP_RATIO), "edge": "short"},
+                                    {"type": "CenterCrop", "crop_size": size}], "scale", "prob")
     test_pipeline = [{"type": "LoadImageFromFile"},
                      {"type": "ResizeEdge", "scale": int(size / CROP_RATIO), "edge": "short"},
                      {"type": "CenterCrop", "crop_size": size}, {"type": "PackInputs"}]
@@ -248,11 +250,7 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
     optimizer = _optimizer(config)
     paramwise = optimizer.pop("paramwise_cfg", None)
     loader = {"batch_size": config.batch_size, "num_workers": max(config.num_workers, 2)}
-    header = [f"{config.model}, trial {config.number} of sweeper study {config.study!r}"
-              + (f": {config.objective} {value:.4f}" if value is not None else ""),
-              f"searched: {config.params}",
-              "MMPretrain 1.x: python tools/train.py THIS_FILE"]
-    header += [f"NOTE: {n}" for n in notes]
+    header = _header(config, value, notes, "MMPretrain 1.x: python tools/train.py THIS_FILE")
     return _render(header, [
         ("default_scope", "mmpretrain"),
         ("model", {"type": "ImageClassifier", "backbone": backbone,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models import group_modules, group_parameters
+from timm.models import group_modules
 from torch import nn
 
 from sweeper.errors import WorkerError

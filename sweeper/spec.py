@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,9 @@ import yaml
 
 from sweeper.policies import BUILTIN_POLICIES, OPERATIONS
 from sweeper.errors import SpecError
-from sweeper.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS, Knob
-from sweeper.space import CategoricalParam, Condition, FloatParam, IntParam, Param, SearchSpace
+from sweeper.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS
+from sweeper.space import CategoricalParam, FloatParam, SearchSpace
+from sweeper.space_yaml import as_number, did_you_mean, parse_enqueue, parse_space
 from sweeper.strategies import PRUNERS, SAMPLERS, Named, create_pruner, create_sampler, parse_named
 
 OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
@@ -97,22 +98,6 @@ def validate_study_name(name: Any) -> str | None:
     return None
 
 
-def _did_you_mean(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key; {hint}valid keys here: {', '.join(valid)}"
-
-
-def _as_number(value: Any) -> Any:
-    """YAML 1.1 reads `1e-4` as a string; accept it as the number the user meant."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def _walk_fixed(raw: dict, prefix: tuple[str, ...], fixed: dict, problems: Problems) -> None:
     """Collect fixed knobs under data/model/train, naming unknown keys with suggestions."""
     children = {k.path[len(prefix)] for k in KNOBS if k.path[: len(prefix)] == prefix
@@ -126,7 +111,7 @@ def _walk_fixed(raw: dict, prefix: tuple[str, ...], fixed: dict, problems: Probl
             continue
         knob = BY_PATH.get(path)
         if knob is not None:
-            fixed[knob.name] = (dotted, _as_number(value) if knob.kind == "float" else value)
+            fixed[knob.name] = (dotted, as_number(value) if knob.kind == "float" else value)
         elif key in children and isinstance(value, dict):
             _walk_fixed(value, path, fixed, problems)
         elif key in children:
@@ -138,7 +123,7 @@ def _walk_fixed(raw: dict, prefix: tuple[str, ...], fixed: dict, problems: Probl
             else:
                 problems.append((dotted, "must be a mapping"))
         else:
-            problems.append((dotted, _did_you_mean(str(key), sorted(children))))
+            problems.append((dotted, did_you_mean(str(key), sorted(children))))
 
 
 def _parse_data(raw: Any, problems: Problems) -> DataSpec:
@@ -163,115 +148,6 @@ def _parse_data(raw: Any, problems: Problems) -> DataSpec:
         builtin=builtin if isinstance(builtin, str) else None,
         val_fraction=vf, num_workers=nw,
     )
-
-
-def _parse_when(raw: Any, path: str, problems: Problems) -> tuple[Condition, ...]:
-    if not isinstance(raw, dict) or not raw:
-        problems.append((path, "must map a parameter to a value or list, e.g. {schedule: step}"))
-        return ()
-    return tuple(
-        Condition(str(k), tuple(v) if isinstance(v, list) else (v,)) for k, v in raw.items()
-    )
-
-
-def _parse_param(name: str, raw: Any, problems: Problems) -> Param | None:
-    path = f"space.{name}"
-    knob = BY_NAME[name]
-    if isinstance(raw, list):
-        raw = {"choices": raw}
-    if not isinstance(raw, dict):
-        problems.append((path, "must be a list of choices, {choices: [...]} or {low: ..., high: ...}"))
-        return None
-    allowed = {"choices", "when"} if "choices" in raw else {"low", "high", "log", "step", "when"}
-    for key in raw:
-        if key not in allowed:
-            problems.append((f"{path}.{key}", _did_you_mean(str(key), sorted(allowed))))
-    when = _parse_when(raw["when"], f"{path}.when", problems) if "when" in raw else ()
-    n_before = len(problems)
-    if "choices" in raw:
-        choices = raw["choices"]
-        if not isinstance(choices, list) or not choices:
-            problems.append((f"{path}.choices", "must be a non-empty list"))
-            return None
-        for i, c in enumerate(choices):
-            c = _as_number(c) if knob.kind == "float" else c
-            if (msg := knob.check(c)) is not None:
-                problems.append((f"{path}.choices[{i}]", msg))
-        choices = [_as_number(c) if knob.kind == "float" else c for c in choices]
-        return CategoricalParam(name, tuple(choices), when) if len(problems) == n_before else None
-    if knob.kind not in ("int", "float"):
-        problems.append((path, f"{name} is not numeric; list its choices instead"))
-        return None
-    low, high = _as_number(raw.get("low")), _as_number(raw.get("high"))
-    log, step = raw.get("log", False), _as_number(raw.get("step"))
-    for key, v in (("low", low), ("high", high)):
-        if v is None:
-            problems.append((f"{path}.{key}", "missing"))
-        elif (msg := knob.check(v)) is not None:
-            problems.append((f"{path}.{key}", msg))
-    if not isinstance(log, bool):
-        problems.append((f"{path}.log", f"must be true or false, got {log!r}"))
-    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
-        problems.append((f"{path}.step", f"must be a number > 0, got {step!r}"))
-    if len(problems) > n_before:
-        return None
-    if low > high:
-        problems.append((f"{path}.low", f"must be <= high ({low} > {high})"))
-    if log and low <= 0:
-        problems.append((f"{path}.low", "must be > 0 when log is true"))
-    if log and step is not None:
-        problems.append((f"{path}.step", "cannot be combined with log: true"))
-    if len(problems) > n_before:
-        return None
-    if knob.kind == "int":
-        if step is not None and not isinstance(step, int):
-            problems.append((f"{path}.step", f"must be an integer for {name}"))
-            return None
-        return IntParam(name, low, high, log, step or 1, when)
-    return FloatParam(name, float(low), float(high), log, step, when)
-
-
-def _order_by_conditions(params: list[Param], problems: Problems) -> tuple[Param, ...]:
-    """Topological order so a condition's parameter is sampled before the one it gates."""
-    names = {p.name for p in params}
-    for p in params:
-        for c in p.when:
-            if c.param not in names:
-                problems.append((f"space.{p.name}.when.{c.param}",
-                                 f"not a searched parameter; searched: {', '.join(sorted(names))}"))
-            elif c.param == p.name:
-                problems.append((f"space.{p.name}.when", "a parameter cannot depend on itself"))
-    ordered: list[Param] = []
-    pending = list(params)
-    while pending:
-        ready = [p for p in pending if all(c.param not in {q.name for q in pending} or
-                                           c.param == p.name for c in p.when)]
-        if not ready:
-            problems.append(("space", "conditions form a cycle: " +
-                             ", ".join(p.name for p in pending)))
-            return tuple(ordered + pending)
-        ordered += ready
-        pending = [p for p in pending if p not in ready]
-    return tuple(ordered)
-
-
-def _parse_space(raw: Any, fixed_at: dict[str, str], problems: Problems) -> SearchSpace:
-    if raw is None:
-        return SearchSpace()
-    if not isinstance(raw, dict):
-        problems.append(("space", "must map knob names to ranges or choices"))
-        return SearchSpace()
-    params = []
-    for name, value in raw.items():
-        name = str(name)
-        if name not in BY_NAME:
-            problems.append((f"space.{name}", _did_you_mean(name, sorted(BY_NAME))))
-        elif name in fixed_at:
-            problems.append((f"space.{name}", f"fixed at {fixed_at[name]} and searched here; "
-                                              "remove one of the two"))
-        elif (p := _parse_param(name, value, problems)) is not None:
-            params.append(p)
-    return SearchSpace(_order_by_conditions(params, problems))
 
 
 def _parse_policies(raw: Any, problems: Problems) -> dict[str, tuple[str, ...] | None]:
@@ -306,7 +182,7 @@ def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
         return SearchSpec()
     for key in raw:
         if key not in SEARCH_KEYS:
-            problems.append((f"search.{key}", _did_you_mean(str(key), list(SEARCH_KEYS))))
+            problems.append((f"search.{key}", did_you_mean(str(key), list(SEARCH_KEYS))))
     defaults = SearchSpec()
     n = raw.get("n_trials", defaults.n_trials)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -362,30 +238,6 @@ def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, prob
                 problems.append((path, f"unknown timm model {m!r}{hint}"))
 
 
-def _parse_enqueue(raw: Any, space: SearchSpace, problems: Problems) -> tuple[dict[str, Any], ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        problems.append(("enqueue", "must be a list of {param: value} mappings"))
-        return ()
-    out = []
-    for i, entry in enumerate(raw):
-        path = f"enqueue[{i}]"
-        if not isinstance(entry, dict) or not entry:
-            problems.append((path, "must be a non-empty {param: value} mapping"))
-            continue
-        for key, value in entry.items():
-            if key not in space.names:
-                problems.append((f"{path}.{key}", f"not a searched parameter; searched: "
-                                                  f"{', '.join(space.names) or '(none)'}"))
-            elif not space[key].contains(_as_number(value) if BY_NAME[key].kind == "float" else value):
-                problems.append((f"{path}.{key}", f"{value!r} is outside the space "
-                                                  f"({space[key].describe()})"))
-        out.append({k: _as_number(v) if BY_NAME.get(k) and BY_NAME[k].kind == "float" else v
-                    for k, v in entry.items()})
-    return tuple(out)
-
-
 def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Validate a loaded YAML document.
 
@@ -403,7 +255,7 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
         raise SpecError(source, [("", "must be a YAML mapping with keys " + ", ".join(TOP_KEYS))])
     for key in raw:
         if key not in TOP_KEYS:
-            problems.append((str(key), _did_you_mean(str(key), list(TOP_KEYS))))
+            problems.append((str(key), did_you_mean(str(key), list(TOP_KEYS))))
     study = overrides.get("study") or raw.get("study")
     if study is None:
         problems.append(("study", "missing: name the study (or pass --study NAME)"))
@@ -428,7 +280,7 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
         if (msg := BY_NAME[name].check(value)) is not None:
             problems.append((path, msg))
 
-    space = _parse_space(raw.get("space"), {n: p for n, (p, _) in fixed_raw.items()}, problems)
+    space = parse_space(raw.get("space"), {n: p for n, (p, _) in fixed_raw.items()}, problems)
     search = _parse_search(raw.get("search"), problems)
     if "n_trials" in overrides and overrides["n_trials"] is not None:
         search = SearchSpec(overrides["n_trials"], search.timeout, search.sampler, search.pruner,
@@ -454,7 +306,7 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
             values[p.name] = [(f"space.{p.name}.low", p.low), (f"space.{p.name}.high", p.high)]
     _check_values(values, policies, problems)
 
-    enqueue = _parse_enqueue(raw.get("enqueue"), space, problems)
+    enqueue = parse_enqueue(raw.get("enqueue"), space, problems)
     if search.sampler.name == "grid":
         for p in space.params:
             if isinstance(p, FloatParam) and p.step is None:

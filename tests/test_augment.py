@@ -33,8 +33,6 @@ def test_none_is_deterministic_and_randaugment_is_not():
 
 
 def test_a_policy_restricted_to_one_operation_uses_only_it():
-    image = _image()
-    # Invert only, at full probability through many draws: every output is a flipped/cropped inverse
     t = train_transform("inv", ("Invert",), 24, num_ops=1)
     ops = t.transforms[2].ops
     assert [op.name for op in ops] == ["Invert"]

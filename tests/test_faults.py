@@ -63,6 +63,23 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid (its data-loader workers, say)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def space(cwd, folder, study, **kw):
     return str(write_space(cwd / "space.yaml", tiny_space(folder, study=study, **kw)))
 
@@ -83,11 +100,14 @@ def test_worker_killed_by_signal_9_fails_only_its_trial(colour_folder, tmp_path)
 
 def test_orchestrator_killed_leaves_no_orphans_and_the_next_run_recovers(colour_folder, tmp_path):
     spec = space(tmp_path, colour_folder, "lost", train=SLOW,
+                 data={"root": str(colour_folder), "image_size": 16, "num_workers": 1},
                  search={"n_trials": 3, "sampler": {"name": "random", "seed": 3}, "pruner": "none"})
     args = ["--space", spec, "--workers", "2", "--heartbeat", "0.5"]
     proc = start(tmp_path, *args)
     victims = wait_for(lambda: running_with_epochs(tmp_path, "lost", 2), what="two trials mid-training")
-    pids = [t.user_attrs["worker_pid"] for t in victims]
+    workers = [t.user_attrs["worker_pid"] for t in victims]
+    pids = workers + [p for w in workers for p in descendants(w)]
+    assert len(pids) > len(workers)  # data-loader processes are among them
     proc.kill()
     proc.wait()
     wait_for(lambda: not any(alive(p) for p in pids), timeout=20, what="workers to exit")
