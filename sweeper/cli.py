@@ -78,7 +78,7 @@ def run(
     gpus: Annotated[Optional[str], typer.Option(help="GPU ids to use, e.g. 0,1.")] = None,
     trials_dir: Annotated[Path, typer.Option(help="Where trial folders go.")] = Path("trials"),
     max_retry: Annotated[int, typer.Option(min=0, help="Times a lost or interrupted trial is queued again.")] = 1,
-    trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a trial with no epoch for this many seconds.")] = None,
+    trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a trial that reports nothing (start-up included) for this many seconds.")] = None,
     keep_checkpoints: Annotated[int, typer.Option(min=0, help="Best completed trials that keep checkpoint.pth.")] = 3,
     heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True, help="Seconds between heartbeats.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show samples; write nothing.")] = False,

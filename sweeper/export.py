@@ -51,7 +51,7 @@ def _literal(value: Any, indent: int = 0) -> str:
         if len(items) == 1 and isinstance(value, tuple):
             return f"({items[0]},)"
     elif isinstance(value, float):
-        return repr(float(f"{value:.6g}"))
+        return repr(float(f"{value:.12g}"))  # exact to 12 digits, without float noise
     else:
         return repr(value)
     one_line = open_ + ", ".join(items) + close
@@ -74,7 +74,7 @@ def _render(header: list[str], assignments: list[tuple[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _backbone(config: TrialConfig) -> tuple[dict[str, Any], int | None, list[str]]:
+def _backbone(config: TrialConfig) -> tuple[dict[str, Any], int, list[str]]:
     """mmcls backbone dict, its output channels, and notes on what does not map."""
     notes: list[str] = []
     match = _RESNET.match(config.model)
@@ -83,12 +83,14 @@ def _backbone(config: TrialConfig) -> tuple[dict[str, Any], int | None, list[str
         backbone: dict[str, Any] = {"type": "ResNet", "depth": depth, "num_stages": 4,
                                     "out_indices": (3,), "frozen_stages": config.frozen_stages,
                                     "style": "pytorch"}
-        channels: int | None = 512 if depth < 50 else 2048
+        channels = 512 if depth < 50 else 2048
     else:
+        import timm  # deferred: only exports of non-ResNet models build one
+
         backbone = {"type": "TIMMBackbone", "model_name": config.model, "pretrained": False}
-        channels = None
+        channels = timm.create_model(config.model, pretrained=False, num_classes=0).num_features
         notes.append(f"timm model {config.model!r} has no native mmcls backbone: it is wrapped "
-                     "in TIMMBackbone; set head.in_channels to its feature width")
+                     "in TIMMBackbone (mmcls >= 0.17)")
         if config.frozen_stages >= 0:
             notes.append(f"frozen_stages={config.frozen_stages} does not map onto TIMMBackbone; "
                          "freeze those stages yourself")
@@ -189,7 +191,7 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
                           "warmup_ratio": config.warmup_ratio, "warmup_by_epoch": by_epoch})
     optimizer = _optimizer(config)
     paramwise = optimizer.pop("paramwise_cfg", None)
-    head = {"type": "LinearClsHead", "num_classes": len(classes), "in_channels": channels or 0,
+    head = {"type": "LinearClsHead", "num_classes": len(classes), "in_channels": channels,
             "loss": _loss(config), "topk": (1, min(5, len(classes)))}
     header = _header(config, value, notes, "MMClassification 0.x: python tools/train.py THIS_FILE")
     return _render(header, [
@@ -256,7 +258,7 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
         ("model", {"type": "ImageClassifier", "backbone": backbone,
                    "neck": {"type": "GlobalAveragePooling"},
                    "head": {"type": "LinearClsHead", "num_classes": len(classes),
-                            "in_channels": channels or 0, "loss": _loss(config),
+                            "in_channels": channels, "loss": _loss(config),
                             "topk": (1, min(5, len(classes)))}}),
         ("data_preprocessor", {"num_classes": len(classes), "mean": [m * 255 for m in MEAN],
                                "std": [s * 255 for s in STD], "to_rgb": True}),

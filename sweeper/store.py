@@ -69,7 +69,8 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
             engine_kwargs = {"connect_args": {"timeout": 30}}
         else:
             engine_kwargs = {"pool_pre_ping": True}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with _lock(url, "init"):  # two orchestrators creating one fresh schema would collide
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except StorageError:
         raise
     except sqlalchemy.exc.ArgumentError as exc:
@@ -111,27 +112,38 @@ def retrying(fn: Callable[[], T], attempts: int = 8) -> T:
 
 
 @contextlib.contextmanager
-def budget_lock(storage: optuna.storages.RDBStorage, url: str, study: str) -> Iterator[None]:
-    """Serialise "is there budget for one more trial? then ask()" across orchestrators, so that
-    several of them on one study stop at exactly n_trials. SQLite: a lock file beside the
-    database (SQLite is single-machine anyway); PostgreSQL: an advisory lock. Other databases
-    get no lock and may overshoot n_trials by up to one trial per extra orchestrator."""
+def _lock(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> Iterator[None]:
+    """A lock shared by every process using this store: a lock file beside an SQLite database
+    (SQLite is single-machine anyway), an advisory lock in PostgreSQL, nothing elsewhere."""
     path = sqlite_path(url)
     if path is not None:
-        with open(path.with_name(path.name + ".lock"), "a") as handle:
+        with open(path.with_name(f"{path.name}.{name}.lock"), "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
     elif make_url(url).get_backend_name() == "postgresql":
-        key = zlib.crc32(f"sweeper:{study}".encode())
-        engine = getattr(storage, "_backend", storage).engine  # a study wraps it in a cache
-        with engine.connect() as con:
-            con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        key = zlib.crc32(f"sweeper:{name}".encode())
+        own = engine is None
+        engine = engine or sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as con:
+                con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            if own:
+                engine.dispose()
     else:
         yield
+
+
+def budget_lock(storage: optuna.storages.BaseStorage, url: str, study: str):
+    """Serialise "is there budget for one more trial? then ask()" across orchestrators, so that
+    several of them on one study stop at exactly n_trials. Databases other than SQLite and
+    PostgreSQL get no lock and may overshoot by up to one trial per extra orchestrator."""
+    engine = getattr(storage, "_backend", storage).engine  # a study wraps it in a cache
+    return _lock(url, f"budget-{zlib.crc32(study.encode())}", engine)

@@ -46,7 +46,7 @@ def test_mmcls_export_holds_the_trial_under_mmcls_keys(tmp_path):
     assert cfg.model.backbone.type == "ResNet" and cfg.model.backbone.depth == 50
     assert cfg.model.backbone.frozen_stages == 2
     assert cfg.model.head.num_classes == 3 and cfg.model.head.in_channels == 2048
-    assert cfg.model.head.loss.label_smooth_val == pytest.approx(0.1)
+    assert cfg.model.head.loss.label_smooth_val == 0.1
     assert cfg.data.samples_per_gpu == 64
     assert cfg.data.train.classes == CLASSES
     assert cfg.optimizer.type == "SGD" and cfg.optimizer.lr == pytest.approx(config.scaled_lr)
@@ -80,6 +80,7 @@ def test_a_model_mmcls_lacks_is_wrapped_with_a_note(tmp_path):
     text = export.mmcls_config(config, CLASSES)
     cfg = _load(tmp_path, text)
     assert cfg.model.backbone.type == "TIMMBackbone" and cfg.model.backbone.model_name == "convnext_atto"
+    assert cfg.model.head.in_channels == 320  # convnext_atto's feature width
     assert "# NOTE: timm model 'convnext_atto' has no native mmcls backbone" in text
     assert "frozen_stages=2 does not map" in text
     assert cfg.lr_config.policy == "CosineAnnealing"

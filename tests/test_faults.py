@@ -161,7 +161,7 @@ def test_ctrl_c_records_interrupted_requeues_and_resumes(colour_folder, tmp_path
 def test_hung_worker_is_killed_after_the_trial_timeout(colour_folder, tmp_path):
     spec = space(tmp_path, colour_folder, "hang", search={"n_trials": 2, "sampler": "random",
                                                           "pruner": "none"})
-    code, out = finish(start(tmp_path, "--space", spec, "--trial-timeout", "3",
+    code, out = finish(start(tmp_path, "--space", spec, "--trial-timeout", "15",
                              env={"SWEEPER_INJECT_FAULT": "hang:0"}))
     assert code == 0, out
     hung, ok = trials(tmp_path, "hang")
