@@ -13,6 +13,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import optuna
 from optuna.trial import TrialState
@@ -94,10 +96,28 @@ def prepare_data(spec: SweepSpec, trials_root: Path, progress=None) -> Path:
         max_image_size(spec), trials_root / ".cache", progress)
 
 
+def _hub_reachable() -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def prefetch_hub_weights(spec: SweepSpec) -> None:
-    """Download hub weights once, here, so that trials neither race for them nor all fail later."""
+    """Download hub weights once, here, so that trials neither race for them nor all fail later.
+
+    Without a route to the hub, weights already in the local cache still work (offline mode,
+    passed on to the workers), and missing ones fail at once instead of after a minute of retries.
+    """
     if True not in _values(spec, "pretrained"):
         return
+    if not _hub_reachable():
+        import huggingface_hub.constants
+
+        os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the workers
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # this process read the variable already
     for name in _values(spec, "model"):
         print(f"fetching timm hub weights for {name} (once, before the sweep)", file=sys.stderr)
         try:
