@@ -324,7 +324,7 @@ class Orchestrator:
             return
         self.last_beat = time.monotonic()
         for run in self.running.values():
-            store.retrying(lambda: recovery.beat(self.study, run.trial._trial_id, self.options.heartbeat))
+            store.retrying(lambda: recovery.beat(self.study, run.trial._trial_id))
         mine = {run.trial.number for run in self.running.values()}
         lost = store.retrying(lambda: recovery.recover_stale(
             self.study, self.options.max_retry, self.options.heartbeat, mine))

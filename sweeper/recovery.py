@@ -22,10 +22,13 @@ RETRIES = "retries"
 REQUEUED = "requeued"
 
 
-def beat(study: optuna.Study, trial_id: int, interval: float) -> None:
+def beat(study: optuna.Study, trial_id: int, interval: float | None = None) -> None:
+    """Record that the trial's orchestrator is alive; `interval` (declared once, at the first
+    beat) is how often it promises to beat."""
     storage = study._storage
     storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
-    storage.set_trial_user_attr(trial_id, INTERVAL, interval)
+    if interval is not None:
+        storage.set_trial_user_attr(trial_id, INTERVAL, interval)
 
 
 def is_stale(trial: FrozenTrial, now: float, default_interval: float) -> bool:
