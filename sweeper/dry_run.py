@@ -13,7 +13,6 @@ N_SAMPLES = 3
 
 def sample_configs(spec: SweepSpec, n: int = N_SAMPLES) -> list[dict]:
     """The first n configurations a sweep would try (enqueued first), from an in-memory study."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     for params in spec.enqueue:
         study.enqueue_trial(spec.space.to_optuna_params(params))

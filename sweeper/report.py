@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
@@ -48,7 +49,7 @@ def timeline_figure(data: StudyData) -> go.Figure:
     for state, group in rows.groupby("state"):
         end = group["end"].fillna(group["start"])
         fig.add_bar(
-            y=[f"slot {s}" if s == s and s is not None else "slot ?" for s in group["slot"]],
+            y=[f"slot {int(s)}" if pd.notna(s) else "slot ?" for s in group["slot"]],
             x=[(e - s).total_seconds() * 1000 for s, e in zip(group["start"], end)],
             base=[s.isoformat() for s in group["start"]], orientation="h", name=state.lower(),
             marker_color=STATE_COLOURS.get(state, "#888"), text=[f"#{n}" for n in group["number"]],

@@ -85,6 +85,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, bf16: bool, num_cla
 def run_trial(config: TrialConfig, report: Report) -> str:
     """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
     seed_everything(config.seed)
+    fault = injected_fault(config.number)
     device = pick_device()
     bf16 = use_bf16(config.precision, device)
     if device.type == "cuda":
@@ -141,9 +142,8 @@ def run_trial(config: TrialConfig, report: Report) -> str:
                 x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
                 y = y.to(device, non_blocking=True)
                 try:
-                    inject_fault("oom", config.number)
-                    inject_fault("host_oom", config.number)
-                    inject_fault("hang", config.number)
+                    if fault in ("oom", "host_oom", "hang"):
+                        raise_fault(fault)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                         loss = criterion(model(x), y)
                     optimizer.zero_grad(set_to_none=True)
@@ -177,16 +177,18 @@ def run_trial(config: TrialConfig, report: Report) -> str:
             if not report({"event": "epoch", **record}):
                 print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
                 return "stopped"
-    save_checkpoint(model, classes, config)
+    save_checkpoint(model, classes, config, fault)
     return "complete"
 
 
-def save_checkpoint(model: nn.Module, classes: list[str], config: TrialConfig) -> None:
+def save_checkpoint(model: nn.Module, classes: list[str], config: TrialConfig,
+                    fault: str | None = None) -> None:
     """checkpoint.pth (the orchestrator keeps it for the best trials only), written atomically."""
     path = Path(config.trial_dir) / "checkpoint.pth"
     tmp = path.with_suffix(".tmp")
     try:
-        inject_fault("disk_full", config.number)
+        if fault == "disk_full":
+            raise_fault(fault)
         torch.save({"state_dict": model.state_dict(), "classes": classes, "model": config.model}, tmp)
         tmp.replace(path)
     except OSError as exc:
@@ -194,10 +196,14 @@ def save_checkpoint(model: nn.Module, classes: list[str], config: TrialConfig) -
         raise WorkerError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
 
 
-def inject_fault(kind: str, number: int) -> None:
-    """Test hook: SWEEPER_INJECT_FAULT=kind:trial (e.g. oom:1) makes that trial fail that way."""
-    if os.environ.get("SWEEPER_INJECT_FAULT") != f"{kind}:{number}":
-        return
+def injected_fault(number: int) -> str | None:
+    """Test hook: SWEEPER_INJECT_FAULT=kind:trial (e.g. oom:1) makes that trial fail that way;
+    read once per trial, so the training loop only compares a local."""
+    kind, _, trial = os.environ.get("SWEEPER_INJECT_FAULT", "").partition(":")
+    return kind if trial == str(number) else None
+
+
+def raise_fault(kind: str) -> None:
     if kind == "oom":
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
     if kind == "host_oom":

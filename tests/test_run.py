@@ -176,3 +176,20 @@ def test_workers_run_side_by_side_each_pinned_to_its_gpu(colour_folder, tmp_path
     assert sorted(t.user_attrs["slot"] for t in trials) == [0, 1]
     assert sorted(t.user_attrs["cuda_visible_devices"] for t in trials) == ["0", "1"]
     assert "workers=2 (GPU 0, GPU 1)" in result.output
+
+
+def test_timeout_stops_new_trials_and_the_objective_is_what_is_reported(tmp_path, monkeypatch):
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path / "space.yaml", tiny_space(  # digits: 10 classes, top-5 != top-1
+        study="top5", search={"n_trials": 5, "sampler": "random", "pruner": "none",
+                              "objective": "val_top5"}))
+    result = sweep(["--space", str(space), "--timeout", "1"])
+    assert result.exit_code == 0, result.output
+    (only,) = trials_of("top5", tmp_path / "studies.db")  # the deadline passed during trial 0
+    rows = list(csv.DictReader(open(tmp_path / "trials" / "top5" / "0" / "metrics.csv")))
+    assert [only.intermediate_values[int(r["epoch"])] for r in rows] == \
+        [float(r["val_top5"]) for r in rows]
+    assert [float(r["val_top5"]) for r in rows] != [float(r["val_acc"]) for r in rows]
+    assert "val_top5" in result.output

@@ -6,6 +6,8 @@ import csv
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from sweeper import data as datasets
 from sweeper.spec import parse_spec
 from sweeper.testing import tiny_space
@@ -49,3 +51,14 @@ def test_non_finite_loss_stops_the_trial(colour_folder, tmp_path):
     events = []
     assert run_trial(config, lambda e: events.append(e) or True) == "stopped"
     assert events[-1]["event"] == "nonfinite"
+
+
+@pytest.mark.parametrize("changes", [{"optimizer": "adamw", "lr": 0.003},
+                                     {"optimizer": "sgd", "nesterov": True},
+                                     {"augment": "swin_randaug", "augment_ops": ["Rotate", "Shear"]}])
+def test_optimizers_and_augmentation_train(colour_folder, tmp_path, changes):
+    config = dataclasses.replace(_config(colour_folder, tmp_path), **changes)
+    events = []
+    assert run_trial(config, lambda e: events.append(e) or True) == "complete"
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
