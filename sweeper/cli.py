@@ -93,8 +93,12 @@ def run(
                  "n_trials": n_trials, "timeout": timeout}
     spec = load_spec(space, overrides)
     gpu_ids = _parse_gpus(gpus)
-    if spec.data.root is not None:
-        datasets.list_folder(spec.data.root, spec.data.val_fraction)  # fail before writing
+    # fail before writing anything
+    classes = (datasets.list_folder(spec.data.root, spec.data.val_fraction).classes
+               if spec.data.root is not None else datasets.BUILTIN_CLASSES[spec.data.builtin])
+    if spec.search.objective == "val_top5" and len(classes) <= 5:
+        raise SpecError(spec.source, [("search.objective", f"val_top5 is always 1.0 with "
+                                       f"{len(classes)} classes; use val_acc or val_balanced_acc")])
     if dry_run:
         from sweeper.dry_run import describe
 
@@ -205,9 +209,13 @@ def best(
     from sweeper.errors import StorageError
     from sweeper.trial_config import TrialConfig
 
+    from sweeper.report_data import value_source
+
     the_study = _open_study(study, storage)
     trial = _best_trial(the_study)
-    info = {"trial": trial.number, "value": trial.value, "params": trial.params,
+    rule = the_study.user_attrs.get("value", "last")
+    info = {"trial": trial.number, "value": trial.value, "value_rule": rule,
+            "value_epoch": trial.user_attrs.get("value_epoch"), "params": trial.params,
             "epochs": trial.user_attrs.get("epochs_run"), "trial_dir": trial.user_attrs.get("trial_dir")}
     written = None
     if export is not None:
@@ -230,7 +238,7 @@ def best(
         return
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
     print(f"best trial {trial.number}: {the_study.user_attrs.get('objective', 'value')} "
-          f"{trial.value:.4f} after {info['epochs']} epochs\nparams: {params}\n"
+          f"{trial.value:.4f} of {value_source(trial, rule)}\nparams: {params}\n"
           f"folder: {info['trial_dir']}")
     if written:
         print(f"exported {info['exported']['format']} config: {written}")

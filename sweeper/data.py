@@ -23,6 +23,7 @@ from sweeper.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_SEED = 0  # one split for the whole study, so trials are compared on the same images
+BUILTIN_CLASSES = {"digits": [str(d) for d in range(10)]}
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,16 @@ def load_checkpoint(model: nn.Module, path: str) -> list[str]:
     return skipped
 
 
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the model's timm pretrained config asks for (ImageNet's if it has none)."""
+    from sweeper.trial_config import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    if cfg is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+
+
 def _classifier_name(model: nn.Module) -> str:
     head = model.get_classifier()
     return next(name for name, m in model.named_modules() if m is head)
@@ -108,12 +118,13 @@ def train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
-    """Head at lr, every other trainable parameter at lr x backbone_lr_mult."""
+    """Head at lr, every other trainable parameter at lr x backbone_lr_mult; `base_lr` is the
+    group's lr before the schedule (mmcv's per-group base_lr)."""
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     head = [p for p in trainable if id(p) in head_ids]
     backbone = [p for p in trainable if id(p) not in head_ids]
-    groups = [{"params": head, "lr": lr, "lr_mult": 1.0}]
+    groups = [{"params": head, "lr": lr, "base_lr": lr}]
     if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "lr_mult": backbone_lr_mult})
+        groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "base_lr": lr * backbone_lr_mult})
     return groups

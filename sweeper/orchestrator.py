@@ -33,6 +33,7 @@ from sweeper.errors import SpecError, WorkerError
 from sweeper.progress import SweepProgress
 from sweeper.space import CategoricalParam
 from sweeper.spec import SweepSpec
+from sweeper.strategies import GridSampler
 from sweeper.trial_config import TrialConfig, resolve
 
 CHECKPOINT = "checkpoint.pth"
@@ -53,6 +54,7 @@ class Running:
     slot: Slot
     proc: subprocess.Popen
     last_value: float | None = None
+    value: tuple[float, int] | None = None  # the trial's value and its epoch, from the worker
     epochs_run: int = 0
     outcome: tuple[TrialState, str | None] | None = None  # decided, not yet told
     started: float = field(default_factory=time.time)
@@ -138,6 +140,7 @@ def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
         store.retrying(lambda: study.set_user_attr("runs", runs + 1))
     study.sampler = spec.sampler(seed_offset=runs)
     store.retrying(lambda: study.set_user_attr("objective", spec.search.objective))
+    store.retrying(lambda: study.set_user_attr("value", spec.search.value))
     for params in spec.enqueue:
         store.retrying(lambda: study.enqueue_trial(spec.space.to_optuna_params(params),
                                                    skip_if_exists=True))
@@ -171,6 +174,10 @@ class Orchestrator:
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
             finished, running = self._counts()
             if finished + running >= self.spec.search.n_trials:
+                return None
+            sampler = self.study.sampler
+            if isinstance(sampler, GridSampler) and not store.retrying(
+                    lambda: sampler.has_unstarted_points(self.study)):
                 return None
             trial = store.retrying(self.study.ask)
             recovery.beat(self.study, trial._trial_id, self.options.heartbeat)
@@ -247,13 +254,17 @@ class Orchestrator:
             run.last_value, run.epochs_run = value, event["epoch"]
             store.retrying(lambda: run.trial.report(value, event["epoch"]))
             self.progress.epoch(run.trial.number, event["epoch"], value)
-            prune = store.retrying(run.trial.should_prune)
+            # a trial that trained every epoch is complete, whatever the pruner would say
+            final = event["epoch"] >= run.config.epochs
+            prune = not final and store.retrying(run.trial.should_prune)
             if prune:
                 run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
             self._reply(run, "stop" if prune or self.interrupts else "continue")
         elif kind == "nonfinite":
             run.epochs_run = event["epoch"]
             run.outcome = (TrialState.PRUNED, "non-finite loss")
+        elif kind == "value":
+            run.value = (event["value"], event["epoch"])
         elif kind == "complete":
             run.outcome = (TrialState.COMPLETE, None)
         elif kind == "stopped" and run.outcome is None:
@@ -265,10 +276,12 @@ class Orchestrator:
         """The worker has exited: record the outcome it announced, or why it died."""
         code = run.proc.wait()
         state, reason = run.outcome or (TrialState.FAIL, _exit_reason(code, run.config))
-        if state == TrialState.COMPLETE and run.last_value is None:
-            state, reason = TrialState.FAIL, "worker reported no epoch"
+        if state == TrialState.COMPLETE and run.value is None:
+            state, reason = TrialState.FAIL, "worker reported no value"
         trial = run.trial
         attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2)}
+        if state == TrialState.COMPLETE:
+            attrs["value_epoch"] = run.value[1]
         if reason:
             attrs["reason"] = reason
         for key, value in attrs.items():
@@ -278,11 +291,12 @@ class Orchestrator:
             store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason,
                                                              self.options.max_retry))
         elif state == TrialState.COMPLETE:
-            store.retrying(lambda: self.study.tell(trial, run.last_value))
+            store.retrying(lambda: self.study.tell(trial, run.value[0]))
         else:
             store.retrying(lambda: self.study.tell(trial, state=state))
+        shown = run.value[0] if state == TrialState.COMPLETE else run.last_value
         self.progress.finished(trial.number, state.name,
-                               run.last_value if state != TrialState.FAIL else None, reason)
+                               shown if state != TrialState.FAIL else None, reason)
         if state == TrialState.COMPLETE:
             self._keep_best_checkpoints()
 

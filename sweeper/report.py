@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from sweeper.report_data import MIN_FOR_IMPORTANCE, Importance, StudyData, collect
+from sweeper.report_data import MIN_FOR_IMPORTANCE, Importance, StudyData, collect, value_source
 
 STATE_COLOURS = {"COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e76f51", "RUNNING": "#8d99ae",
                  "WAITING": "#bbbbbb"}
@@ -103,7 +103,8 @@ def _summary_html(data: StudyData) -> str:
             ("Epochs saved by pruning", str(data.epochs_saved))]
     if data.best is not None:
         params = ", ".join(f"{k}={v}" for k, v in data.best.params.items())
-        rows.insert(0, ("Best", f"trial {data.best.number}: {data.objective} {data.best.value:.4f}"))
+        rows.insert(0, ("Best", f"trial {data.best.number}: {data.objective} {data.best.value:.4f} "
+                                f"of {value_source(data.best, data.value_rule)}"))
         rows.insert(1, ("Best params", params))
     else:
         rows.insert(0, ("Best", "no completed trial yet"))

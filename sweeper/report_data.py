@@ -37,6 +37,7 @@ class StudyData:
     best: FrozenTrial | None
     compute_seconds: float
     epochs_saved: int
+    value_rule: str = "last"  # search.value: the last or the best epoch's objective
 
 
 def _display(value: Any) -> Any:
@@ -136,7 +137,16 @@ def collect(study: optuna.Study) -> StudyData:
         best=max(complete, key=lambda t: t.value) if complete else None,
         compute_seconds=float(frame["duration_s"].fillna(0).sum()) if not frame.empty else 0.0,
         epochs_saved=int(saved),
+        value_rule=study.user_attrs.get("value", "last"),
     )
+
+
+def value_source(trial: FrozenTrial, rule: str) -> str:
+    """Which epoch a completed trial's value comes from, in words."""
+    epoch = trial.user_attrs.get("value_epoch")
+    if epoch is None:
+        return f"the {rule} epoch"
+    return f"the {rule} epoch (epoch {epoch} of {trial.user_attrs.get('epochs_run', epoch)})"
 
 
 def trial_config_text(trial: FrozenTrial) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
 BUILTIN_DATASETS = ("digits",)
 TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue")
 DATA_KEYS = ("root", "builtin", "val_fraction", "num_workers")
-SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective")
+SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value")
+VALUE_MODES = ("last", "best")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 Problems = list[tuple[str, str]]
@@ -42,6 +44,7 @@ class SearchSpec:
     sampler: Named = Named("tpe", {"seed": 0})
     pruner: Named = Named("median", {"n_warmup_steps": 1})
     objective: str = "val_acc"
+    value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,12 @@ def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise SpecError(str(path), [("", "file not found; pass --space path/to/space.yaml")])
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [(f"byte {exc.start}", f"not UTF-8 text (byte "
+                                     f"0x{exc.object[exc.start]:02x}); save the file as UTF-8")]) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -193,9 +201,14 @@ def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
     objective = raw.get("objective", defaults.objective)
     if objective not in OBJECTIVES:
         problems.append(("search.objective", f"unknown {objective!r}; valid: {', '.join(OBJECTIVES)}"))
+    value = raw.get("value", defaults.value)
+    if value not in VALUE_MODES:
+        problems.append(("search.value", f"unknown {value!r}; valid: last (the last epoch's "
+                                         "objective) or best (the best epoch's)"))
     sampler = parse_named(raw.get("sampler", "tpe"), SAMPLERS, "search.sampler", problems)
     pruner = parse_named(raw.get("pruner", "median"), PRUNERS, "search.pruner", problems)
-    return SearchSpec(n, timeout, sampler or defaults.sampler, pruner or defaults.pruner, objective)
+    return SearchSpec(n, timeout, sampler or defaults.sampler, pruner or defaults.pruner, objective,
+                      value)
 
 
 def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, problems: Problems) -> None:
@@ -282,12 +295,10 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
 
     space = parse_space(raw.get("space"), {n: p for n, (p, _) in fixed_raw.items()}, problems)
     search = _parse_search(raw.get("search"), problems)
-    if "n_trials" in overrides and overrides["n_trials"] is not None:
-        search = SearchSpec(overrides["n_trials"], search.timeout, search.sampler, search.pruner,
-                            search.objective)
+    if overrides.get("n_trials") is not None:
+        search = dataclasses.replace(search, n_trials=overrides["n_trials"])
     if overrides.get("timeout") is not None:
-        search = SearchSpec(search.n_trials, overrides["timeout"], search.sampler, search.pruner,
-                            search.objective)
+        search = dataclasses.replace(search, timeout=overrides["timeout"])
     policies = _parse_policies(raw.get("augment_policies"), problems)
     fixed = {**DEFAULTS, **{n: v for n, (_, v) in fixed_raw.items()}}
     for p in space.params:

@@ -8,10 +8,32 @@ from typing import Any, Callable
 
 import optuna
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid, with the end of the grid left to the orchestrator.
+
+    Optuna's `after_trial` calls `study.stop()` when the last point finishes, which raises
+    outside `study.optimize` (sweeper asks and tells itself); the orchestrator asks
+    `has_unstarted_points` before each trial instead, which also keeps a second orchestrator
+    from re-running a point that is still running elsewhere.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+    def has_unstarted_points(self, study: optuna.Study) -> bool:
+        started = set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if t.state == optuna.trial.TrialState.WAITING:
+                return True  # a queued retry or enqueued configuration
+            if "grid_id" in t.system_attrs and self._same_search_space(t.system_attrs["search_space"]):
+                started.add(t.system_attrs["grid_id"])
+        return len(started) < self._n_min_trials
+
+
 SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
-    "grid": optuna.samplers.GridSampler,
+    "grid": GridSampler,
     "gp": optuna.samplers.GPSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
     "qmc": optuna.samplers.QMCSampler,

@@ -10,6 +10,9 @@ from typing import Any
 
 from sweeper.knobs import KNOBS
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class TrialConfig:
@@ -56,6 +59,9 @@ class TrialConfig:
     # resolved from the spec
     augment_ops: list[str] | None  # None: no augmentation; []: crop and flip only
     objective: str = "val_acc"
+    value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
+    mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation, from timm's pretrained config
+    std: tuple[float, ...] = IMAGENET_STD
 
     @property
     def scaled_lr(self) -> float:
@@ -82,7 +88,10 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
     knobs = {**spec.fixed, **sampled}
     missing = [k.name for k in KNOBS if k.name not in knobs]
     assert not missing, f"unresolved knobs {missing}"  # a bug, not a user error
+    from sweeper.model import normalization  # deferred: imports timm
+
     ops = spec.policies[knobs["augment"]]
+    mean, std = normalization(knobs["model"])
     if isinstance(knobs["pretrained"], str):  # absolute, so the file is found from any folder
         knobs["pretrained"] = str(Path(knobs["pretrained"]).expanduser().resolve())
     return TrialConfig(
@@ -97,5 +106,8 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
         data_cache=str(data_cache),
         augment_ops=list(ops) if ops is not None else None,
         objective=spec.search.objective,
+        value=spec.search.value,
+        mean=mean,
+        std=std,
         **{k.name: knobs[k.name] for k in KNOBS},
     )

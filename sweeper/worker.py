@@ -97,14 +97,15 @@ def run_trial(config: TrialConfig, report: Report) -> str:
     classes = d["classes"]
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
     train_set = datasets.CachedImages(d["train_images"], d["train_labels"], train_transform(
-        config.augment, config.augment_ops, config.image_size, config.num_ops, config.magnitude,
-        config.magnitude_std))
-    val_set = datasets.CachedImages(d["val_images"], d["val_labels"], eval_transform(config.image_size))
+        config.augment_ops, config.image_size, config.mean, config.std, config.num_ops,
+        config.magnitude, config.magnitude_std))
+    val_set = datasets.CachedImages(d["val_images"], d["val_labels"],
+                                    eval_transform(config.image_size, config.mean, config.std))
     loader_args = dict(num_workers=config.num_workers, pin_memory=device.type == "cuda",
                        persistent_workers=config.num_workers > 0)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = torch.utils.data.DataLoader(train_set, config.batch_size, shuffle=True,
-                                               drop_last=len(train_set) > config.batch_size,
+                                               drop_last=drops_last_batch(len(train_set), config.batch_size),
                                                generator=generator, **loader_args)
     val_loader = torch.utils.data.DataLoader(val_set, max(config.batch_size, 64), **loader_args)
 
@@ -120,6 +121,7 @@ def run_trial(config: TrialConfig, report: Report) -> str:
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     steps = len(train_loader)
     lr_at = LrSchedule.from_config(config, steps)
+    chosen = Chosen(config.value)
 
     report({"event": "start", "classes": classes, "device": str(device), "bf16": bf16,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -136,9 +138,9 @@ def run_trial(config: TrialConfig, report: Report) -> str:
             loss_sum = torch.zeros((), device=device)
             seen = 0
             for step, (x, y) in enumerate(train_loader):
-                lr = lr_at(epoch, epoch * steps + step)
                 for g in optimizer.param_groups:
-                    g["lr"] = lr * g["lr_mult"]
+                    g["lr"] = lr_at(epoch, epoch * steps + step, g["base_lr"])
+                lr = optimizer.param_groups[0]["lr"]  # the head's
                 x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
                 y = y.to(device, non_blocking=True)
                 try:
@@ -174,14 +176,39 @@ def run_trial(config: TrialConfig, report: Report) -> str:
                   f"avg loss {train_loss:.4f}, {record['images_per_s']:.0f} images/s, "
                   f"val acc {val['val_acc']:.4f}, balanced {val['val_balanced_acc']:.4f}, "
                   f"top5 {val['val_top5']:.4f}", file=log, flush=True)
+            chosen.offer(epoch + 1, val[config.objective], model)
             if not report({"event": "epoch", **record}):
                 print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
                 return "stopped"
-    save_checkpoint(model, classes, config, fault)
+    save_checkpoint(chosen.state or model.state_dict(), classes, config, fault)
+    print(f"Value: {config.objective} {chosen.value:.4f} of epoch {chosen.epoch} ({config.value}); "
+          f"checkpoint.pth holds that epoch's weights", file=log, flush=True)
+    report({"event": "value", "value": chosen.value, "epoch": chosen.epoch})
     return "complete"
 
 
-def save_checkpoint(model: nn.Module, classes: list[str], config: TrialConfig,
+def drops_last_batch(train_images: int, batch_size: int) -> bool:
+    """The last partial batch is dropped (a batch of one breaks BatchNorm), unless it is the only one."""
+    return train_images > batch_size
+
+
+class Chosen:
+    """The epoch whose objective is the trial's value: the last one, or the best (earliest on
+    ties); in `best` mode a CPU copy of that epoch's weights is kept for the checkpoint."""
+
+    def __init__(self, mode: str):
+        self.mode, self.value, self.epoch = mode, -math.inf, 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, value: float, model: nn.Module) -> None:
+        if self.mode == "last":
+            self.value, self.epoch = value, epoch
+        elif value > self.value:
+            self.value, self.epoch = value, epoch
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(state: dict[str, torch.Tensor], classes: list[str], config: TrialConfig,
                     fault: str | None = None) -> None:
     """checkpoint.pth (the orchestrator keeps it for the best trials only), written atomically."""
     path = Path(config.trial_dir) / "checkpoint.pth"
@@ -189,7 +216,7 @@ def save_checkpoint(model: nn.Module, classes: list[str], config: TrialConfig,
     try:
         if fault == "disk_full":
             raise_fault(fault)
-        torch.save({"state_dict": model.state_dict(), "classes": classes, "model": config.model}, tmp)
+        torch.save({"state_dict": state, "classes": classes, "model": config.model}, tmp)
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from sweeper.trial_config import resolve
 
 
 def step(**kw) -> LrSchedule:
-    args = dict(base_lr=0.1, epochs=6, iters_per_epoch=10, schedule="step", milestones=(2, 4),
+    args = dict(epochs=6, iters_per_epoch=10, schedule="step", milestones=(2, 4),
                 gamma=0.1)
     return LrSchedule(**{**args, **kw})
 
@@ -23,7 +23,7 @@ def step(**kw) -> LrSchedule:
     (0, 0, 0.1), (1, 19, 0.1), (2, 20, 0.01), (3, 39, 0.01), (4, 40, 0.001), (5, 59, 0.001),
 ])
 def test_step_schedule_multiplies_by_gamma_at_each_milestone(epoch, iteration, expected):
-    assert step()(epoch, iteration) == pytest.approx(expected)
+    assert step()(epoch, iteration, 0.1) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("iteration, expected", [
@@ -33,28 +33,28 @@ def test_step_schedule_multiplies_by_gamma_at_each_milestone(epoch, iteration, e
     (5, 0.1),                                            # warmup over
 ])
 def test_linear_warmup(iteration, expected):
-    assert step(warmup="linear", warmup_iters=5)(0, iteration) == pytest.approx(expected)
+    assert step(warmup="linear", warmup_iters=5)(0, iteration, 0.1) == pytest.approx(expected)
 
 
 def test_exp_and_constant_warmup():
     exp = step(warmup="exp", warmup_iters=10, warmup_ratio=0.01)
-    assert exp(0, 0) == pytest.approx(0.1 * 0.01)
-    assert exp(0, 5) == pytest.approx(0.1 * 0.01 ** 0.5)
+    assert exp(0, 0, 0.1) == pytest.approx(0.1 * 0.01)
+    assert exp(0, 5, 0.1) == pytest.approx(0.1 * 0.01 ** 0.5)
     const = step(warmup="constant", warmup_iters=10, warmup_ratio=0.25)
-    assert const(0, 9) == pytest.approx(0.025) and const(1, 10) == pytest.approx(0.1)
+    assert const(0, 9, 0.1) == pytest.approx(0.025) and const(1, 10, 0.1) == pytest.approx(0.1)
 
 
 def test_warmup_applies_to_the_regular_lr_after_a_milestone():
     # a warmup longer than the first milestone warms up the already-decayed lr (mmcv does so)
     s = step(warmup="linear", warmup_iters=30, warmup_ratio=0.5)
-    assert s(2, 25) == pytest.approx(0.01 * (1 - (1 - 25 / 30) * 0.5))
+    assert s(2, 25, 0.1) == pytest.approx(0.01 * (1 - (1 - 25 / 30) * 0.5))
 
 
 def test_cosine_is_per_iteration_down_to_min_lr():
-    s = LrSchedule(base_lr=0.1, epochs=6, iters_per_epoch=10, schedule="cosine", min_lr=0.001)
-    assert s(0, 0) == pytest.approx(0.1)
-    assert s(3, 30) == pytest.approx(0.001 + 0.099 * (1 + math.cos(math.pi / 2)) / 2)
-    assert s(5, 59) == pytest.approx(0.001 + 0.099 * (1 + math.cos(math.pi * 59 / 60)) / 2)
+    s = LrSchedule(epochs=6, iters_per_epoch=10, schedule="cosine", min_lr=0.001)
+    assert s(0, 0, 0.1) == pytest.approx(0.1)
+    assert s(3, 30, 0.1) == pytest.approx(0.001 + 0.099 * (1 + math.cos(math.pi / 2)) / 2)
+    assert s(5, 59, 0.1) == pytest.approx(0.001 + 0.099 * (1 + math.cos(math.pi * 59 / 60)) / 2)
 
 
 @pytest.mark.parametrize("rule, expected", [("linear", 0.4), ("sqrt", 0.2), ("none", 0.1)])
@@ -70,4 +70,13 @@ def test_warmup_epochs_become_iterations():
     doc = tiny_space(train={"warmup": {"type": "linear", "epochs": 2, "ratio": 0.1}})
     config = resolve(parse_spec(doc), 0, {"lr": 0.05}, Path("trials"), Path("cache.pt"))
     s = LrSchedule.from_config(config, iters_per_epoch=7)
-    assert s.warmup_iters == 14 and s(0, 0) == pytest.approx(0.005)
+    assert s.warmup_iters == 14 and s(0, 0, 0.05) == pytest.approx(0.005)
+
+
+def test_cosine_anneals_every_group_to_the_same_absolute_min_lr():
+    # mmcv's CosineAnnealing (and mmengine's eta_min) floor every group at min_lr, not at
+    # min_lr x its multiplier
+    s = LrSchedule(epochs=2, iters_per_epoch=10, schedule="cosine", min_lr=0.002)
+    backbone_base = 0.1 * 0.25
+    assert s(1, 10, backbone_base) == pytest.approx(0.002 + (backbone_base - 0.002) / 2)
+    assert s(1, 20, backbone_base) == pytest.approx(0.002)
