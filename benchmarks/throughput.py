@@ -21,6 +21,7 @@ from PIL import Image
 from sweeper import data as datasets
 from sweeper.augment import train_transform
 from sweeper.testing import make_image_folder
+from sweeper.trial_config import IMAGENET_MEAN, IMAGENET_STD
 from sweeper.worker import pick_device
 
 
@@ -55,7 +56,7 @@ def train_rate(model_name: str, size: int, batch: int, steps: int, bf16: bool, c
 
 def pipeline_rates(root: Path, size: int) -> tuple[float, float]:
     listing = datasets.list_folder(root, 0.2)
-    transform = train_transform("flip_crop", (), size)
+    transform = train_transform((), size, IMAGENET_MEAN, IMAGENET_STD)
     start = time.perf_counter()
     for path, _ in listing.train:  # what a plain ImageFolder does every epoch
         with Image.open(path) as im:

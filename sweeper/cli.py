@@ -228,11 +228,11 @@ def best(
         is_dir = Path(export).is_dir() or export.endswith(("/", "\\"))
         fmt = format or (exporter.guess_format(Path(export)) if not is_dir else "mmcls")
         target = Path(export) / exporter.default_filename(config, fmt) if is_dir else Path(export)
-        target.parent.mkdir(parents=True, exist_ok=True)
         classes = trial.user_attrs.get("classes") or []
-        target.write_text(exporter.render(config, classes, fmt, trial.value))
-        written = str(target)
-        info["exported"] = {"path": written, "format": fmt}
+        paths = exporter.write(config, classes, fmt, target, trial.value,
+                               trial.user_attrs.get("train_images"))
+        written = str(paths[0])
+        info["exported"] = {"path": written, "format": fmt, "files": [str(p) for p in paths[1:]]}
     if as_json:
         _print_json(info)
         return
@@ -242,6 +242,8 @@ def best(
           f"folder: {info['trial_dir']}")
     if written:
         print(f"exported {info['exported']['format']} config: {written}")
+        for path in info["exported"]["files"]:
+            print(f"  with {path}")
 
 
 @app.command()

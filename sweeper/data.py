@@ -7,6 +7,7 @@ largest size any trial needs, into `trials/.cache/`; workers load that file and 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +151,8 @@ def prepare(
     listing = list_folder(Path(root), val_fraction)
     items = listing.train + [(p, -1 - label) for p, label in listing.val]
     path = cache_dir / f"{Path(root).name}-{side}px-{_cache_key(root, items, side, val_fraction)}.pt"
+    if not split_path(path).exists():
+        _write_split(split_path(path), Path(root), listing)
     if path.exists():
         return path
     total = len(items)
@@ -163,6 +166,22 @@ def prepare(
     _write(path, listing.classes, decoded[:n], np.array([y for _, y in listing.train]),
            decoded[n:], np.array([y for _, y in listing.val]))
     return path
+
+
+def split_path(cache: Path) -> Path:
+    """The file lists of a cached folder dataset, beside its cache (exports write them out)."""
+    return cache.with_suffix(".split.json")
+
+
+def _write_split(path: Path, root: Path, listing: Listing) -> None:
+    def rel(items):
+        return [[os.path.relpath(p, root), label] for p, label in items]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"root": str(root), "classes": listing.classes,
+                               "train": rel(listing.train), "val": rel(listing.val)}))
+    tmp.replace(path)
 
 
 def _write(path: Path, classes, tr_x, tr_y, va_x, va_y) -> None:

@@ -7,36 +7,30 @@ calls, so `ast.literal_eval` reads every value and loading one runs no code of o
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sweeper.augment import CROP_RATIO, MEAN, STD
+from sweeper.augment import CROP_RATIO
 from sweeper.knobs import KNOBS
+from sweeper.policies import GEOMETRIC_INTERPOLATION, TOTAL_LEVEL, policies_for
 from sweeper.trial_config import TrialConfig
 
 FORMATS = ("mmcls", "mmpretrain", "yaml")
-
-# mmcls's RandAugment policies (configs/_base_/datasets/pipelines/rand_aug.py), by op name.
-_MMCLS_POLICIES: dict[str, list[dict[str, Any]]] = {
-    "AutoContrast": [{"type": "AutoContrast"}],
-    "Equalize": [{"type": "Equalize"}],
-    "Invert": [{"type": "Invert"}],
-    "Rotate": [{"type": "Rotate", "magnitude_key": "angle", "magnitude_range": (0, 30)}],
-    "Posterize": [{"type": "Posterize", "magnitude_key": "bits", "magnitude_range": (4, 0)}],
-    "Solarize": [{"type": "Solarize", "magnitude_key": "thr", "magnitude_range": (256, 0)}],
-    "SolarizeAdd": [{"type": "SolarizeAdd", "magnitude_key": "magnitude", "magnitude_range": (0, 110)}],
-    "ColorTransform": [{"type": "ColorTransform", "magnitude_key": "magnitude", "magnitude_range": (0, 0.9)}],
-    "Contrast": [{"type": "Contrast", "magnitude_key": "magnitude", "magnitude_range": (0, 0.9)}],
-    "Brightness": [{"type": "Brightness", "magnitude_key": "magnitude", "magnitude_range": (0, 0.9)}],
-    "Sharpness": [{"type": "Sharpness", "magnitude_key": "magnitude", "magnitude_range": (0, 0.9)}],
-    "Shear": [{"type": "Shear", "magnitude_key": "magnitude", "magnitude_range": (0, 0.3),
-               "direction": d} for d in ("horizontal", "vertical")],
-    "Translate": [{"type": "Translate", "magnitude_key": "magnitude", "magnitude_range": (0, 0.45),
-                   "direction": d} for d in ("horizontal", "vertical")],
-}
 _RESNET = re.compile(r"^resnet(18|34|50|101|152)$")
+
+
+@dataclass(frozen=True)
+class SideFiles:
+    """What an mmcls / mmpretrain export needs beside the config to retrain the same run."""
+
+    init_checkpoint: str | None = None  # the trial's starting weights, under mmcls keys
+    head_in_checkpoint: bool = False  # the starting head came from the checkpoint too
+    train_ann: str | None = None  # file lists of a val_fraction split (mmcls `ann_file`)
+    val_ann: str | None = None
+    drop_last: bool = True  # as the worker's loader (see worker.drops_last_batch)
 
 
 def _literal(value: Any, indent: int = 0) -> str:
@@ -74,7 +68,12 @@ def _render(header: list[str], assignments: list[tuple[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _backbone(config: TrialConfig) -> tuple[dict[str, Any], int, list[str]]:
+def native_backbone(model: str) -> bool:
+    """mmcls has its own ResNet for these; every other timm model goes in a TIMMBackbone."""
+    return bool(_RESNET.match(model))
+
+
+def _backbone(config: TrialConfig, files: SideFiles) -> tuple[dict[str, Any], int, list[str]]:
     """mmcls backbone dict, its output channels, and notes on what does not map."""
     notes: list[str] = []
     match = _RESNET.match(config.model)
@@ -94,15 +93,22 @@ def _backbone(config: TrialConfig) -> tuple[dict[str, Any], int, list[str]]:
         if config.frozen_stages >= 0:
             notes.append(f"frozen_stages={config.frozen_stages} does not map onto TIMMBackbone; "
                          "freeze those stages yourself")
-    if config.pretrained is True:
-        if match:
-            backbone["init_cfg"] = {"type": "Pretrained", "checkpoint": f"torchvision://{config.model}"}
-            notes.append("trained from timm hub weights; torchvision's ImageNet weights stand in here")
-        else:
-            backbone["pretrained"] = True
-    elif isinstance(config.pretrained, str):
-        backbone["init_cfg"] = {"type": "Pretrained", "checkpoint": config.pretrained}
+    if files.init_checkpoint:
+        backbone["init_cfg"] = {"type": "Pretrained", "checkpoint": files.init_checkpoint,
+                                "prefix": "backbone."}
+        source = "timm hub weights" if config.pretrained is True else config.pretrained
+        notes.append(f"starting weights ({source}) converted to mmcls keys in {files.init_checkpoint}")
+    elif config.pretrained:
+        notes.append("the trial's starting weights were not written; this config starts from scratch")
     return backbone, channels, notes
+
+
+def _head(config: TrialConfig, classes: list[str], channels: int, files: SideFiles) -> dict[str, Any]:
+    head = {"type": "LinearClsHead", "num_classes": len(classes), "in_channels": channels,
+            "loss": _loss(config), "topk": (1, min(5, len(classes)))}
+    if files.init_checkpoint and files.head_in_checkpoint:
+        head["init_cfg"] = {"type": "Pretrained", "checkpoint": files.init_checkpoint, "prefix": "head."}
+    return head
 
 
 def _loss(config: TrialConfig) -> dict[str, Any]:
@@ -115,10 +121,12 @@ def _loss(config: TrialConfig) -> dict[str, Any]:
 def _randaugment(config: TrialConfig) -> dict[str, Any] | None:
     if not config.augment_ops:
         return None
-    return {"type": "RandAugment",
-            "policies": [p for op in config.augment_ops for p in _MMCLS_POLICIES[op]],
-            "num_policies": config.num_ops, "total_level": 10,
-            "magnitude_level": config.magnitude, "magnitude_std": config.magnitude_std}
+    # images are BGR at this point of an mmcls pipeline, so the fill is the mean in BGR order
+    pad_val = [round(255 * m) for m in reversed(config.mean)]
+    return {"type": "RandAugment", "policies": policies_for(config.augment_ops),
+            "num_policies": config.num_ops, "total_level": TOTAL_LEVEL,
+            "magnitude_level": config.magnitude, "magnitude_std": config.magnitude_std,
+            "hparams": {"pad_val": pad_val, "interpolation": GEOMETRIC_INTERPOLATION}}
 
 
 def _train_aug(config: TrialConfig, center_crop: list[dict[str, Any]], size_key: str,
@@ -150,36 +158,40 @@ def _optimizer(config: TrialConfig) -> dict[str, Any]:
     return opt
 
 
-def _data_dirs(config: TrialConfig) -> tuple[str, str, list[str]]:
-    notes = []
+def _datasets(config: TrialConfig, files: SideFiles, root_key: str) -> tuple[dict, dict, list[str]]:
+    """Where mmcls finds train and val images: folders, or the split's file lists."""
+    if files.train_ann and files.val_ann:
+        root = config.data_root
+        return ({root_key: root, "ann_file": files.train_ann},
+                {root_key: root, "ann_file": files.val_ann}, [])
     if config.data_root and (Path(config.data_root) / "train").is_dir():
-        return str(Path(config.data_root) / "train"), str(Path(config.data_root) / "val"), notes
+        root = Path(config.data_root)
+        return {root_key: str(root / "train")}, {root_key: str(root / "val")}, []
     root = config.data_root or f"data/{config.data_builtin}"
-    notes.append(f"the sweep split {root} by val_fraction={config.val_fraction}; mmcls needs "
-                 "the split on disk as train/ and val/ folders")
-    return f"{root}/train", f"{root}/val", notes
+    return ({root_key: f"{root}/train"}, {root_key: f"{root}/val"},
+            [f"the sweep split {root} by val_fraction={config.val_fraction}, which mmcls cannot "
+             "read; put the split on disk as train/ and val/ folders"])
 
 
-def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = None) -> str:
-    backbone, channels, notes = _backbone(config)
-    train_dir, val_dir, data_notes = _data_dirs(config)
+def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = None,
+                 files: SideFiles = SideFiles()) -> str:
+    backbone, channels, notes = _backbone(config, files)
+    train_src, val_src, data_notes = _datasets(config, files, "data_prefix")
     notes += data_notes
     size = config.image_size
-    norm = {"mean": [round(m * 255, 3) for m in MEAN], "std": [round(s * 255, 3) for s in STD],
-            "to_rgb": True}
-    train_aug = _train_aug(config, [{"type": "Resize", "size": (int(size / CROP_RATIO), -1)},
-                                    {"type": "CenterCrop", "crop_size": size}], "size", "flip_prob")
+    norm = {"mean": [round(m * 255, 3) for m in config.mean],
+            "std": [round(s * 255, 3) for s in config.std], "to_rgb": True}
+    center_crop = [{"type": "Resize", "size": (int(size / CROP_RATIO), -1)},
+                   {"type": "CenterCrop", "crop_size": size}]
+    train_aug = _train_aug(config, center_crop, "size", "flip_prob")
     train_pipeline = [{"type": "LoadImageFromFile"}, *train_aug,
                       {"type": "Normalize", **norm}, {"type": "ImageToTensor", "keys": ["img"]},
                       {"type": "ToTensor", "keys": ["gt_label"]},
                       {"type": "Collect", "keys": ["img", "gt_label"]}]
-    test_pipeline = [{"type": "LoadImageFromFile"},
-                     {"type": "Resize", "size": (int(size / CROP_RATIO), -1)},
-                     {"type": "CenterCrop", "crop_size": size},
+    test_pipeline = [{"type": "LoadImageFromFile"}, *center_crop,
                      {"type": "Normalize", **norm}, {"type": "ImageToTensor", "keys": ["img"]},
                      {"type": "Collect", "keys": ["img"]}]
-    val_set = {"type": "CustomDataset", "data_prefix": val_dir, "classes": classes,
-               "pipeline": test_pipeline}
+    val_set = {"type": "CustomDataset", **val_src, "classes": classes, "pipeline": test_pipeline}
     lr_config: dict[str, Any] = (
         {"policy": "step", "step": config.milestones, "gamma": config.gamma}
         if config.schedule == "step" else
@@ -191,17 +203,17 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
                           "warmup_ratio": config.warmup_ratio, "warmup_by_epoch": by_epoch})
     optimizer = _optimizer(config)
     paramwise = optimizer.pop("paramwise_cfg", None)
-    head = {"type": "LinearClsHead", "num_classes": len(classes), "in_channels": channels,
-            "loss": _loss(config), "topk": (1, min(5, len(classes)))}
     header = _header(config, value, notes, "MMClassification 0.x: python tools/train.py THIS_FILE")
     return _render(header, [
         ("model", {"type": "ImageClassifier", "backbone": backbone,
-                   "neck": {"type": "GlobalAveragePooling"}, "head": head}),
+                   "neck": {"type": "GlobalAveragePooling"},
+                   "head": _head(config, classes, channels, files)}),
         ("img_norm_cfg", norm),
         ("train_pipeline", train_pipeline),
         ("test_pipeline", test_pipeline),
         ("data", {"samples_per_gpu": config.batch_size, "workers_per_gpu": max(config.num_workers, 2),
-                  "train": {"type": "CustomDataset", "data_prefix": train_dir, "classes": classes,
+                  "train_dataloader": {"drop_last": files.drop_last},
+                  "train": {"type": "CustomDataset", **train_src, "classes": classes,
                             "pipeline": train_pipeline},
                   "val": val_set, "test": val_set}),
         ("evaluation", {"interval": 1, "metric": "accuracy", "metric_options": {"topk": (1, min(5, len(classes)))}}),
@@ -220,17 +232,8 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
     ])
 
 
-def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | None = None) -> str:
-    backbone, channels, notes = _backbone(config)
-    train_dir, val_dir, data_notes = _data_dirs(config)
-    notes += data_notes
-    size = config.image_size
-    train_aug = _train_aug(config, [{"type": "ResizeEdge", "scale": int(size / CROP_RATIO), "edge": "short"},
-                                    {"type": "CenterCrop", "crop_size": size}], "scale", "prob")
-    test_pipeline = [{"type": "LoadImageFromFile"},
-                     {"type": "ResizeEdge", "scale": int(size / CROP_RATIO), "edge": "short"},
-                     {"type": "CenterCrop", "crop_size": size}, {"type": "PackInputs"}]
-    warmup_iters = config.warmup_iters or 0
+def mmpretrain_schedulers(config: TrialConfig, notes: list[str]) -> list[dict[str, Any]]:
+    """mmengine param schedulers that give mmcv's lr (see schedule.py) at every iteration."""
     schedulers: list[dict[str, Any]] = []
     if config.warmup != "none":
         if config.warmup == "exp":
@@ -241,7 +244,7 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
             schedulers.append({**kind, "by_epoch": True, "begin": 0, "end": config.warmup_epochs,
                                "convert_to_iter_based": True})
         else:
-            schedulers.append({**kind, "by_epoch": False, "begin": 0, "end": warmup_iters})
+            schedulers.append({**kind, "by_epoch": False, "begin": 0, "end": config.warmup_iters})
     if config.schedule == "step":
         schedulers.append({"type": "MultiStepLR", "by_epoch": True, "milestones": config.milestones,
                            "gamma": config.gamma})
@@ -249,42 +252,52 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
         schedulers.append({"type": "CosineAnnealingLR", "by_epoch": True, "begin": 0,
                            "end": config.epochs, "eta_min": config.min_lr,
                            "convert_to_iter_based": True})
+    return schedulers
+
+
+def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | None = None,
+                      files: SideFiles = SideFiles()) -> str:
+    backbone, channels, notes = _backbone(config, files)
+    train_src, val_src, data_notes = _datasets(config, files, "data_root")
+    notes += data_notes
+    size = config.image_size
+    center_crop = [{"type": "ResizeEdge", "scale": int(size / CROP_RATIO), "edge": "short"},
+                   {"type": "CenterCrop", "crop_size": size}]
+    train_aug = _train_aug(config, center_crop, "scale", "prob")
+    test_pipeline = [{"type": "LoadImageFromFile"}, *center_crop, {"type": "PackInputs"}]
+    schedulers = mmpretrain_schedulers(config, notes)
     optimizer = _optimizer(config)
     paramwise = optimizer.pop("paramwise_cfg", None)
     loader = {"batch_size": config.batch_size, "num_workers": max(config.num_workers, 2)}
+    val_loader = {**loader, "dataset": {"type": "CustomDataset", **val_src, "classes": classes,
+                                        "pipeline": test_pipeline},
+                  "sampler": {"type": "DefaultSampler", "shuffle": False}}
+    topk = (1, min(5, len(classes)))
     header = _header(config, value, notes, "MMPretrain 1.x: python tools/train.py THIS_FILE")
     return _render(header, [
         ("default_scope", "mmpretrain"),
         ("model", {"type": "ImageClassifier", "backbone": backbone,
                    "neck": {"type": "GlobalAveragePooling"},
-                   "head": {"type": "LinearClsHead", "num_classes": len(classes),
-                            "in_channels": channels, "loss": _loss(config),
-                            "topk": (1, min(5, len(classes)))}}),
-        ("data_preprocessor", {"num_classes": len(classes), "mean": [m * 255 for m in MEAN],
-                               "std": [s * 255 for s in STD], "to_rgb": True}),
-        ("train_dataloader", {**loader,
-                              "dataset": {"type": "CustomDataset", "data_root": train_dir,
-                                          "classes": classes,
+                   "head": _head(config, classes, channels, files)}),
+        ("data_preprocessor", {"num_classes": len(classes), "mean": [m * 255 for m in config.mean],
+                               "std": [s * 255 for s in config.std], "to_rgb": True}),
+        ("train_dataloader", {**loader, "drop_last": files.drop_last,
+                              "dataset": {"type": "CustomDataset", **train_src, "classes": classes,
                                           "pipeline": [{"type": "LoadImageFromFile"}, *train_aug,
                                                        {"type": "PackInputs"}]},
                               "sampler": {"type": "DefaultSampler", "shuffle": True}}),
-        ("val_dataloader", {**loader,
-                            "dataset": {"type": "CustomDataset", "data_root": val_dir,
-                                        "classes": classes, "pipeline": test_pipeline},
-                            "sampler": {"type": "DefaultSampler", "shuffle": False}}),
-        ("val_evaluator", {"type": "Accuracy", "topk": (1, min(5, len(classes)))}),
-        ("test_dataloader", {**loader,
-                             "dataset": {"type": "CustomDataset", "data_root": val_dir,
-                                         "classes": classes, "pipeline": test_pipeline},
-                             "sampler": {"type": "DefaultSampler", "shuffle": False}}),
-        ("test_evaluator", {"type": "Accuracy", "topk": (1, min(5, len(classes)))}),
+        ("val_dataloader", val_loader),
+        ("val_evaluator", {"type": "Accuracy", "topk": topk}),
+        ("test_dataloader", val_loader),
+        ("test_evaluator", {"type": "Accuracy", "topk": topk}),
         ("optim_wrapper", {"optimizer": optimizer, **({"paramwise_cfg": paramwise} if paramwise else {})}),
         ("param_scheduler", schedulers),
         ("train_cfg", {"by_epoch": True, "max_epochs": config.epochs, "val_interval": 1}),
         ("val_cfg", {}),
         ("test_cfg", {}),
-        ("auto_scale_lr", {"base_batch_size": config.base_batch_size,
-                           "enable": config.lr_scaling == "linear"}),
+        # the optimizer's lr is already the trial's (scaled from base_batch_size by sweeper);
+        # enabling this would scale it a second time
+        ("auto_scale_lr", {"base_batch_size": config.batch_size, "enable": False}),
         ("randomness", {"seed": config.seed}),
     ])
 
@@ -328,9 +341,72 @@ def guess_format(path: Path) -> str:
     return "yaml" if path.suffix in (".yaml", ".yml") else "mmcls"
 
 
-def render(config: TrialConfig, classes: list[str], fmt: str, value: float | None = None) -> str:
+def render(config: TrialConfig, classes: list[str], fmt: str, value: float | None = None,
+           files: SideFiles = SideFiles()) -> str:
     if fmt == "mmcls":
-        return mmcls_config(config, classes, value)
+        return mmcls_config(config, classes, value, files)
     if fmt == "mmpretrain":
-        return mmpretrain_config(config, classes, value)
+        return mmpretrain_config(config, classes, value, files)
     return yaml_space(config, value)
+
+
+def write(config: TrialConfig, classes: list[str], fmt: str, target: Path,
+          value: float | None = None, train_images: int | None = None) -> list[Path]:
+    """Write the export and, for mmcls / mmpretrain, the files it reads beside it: the starting
+    weights (`<name>.init.pth`) and a val_fraction split's file lists (`<name>.train.txt`, ...).
+    Returns the paths written, the config first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "yaml":
+        target.write_text(yaml_space(config, value))
+        return [target]
+    from sweeper.worker import drops_last_batch  # deferred: imports torch
+
+    written: list[Path] = []
+    stem = target.with_suffix("")
+    init, with_head = None, False
+    if config.pretrained:
+        init, with_head = _write_init_weights(config, len(classes), Path(f"{stem}.init.pth"))
+        written.append(init)
+    train_ann = val_ann = None
+    split = _split_lists(config)
+    if split is not None:
+        train_ann, val_ann = Path(f"{stem}.train.txt"), Path(f"{stem}.val.txt")
+        for path, items in ((train_ann, split["train"]), (val_ann, split["val"])):
+            path.write_text("".join(f"{rel} {label}\n" for rel, label in items))
+            written.append(path)
+    files = SideFiles(
+        init_checkpoint=str(init.resolve()) if init else None, head_in_checkpoint=with_head,
+        train_ann=str(train_ann.resolve()) if train_ann else None,
+        val_ann=str(val_ann.resolve()) if val_ann else None,
+        drop_last=drops_last_batch(train_images, config.batch_size) if train_images else True)
+    target.write_text(render(config, classes, fmt, value, files))
+    return [target, *written]
+
+
+def _write_init_weights(config: TrialConfig, num_classes: int, path: Path) -> tuple[Path, bool]:
+    """The weights the trial started from (hub or local checkpoint), under mmcls keys."""
+    import torch
+
+    from sweeper import model as models
+
+    model, with_head = models.create_with_head(config.model, num_classes, config.pretrained)
+    state = models.openmmlab_state(model, native_backbone(config.model), with_head)
+    torch.save({"state_dict": state, "meta": {"source": str(config.pretrained),
+                                              "model": config.model}}, path)
+    return path, with_head
+
+
+def _split_lists(config: TrialConfig) -> dict | None:
+    """The train/val file lists of a val_fraction split, as the sweep made them."""
+    if not config.data_root or (Path(config.data_root) / "train").is_dir():
+        return None
+    import json
+
+    from sweeper import data as datasets
+
+    recorded = datasets.split_path(Path(config.data_cache))
+    if recorded.is_file():
+        return json.loads(recorded.read_text())
+    listing = datasets.list_folder(Path(config.data_root), config.val_fraction)
+    rel = lambda items: [[str(Path(p).relative_to(config.data_root)), y] for p, y in items]  # noqa: E731
+    return {"train": rel(listing.train), "val": rel(listing.val)}

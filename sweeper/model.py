@@ -22,17 +22,34 @@ def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def load_checkpoint(model: nn.Module, path: str) -> list[str]:
-    """Load a backbone checkpoint; a head of another class count is left fresh.
+def _from_openmmlab(state: dict[str, torch.Tensor], classifier: str) -> dict[str, torch.Tensor]:
+    """mmcls / mmpretrain ImageClassifier keys -> timm's.
 
-    Returns the names of the checkpoint tensors that were skipped (the old head).
+    Their ResNet names its layers as torchvision and timm do (conv1, bn1, layerN.i.downsample.0),
+    under `backbone.`; a TIMMBackbone adds `timm_model.`; LinearClsHead's layer is `head.fc`.
+    The neck (global pooling) and data preprocessor hold nothing to load.
     """
+    out = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            out[key.removeprefix("backbone.").removeprefix("timm_model.")] = value
+        elif key.startswith("head.fc."):
+            out[f"{classifier}.{key.removeprefix('head.fc.')}"] = value
+    return out
+
+
+def load_checkpoint(model: nn.Module, path: str) -> bool:
+    """Load a backbone checkpoint (timm, torchvision, mmcls or mmpretrain; `module.` prefixes
+    too); a head of another class count is left fresh. Returns whether the head was loaded."""
     try:
         state = _read_checkpoint(path)
     except Exception as exc:
         raise WorkerError(f"cannot load checkpoint {path}: {exc}") from None
+    classifier = _classifier_name(model)
+    if any(k.startswith("backbone.") for k in state):
+        state = _from_openmmlab(state, classifier)
     own = model.state_dict()
-    head = {n for n, _ in model.get_classifier().named_parameters(prefix=_classifier_name(model))}
+    head = {n for n, _ in model.get_classifier().named_parameters(prefix=classifier)}
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if any(k not in head for k in skipped):
         bad = [k for k in skipped if k not in head][:3]
@@ -45,7 +62,12 @@ def load_checkpoint(model: nn.Module, path: str) -> list[str]:
         raise WorkerError(f"checkpoint {path} lacks {len(missing)} tensors of the model "
                           f"(e.g. {', '.join(missing[:3])}); is it for another architecture?")
     model.load_state_dict(usable, strict=False)
-    return skipped
+    return bool(head) and head <= usable.keys()
+
+
+def _classifier_name(model: nn.Module) -> str:
+    head = model.get_classifier()
+    return next(name for name, m in model.named_modules() if m is head)
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -58,25 +80,42 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
 
 
-def _classifier_name(model: nn.Module) -> str:
-    head = model.get_classifier()
-    return next(name for name, m in model.named_modules() if m is head)
-
-
 def create(name: str, num_classes: int, pretrained: bool | str) -> nn.Module:
     """timm model with a fresh `num_classes` head; `pretrained` is True (hub), False or a path."""
+    return create_with_head(name, num_classes, pretrained)[0]
+
+
+def create_with_head(name: str, num_classes: int, pretrained: bool | str) -> tuple[nn.Module, bool]:
+    """`create`, and whether the head came from the pretrained weights (same class count)."""
     if pretrained is True:
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
         except Exception as exc:
             raise WorkerError(
                 f"could not fetch timm hub weights for {name} ({type(exc).__name__}: {exc}); "
                 f"without internet, download them elsewhere and set model.pretrained: "
                 f"path/to/{name}.pth") from None
+        return model, model.pretrained_cfg.get("num_classes") == num_classes
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     if isinstance(pretrained, str):
-        load_checkpoint(model, pretrained)
-    return model
+        return model, load_checkpoint(model, pretrained)
+    return model, False
+
+
+def openmmlab_state(model: nn.Module, native_backbone: bool, with_head: bool) -> dict[str, torch.Tensor]:
+    """The model's weights under mmcls / mmpretrain ImageClassifier keys: `backbone.` for their
+    own ResNet (whose names match timm's), `backbone.timm_model.` for a TIMMBackbone, and
+    `head.fc.` for a linear head when `with_head`."""
+    classifier = _classifier_name(model)
+    linear_head = isinstance(model.get_classifier(), nn.Linear)
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(classifier + "."):
+            if with_head and linear_head:
+                out["head.fc." + key.removeprefix(classifier + ".")] = value
+        else:
+            out[("backbone." if native_backbone else "backbone.timm_model.") + key] = value
+    return out
 
 
 def stage_groups(model: nn.Module) -> list[list[str]]:

@@ -247,7 +247,7 @@ class Orchestrator:
         kind = event["event"]
         run.last_event = time.monotonic()
         if kind == "start":
-            for key in ("classes", "device", "cuda_visible_devices"):
+            for key in ("classes", "device", "cuda_visible_devices", "train_images"):
                 store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
         elif kind == "epoch":
             value = event[self.spec.search.objective]

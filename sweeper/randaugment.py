@@ -41,6 +41,11 @@ def _solarize_add(img: Image.Image, magnitude: float) -> Image.Image:
     return Image.fromarray(np.where(a < SOLARIZE_ADD_THRESHOLD, added, a).astype(np.uint8))
 
 
+def _posterize(img: Image.Image, bits: int) -> Image.Image:
+    shift = 8 - bits  # mmcv.posterize; PIL refuses 0 bits, which mmcls reaches at level 10
+    return Image.fromarray((np.asarray(img) >> shift) << shift)
+
+
 def _affine(img: Image.Image, matrix: tuple[float, ...], fill: Fill) -> Image.Image:
     return img.transform(img.size, Image.Transform.AFFINE, matrix, Image.Resampling.BICUBIC,
                          fillcolor=fill)
@@ -64,7 +69,7 @@ def apply(policy: dict[str, Any], img: Image.Image, arg: float | None, fill: Fil
         "Equalize": lambda: ImageOps.equalize(img),
         "Invert": lambda: ImageOps.invert(img),
         "Rotate": lambda: img.rotate(arg, Image.Resampling.BICUBIC, fillcolor=fill),
-        "Posterize": lambda: ImageOps.posterize(img, int(arg)),
+        "Posterize": lambda: _posterize(img, int(arg)),
         "Solarize": lambda: ImageOps.solarize(img, arg),
         "SolarizeAdd": lambda: _solarize_add(img, arg),
         "ColorTransform": lambda: ImageEnhance.Color(img).enhance(1 + arg),

@@ -180,9 +180,9 @@ def run_trial(config: TrialConfig, report: Report) -> str:
             if not report({"event": "epoch", **record}):
                 print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
                 return "stopped"
+        print(f"Value: {config.objective} {chosen.value:.4f} of epoch {chosen.epoch} ({config.value} "
+              f"epoch); checkpoint.pth holds that epoch's weights", file=log, flush=True)
     save_checkpoint(chosen.state or model.state_dict(), classes, config, fault)
-    print(f"Value: {config.objective} {chosen.value:.4f} of epoch {chosen.epoch} ({config.value}); "
-          f"checkpoint.pth holds that epoch's weights", file=log, flush=True)
     report({"event": "value", "value": chosen.value, "epoch": chosen.epoch})
     return "complete"
 
