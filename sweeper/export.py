@@ -6,6 +6,7 @@ calls, so `ast.literal_eval` reads every value and loading one runs no code of o
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class SideFiles:
     train_ann: str | None = None  # file lists of a val_fraction split (mmcls `ann_file`)
     val_ann: str | None = None
     drop_last: bool = True  # as the worker's loader (see worker.drops_last_batch)
+    iters_per_epoch: int | None = None  # known when the trial's train set size is
 
 
 def _literal(value: Any, indent: int = 0) -> str:
@@ -232,7 +234,8 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
     ])
 
 
-def mmpretrain_schedulers(config: TrialConfig, notes: list[str]) -> list[dict[str, Any]]:
+def mmpretrain_schedulers(config: TrialConfig, iters_per_epoch: int | None,
+                          notes: list[str]) -> list[dict[str, Any]]:
     """mmengine param schedulers that give mmcv's lr (see schedule.py) at every iteration."""
     schedulers: list[dict[str, Any]] = []
     if config.warmup != "none":
@@ -240,11 +243,16 @@ def mmpretrain_schedulers(config: TrialConfig, notes: list[str]) -> list[dict[st
             notes.append("exp warmup has no mmengine scheduler; LinearLR stands in for it")
         kind = {"constant": {"type": "ConstantLR", "factor": config.warmup_ratio}}.get(
             config.warmup, {"type": "LinearLR", "start_factor": config.warmup_ratio})
-        if config.warmup_epochs:
+        warmup_iters = config.warmup_iters or (
+            config.warmup_epochs * iters_per_epoch if iters_per_epoch else None)
+        if warmup_iters:
+            # mmengine's warmups end one iteration before `end` (mmcv's at warmup_iters)
+            schedulers.append({**kind, "by_epoch": False, "begin": 0, "end": warmup_iters + 1})
+        else:
+            notes.append("the warmup is given in epochs and the iterations per epoch are not "
+                         "known: mmengine ends it one iteration earlier than the trial did")
             schedulers.append({**kind, "by_epoch": True, "begin": 0, "end": config.warmup_epochs,
                                "convert_to_iter_based": True})
-        else:
-            schedulers.append({**kind, "by_epoch": False, "begin": 0, "end": config.warmup_iters})
     if config.schedule == "step":
         schedulers.append({"type": "MultiStepLR", "by_epoch": True, "milestones": config.milestones,
                            "gamma": config.gamma})
@@ -252,7 +260,38 @@ def mmpretrain_schedulers(config: TrialConfig, notes: list[str]) -> list[dict[st
         schedulers.append({"type": "CosineAnnealingLR", "by_epoch": True, "begin": 0,
                            "end": config.epochs, "eta_min": config.min_lr,
                            "convert_to_iter_based": True})
+        if config.warmup != "none" and config.min_lr > 0 and iters_per_epoch:
+            worst = _chained_warmup_deviation(config, iters_per_epoch)
+            notes.append(f"mmengine chains the warmup onto a cosine with eta_min > 0, so its lr "
+                         f"differs from the trial's by up to {worst:.3g} of the lr during warmup "
+                         "and the rest of the cosine (mmcv multiplies the closed form instead)")
     return schedulers
+
+
+def _chained_warmup_deviation(config: TrialConfig, iters_per_epoch: int) -> float:
+    """The largest relative difference between mmcv's warmup x cosine and mmengine's chain.
+
+    mmengine steps each scheduler on the lr it finds: LinearLR/ConstantLR multiply it by the
+    ratio of consecutive factors, CosineAnnealingLR maps lr -> eta_min + (lr - eta_min) x
+    (1 + cos(pi t/T)) / (1 + cos(pi (t-1)/T)). Followed here for the head and the backbone.
+    """
+    from sweeper.schedule import LrSchedule
+
+    schedule = LrSchedule.from_config(config, iters_per_epoch)
+    total = config.epochs * iters_per_epoch
+    worst = 0.0
+    for base in {config.scaled_lr, config.scaled_lr * config.backbone_lr_mult}:
+        chained, factor = schedule(0, 0, base), schedule(0, 0, base) / base
+        for t in range(1, total):
+            epoch = t // iters_per_epoch
+            target = schedule(epoch, t, base)
+            new_factor = target / schedule.regular(epoch, t, base)
+            chained *= new_factor / factor
+            factor = new_factor
+            c_now, c_before = 1 + math.cos(math.pi * t / total), 1 + math.cos(math.pi * (t - 1) / total)
+            chained = config.min_lr + (chained - config.min_lr) * c_now / c_before
+            worst = max(worst, abs(chained - target) / target)
+    return worst
 
 
 def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | None = None,
@@ -265,7 +304,7 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
                    {"type": "CenterCrop", "crop_size": size}]
     train_aug = _train_aug(config, center_crop, "scale", "prob")
     test_pipeline = [{"type": "LoadImageFromFile"}, *center_crop, {"type": "PackInputs"}]
-    schedulers = mmpretrain_schedulers(config, notes)
+    schedulers = mmpretrain_schedulers(config, files.iters_per_epoch, notes)
     optimizer = _optimizer(config)
     paramwise = optimizer.pop("paramwise_cfg", None)
     loader = {"batch_size": config.batch_size, "num_workers": max(config.num_workers, 2)}
@@ -374,11 +413,16 @@ def write(config: TrialConfig, classes: list[str], fmt: str, target: Path,
         for path, items in ((train_ann, split["train"]), (val_ann, split["val"])):
             path.write_text("".join(f"{rel} {label}\n" for rel, label in items))
             written.append(path)
+    drop_last = drops_last_batch(train_images, config.batch_size) if train_images else True
+    iters_per_epoch = None
+    if train_images:
+        iters_per_epoch = train_images // config.batch_size if drop_last else \
+            -(-train_images // config.batch_size)
     files = SideFiles(
         init_checkpoint=str(init.resolve()) if init else None, head_in_checkpoint=with_head,
         train_ann=str(train_ann.resolve()) if train_ann else None,
         val_ann=str(val_ann.resolve()) if val_ann else None,
-        drop_last=drops_last_batch(train_images, config.batch_size) if train_images else True)
+        drop_last=drop_last, iters_per_epoch=iters_per_epoch)
     target.write_text(render(config, classes, fmt, value, files))
     return [target, *written]
 

@@ -54,3 +54,9 @@ class LrSchedule:
         if self.warmup == "linear":
             return lr * (1 - (1 - progress) * (1 - self.warmup_ratio))
         return lr * self.warmup_ratio ** (1 - progress)
+
+
+def set_lr(optimizer, schedule: LrSchedule, epoch: int, iteration: int) -> None:
+    """Set every group's lr for this step, from its own base lr (`base_lr`, see model.param_groups)."""
+    for group in optimizer.param_groups:
+        group["lr"] = schedule(epoch, iteration, group["base_lr"])

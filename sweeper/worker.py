@@ -29,7 +29,7 @@ from sweeper import data as datasets
 from sweeper import model as models
 from sweeper.augment import eval_transform, train_transform
 from sweeper.errors import SweeperError, WorkerError
-from sweeper.schedule import LrSchedule
+from sweeper.schedule import LrSchedule, set_lr
 from sweeper.trial_config import TrialConfig
 
 Report = Callable[[dict[str, Any]], bool]  # an event -> True to go on training
@@ -138,8 +138,7 @@ def run_trial(config: TrialConfig, report: Report) -> str:
             loss_sum = torch.zeros((), device=device)
             seen = 0
             for step, (x, y) in enumerate(train_loader):
-                for g in optimizer.param_groups:
-                    g["lr"] = lr_at(epoch, epoch * steps + step, g["base_lr"])
+                set_lr(optimizer, lr_at, epoch, epoch * steps + step)
                 lr = optimizer.param_groups[0]["lr"]  # the head's
                 x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
                 y = y.to(device, non_blocking=True)
