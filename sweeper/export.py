@@ -356,7 +356,7 @@ def yaml_space(config: TrialConfig, value: float | None = None) -> str:
     if config.augment not in ("none", "flip_crop"):
         doc["augment_policies"] = {config.augment: list(ops or [])}
     doc["search"] = {"n_trials": 1, "sampler": "random", "pruner": "none",
-                     "objective": config.objective}
+                     "objective": config.objective, "value": config.value}
     head = (f"# trial {config.number} of study {config.study!r}"
             + (f" ({config.objective} {value:.4f})" if value is not None else "")
             + ", every knob fixed: sweeper run --space THIS_FILE\n")

@@ -49,8 +49,16 @@ def broken_image(folder):
     return doc_with(root)
 
 
+def latin1(folder):
+    return (doc_with(folder) + "# r\u00e9sum\u00e9 of the manual runs\n").encode("latin-1")
+
+
 CASES = [
-    # id, space file text (from the data folder), extra arguments, expected in the message
+    # id, space file text or bytes (from the data folder), extra arguments, expected in the message
+    ("not-utf8", latin1, [], "byte "),
+    ("top5-with-few-classes", changed(search={"objective": "val_top5"}), [],
+     "search.objective: val_top5 is always 1.0 with 3 classes"),
+    ("unknown-value-rule", changed(search={"value": "max"}), [], "search.value: unknown 'max'"),
     ("yaml-syntax", raw("study: x\nspace: {lr: [0.1, 0.2\n"), [], "line 3"),
     ("python-tag", raw("study: !!python/object/apply:os.system ['true']\n"), [], "remove the !! tag"),
     ("duplicate-key", raw("study: a\nmodel: {name: resnet18}\nmodel: {name: resnet50}\n"), [],
@@ -123,7 +131,8 @@ def test_bad_run_input(colour_folder, tmp_path, monkeypatch, case, make, args, e
     optuna.create_study(study_name="existing", storage=f"sqlite:///{db}")
     before = _digest(db)
     space = tmp_path / "space.yaml"
-    space.write_text(make(colour_folder))
+    text = make(colour_folder)
+    space.write_bytes(text if isinstance(text, bytes) else text.encode())
     _check(runner.invoke(app, ["run", "--space", str(space), *args]), expected, db, before)
 
 
@@ -148,3 +157,13 @@ def test_report_without_any_store_does_not_create_one(tmp_path, monkeypatch):
     result = runner.invoke(app, ["report", "--study", "x"])
     assert result.exit_code == 2 and "studies.db does not exist" in result.output
     assert not (tmp_path / "studies.db").exists()
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_offset_of_its_first_bad_byte(colour_folder, tmp_path):
+    space = tmp_path / "space.yaml"
+    text = latin1(colour_folder)
+    space.write_bytes(text)
+    result = runner.invoke(app, ["run", "--space", str(space)])
+    offset = text.index(b"\xe9")
+    assert result.exit_code == 2
+    assert f"{space}: byte {offset}: not UTF-8 text (byte 0xe9)" in result.output

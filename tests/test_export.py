@@ -58,7 +58,11 @@ def test_mmcls_export_holds_the_trial_under_mmcls_keys(tmp_path):
     assert {p["type"] for p in randaug.policies} >= {"AutoContrast", "SolarizeAdd", "ColorTransform",
                                                     "Shear", "Translate"}
     assert randaug.num_policies == 2 and randaug.magnitude_level == 9
+    # the fill and interpolation the trial's RandAugment used; BGR, as mmcls's images are there
+    assert randaug.hparams == {"pad_val": [104, 116, 124], "interpolation": "bicubic"}
     assert cfg.evaluation.metric == "accuracy"
+    assert cfg.data.train_dataloader.drop_last is True
+    assert "init_cfg" not in cfg.model.backbone  # trained from scratch
 
 
 def test_mmpretrain_export_uses_1x_names(tmp_path):
@@ -68,10 +72,14 @@ def test_mmpretrain_export_uses_1x_names(tmp_path):
     cfg = _load(tmp_path, text)
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(config.scaled_lr)
     assert [s["type"] for s in cfg.param_scheduler] == ["LinearLR", "MultiStepLR"]
-    assert cfg.param_scheduler[0]["end"] == 500 and cfg.param_scheduler[1]["milestones"] == [20, 40, 60]
+    # mmengine ends a warmup one iteration before `end`; mmcv at warmup_iters
+    assert cfg.param_scheduler[0]["end"] == 501 and cfg.param_scheduler[1]["milestones"] == [20, 40, 60]
     assert cfg.train_dataloader.batch_size == 64
     assert cfg.train_cfg.max_epochs == 100
-    assert cfg.auto_scale_lr.base_batch_size == 64
+    assert cfg.auto_scale_lr == {"base_batch_size": 64, "enable": False}  # lr is scaled already
+    assert cfg.train_dataloader.drop_last is True
+    randaug = [t for t in cfg.train_dataloader.dataset.pipeline if t.type == "RandAugment"][0]
+    assert randaug.policies[4] == {"type": "Posterize", "magnitude_key": "bits", "magnitude_range": (4, 0)}
 
 
 def test_a_model_mmcls_lacks_is_wrapped_with_a_note(tmp_path):
@@ -89,3 +97,43 @@ def test_a_model_mmcls_lacks_is_wrapped_with_a_note(tmp_path):
 def test_default_file_name_follows_the_openmmlab_convention(tmp_path):
     assert export.default_filename(_config(tmp_path, lr=0.1), "mmcls") == \
         "resnet50_1xb64-frozen2-step20-40-60_caltech.py"
+
+
+def test_normalisation_comes_from_the_models_timm_config(tmp_path):
+    config = _config(tmp_path, lr=0.1)
+    config = type(config)(**{**config.__dict__, "model": "test_resnet"})
+    # resolve() took test_resnet's from timm; check it is not ImageNet's here
+    resolved = resolve(parse_spec(tiny_space(tmp_path, space=None)), 0, {}, tmp_path, tmp_path / "c.pt")
+    assert resolved.model == "test_resnet" and list(resolved.mean) == [0.5, 0.5, 0.5]
+    config = type(config)(**{**config.__dict__, "mean": resolved.mean, "std": resolved.std})
+    mmcls = _load(tmp_path, export.mmcls_config(config, CLASSES))
+    assert mmcls.img_norm_cfg.mean == [127.5] * 3 and mmcls.img_norm_cfg.std == [127.5] * 3
+    pretrain = _load(tmp_path, export.mmpretrain_config(config, CLASSES))
+    assert pretrain.data_preprocessor.mean == [127.5] * 3
+
+
+def test_a_val_fraction_split_is_exported_as_the_file_lists_the_sweep_used(tmp_path):
+    """mmcls reads the same split through `ann_file` (lines `path label` under the root)."""
+    from sweeper import data as datasets
+    from sweeper.testing import make_image_folder
+
+    root = make_image_folder(tmp_path / "flat", classes=3, per_class=10, split=False)
+    cache = datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    listing = datasets.list_folder(root, 0.3)
+    doc = tiny_space(root, data={"root": str(root), "image_size": 16, "val_fraction": 0.3}, space=None)
+    config = resolve(parse_spec(doc), 0, {}, tmp_path / "trials", cache)
+    classes = listing.classes
+    for fmt, key in (("mmcls", "data_prefix"), ("mmpretrain", "data_root")):
+        target = tmp_path / fmt / "exported.py"
+        written = export.write(config, classes, fmt, target, None, len(listing.train))
+        cfg = _load(tmp_path, target.read_text())
+        train = cfg.data.train if fmt == "mmcls" else cfg.train_dataloader.dataset
+        val = cfg.data.val if fmt == "mmcls" else cfg.val_dataloader.dataset
+        assert train[key] == val[key] == str(root)
+        for dataset, items in ((train, listing.train), (val, listing.val)):
+            lines = open(dataset.ann_file).read().splitlines()
+            assert dataset.ann_file in {str(p.resolve()) for p in written}
+            parsed = [(str(root / line.rsplit(" ", 1)[0]), int(line.rsplit(" ", 1)[1])) for line in lines]
+            assert parsed == items
+            assert all(classes[label] in path for path, label in parsed)
+        assert "cannot read" not in target.read_text()
