@@ -398,7 +398,7 @@ def write(config: TrialConfig, classes: list[str], fmt: str, target: Path,
     if fmt == "yaml":
         target.write_text(yaml_space(config, value))
         return [target]
-    from sweeper.worker import drops_last_batch  # deferred: imports torch
+    from sweeper.worker import drops_last_batch, iters_per_epoch  # deferred: imports torch
 
     written: list[Path] = []
     stem = target.with_suffix("")
@@ -413,16 +413,12 @@ def write(config: TrialConfig, classes: list[str], fmt: str, target: Path,
         for path, items in ((train_ann, split["train"]), (val_ann, split["val"])):
             path.write_text("".join(f"{rel} {label}\n" for rel, label in items))
             written.append(path)
-    drop_last = drops_last_batch(train_images, config.batch_size) if train_images else True
-    iters_per_epoch = None
-    if train_images:
-        iters_per_epoch = train_images // config.batch_size if drop_last else \
-            -(-train_images // config.batch_size)
     files = SideFiles(
         init_checkpoint=str(init.resolve()) if init else None, head_in_checkpoint=with_head,
         train_ann=str(train_ann.resolve()) if train_ann else None,
         val_ann=str(val_ann.resolve()) if val_ann else None,
-        drop_last=drop_last, iters_per_epoch=iters_per_epoch)
+        drop_last=drops_last_batch(train_images, config.batch_size) if train_images else True,
+        iters_per_epoch=iters_per_epoch(train_images, config.batch_size) if train_images else None)
     target.write_text(render(config, classes, fmt, value, files))
     return [target, *written]
 

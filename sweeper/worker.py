@@ -191,6 +191,13 @@ def drops_last_batch(train_images: int, batch_size: int) -> bool:
     return train_images > batch_size
 
 
+def iters_per_epoch(train_images: int, batch_size: int) -> int:
+    """len() of the worker's train loader, without building one (exports need it)."""
+    if drops_last_batch(train_images, batch_size):
+        return train_images // batch_size
+    return -(-train_images // batch_size)
+
+
 class Chosen:
     """The epoch whose objective is the trial's value: the last one, or the best (earliest on
     ties); in `best` mode a CPU copy of that epoch's weights is kept for the checkpoint."""

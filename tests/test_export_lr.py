@@ -23,7 +23,7 @@ from sweeper.schedule import LrSchedule, set_lr
 from sweeper.spec import parse_spec
 from sweeper.testing import tiny_space
 from sweeper.trial_config import resolve
-from sweeper.worker import drops_last_batch
+from sweeper.worker import drops_last_batch, iters_per_epoch
 
 mmengine = pytest.importorskip("mmengine")
 from mmengine.hooks import ParamSchedulerHook  # noqa: E402
@@ -99,7 +99,7 @@ def _iters_per_epoch(cfg, config) -> int:
                                                drop_last=cfg.train_dataloader.drop_last))
     worker = len(torch.utils.data.DataLoader(range(TRAIN_IMAGES), batch_size=config.batch_size,
                                              drop_last=drops_last_batch(TRAIN_IMAGES, config.batch_size)))
-    assert exported == worker == TRAIN_IMAGES // 48
+    assert exported == worker == iters_per_epoch(TRAIN_IMAGES, config.batch_size) == TRAIN_IMAGES // 48
     return exported
 
 
