@@ -140,8 +140,16 @@ def test_study_names_that_could_escape_trials_are_refused(name):
 def test_shipped_search_spaces_are_valid():
     from pathlib import Path
 
+    shared = Path("../shared")
     for path in sorted(Path(__file__).parents[1].glob("search_spaces/*.yaml")):
-        spec = load_spec(path)
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            # spaces for the development data name files under ../shared; without it (the
+            # project's tests must pass alone) only those paths may be reported missing
+            assert not shared.is_dir() and all("../shared/" in msg and "not found" in msg
+                                               for _, msg in exc.problems), exc
+            continue
         assert spec.search.n_trials >= 1, path
 
 
