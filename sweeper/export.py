@@ -145,6 +145,9 @@ def _train_aug(config: TrialConfig, center_crop: list[dict[str, Any]], size_key:
 
 def _header(config: TrialConfig, value: float | None, notes: list[str], how: str) -> list[str]:
     score = f": {config.objective} {value:.4f}" if value is not None else ""
+    if config.schedule_preset:
+        notes = [f"schedule {config.schedule_preset} (MMDetection's) for {config.epochs} epochs is "
+                 f"the step schedule at {config.milestones}, gamma {config.gamma}", *notes]
     return ([f"{config.model}, trial {config.number} of sweeper study {config.study!r}{score}",
              f"searched: {config.params}", how] + [f"NOTE: {n}" for n in notes])
 

@@ -107,8 +107,9 @@ KNOBS: tuple[Knob, ...] = (
     _k("nesterov", "train.optimizer.nesterov", False, boolean, "other", "SGD Nesterov momentum"),
     _k("weight_decay", "train.optimizer.weight_decay", 1e-4, float_range(0), "float",
        "weight decay"),
-    _k("schedule", "train.schedule", "step", one_of("step", "cosine"), "other",
-       "step (per epoch, at milestones) or cosine (per iteration, to min_lr)"),
+    _k("schedule", "train.schedule", "step", one_of("step", "cosine", "1x", "2x", "20e"), "other",
+       "step (per epoch, at milestones), cosine (per iteration, to min_lr), or MMDetection's "
+       "1x/2x/20e (step at 8/12+11/12, 16/24+22/24, 16/20+19/20 of the epochs, with warmup)"),
     _k("milestones", "train.milestones", [30, 60, 90], milestones, "other",
        "epochs at which a step schedule multiplies lr by gamma"),
     _k("gamma", "train.gamma", 0.1, float_range(0, 1, lo_open=True), "float", "step factor"),

@@ -62,6 +62,7 @@ class TrialConfig:
     value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
     mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation, from timm's pretrained config
     std: tuple[float, ...] = IMAGENET_STD
+    schedule_preset: str | None = None  # 1x/2x/20e, expanded into schedule/milestones/warmup
 
     @property
     def scaled_lr(self) -> float:
@@ -89,6 +90,10 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
     missing = [k.name for k in KNOBS if k.name not in knobs]
     assert not missing, f"unresolved knobs {missing}"  # a bug, not a user error
     from sweeper.model import normalization  # deferred: imports timm
+    from sweeper.schedule import PRESETS, expand_preset
+
+    preset = knobs["schedule"] if knobs["schedule"] in PRESETS else None
+    knobs = expand_preset(knobs)
 
     ops = spec.policies[knobs["augment"]]
     mean, std = normalization(knobs["model"])
@@ -109,5 +114,6 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
         value=spec.search.value,
         mean=mean,
         std=std,
+        schedule_preset=preset,
         **{k.name: knobs[k.name] for k in KNOBS},
     )

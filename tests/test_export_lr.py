@@ -111,6 +111,7 @@ CASES = {
     "cosine to min_lr, no warmup": ({"schedule": "cosine", "min_lr": 0.003}, 0.25),
     "constant warmup + step": ({"schedule": "step", "milestones": [1, 3], "gamma": 0.5,
                                 "warmup": {"type": "constant", "iters": 5, "ratio": 0.2}}, 2.0),
+    "MMDetection 1x preset": ({"schedule": "1x", "warmup": {"type": "linear", "iters": 6, "ratio": 0.001}}, 0.1),
 }
 
 

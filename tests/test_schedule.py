@@ -80,3 +80,50 @@ def test_cosine_anneals_every_group_to_the_same_absolute_min_lr():
     backbone_base = 0.1 * 0.25
     assert s(1, 10, backbone_base) == pytest.approx(0.002 + (backbone_base - 0.002) / 2)
     assert s(1, 20, backbone_base) == pytest.approx(0.002)
+
+
+def _preset(tmp_path: Path, preset: str, epochs: int, warmup: dict | None = None):
+    train = {"schedule": preset, "epochs": epochs, "lr": 0.02, "batch_size": 16}
+    if warmup:
+        train["warmup"] = warmup
+    doc = tiny_space(tmp_path, train=train, space=None)
+    return resolve(parse_spec(doc), 0, {}, tmp_path / "trials", tmp_path / "c.pt")
+
+
+def _mmdet_1x_lr(base: float, epoch: int, iteration: int) -> float:
+    """MMDetection's schedule_1x.py: LinearLR(start_factor=0.001, end=500 iters, by_epoch=False),
+    MultiStepLR(milestones=[8, 11], gamma=0.1); in mmcv 1.x terms warmup='linear',
+    warmup_iters=500, warmup_ratio=0.001, step=[8, 11]."""
+    lr = base * 0.1 ** sum(epoch >= m for m in (8, 11))
+    if iteration < 500:
+        lr *= 1 - (1 - iteration / 500) * (1 - 0.001)
+    return lr
+
+
+@pytest.mark.parametrize("epoch, step_in_epoch", [
+    (0, 0), (0, 99), (2, 50), (4, 99), (5, 0), (7, 99), (8, 0), (10, 99), (11, 0), (11, 99)])
+def test_1x_preset_gives_mmdetection_lr_at_chosen_iterations(tmp_path, epoch, step_in_epoch):
+    config = _preset(tmp_path, "1x", 12)
+    schedule = LrSchedule.from_config(config, iters_per_epoch=100)
+    iteration = epoch * 100 + step_in_epoch
+    assert schedule(epoch, iteration, 0.02) == pytest.approx(_mmdet_1x_lr(0.02, epoch, iteration))
+
+
+@pytest.mark.parametrize("preset, epochs, expected", [
+    ("1x", 12, [8, 11]), ("2x", 24, [16, 22]), ("20e", 20, [16, 19]),
+    ("1x", 36, [24, 33]),        # 8/12 and 11/12 of 36
+    ("2x", 12, [8, 11]),         # 16/24 and 22/24 of 12
+    ("20e", 10, [8, 9]),         # 16/20 and 19/20 of 10
+    ("1x", 4, [2, 3]),           # floor(2.67), floor(3.67): both inside the 4 epochs
+])
+def test_presets_scale_milestones_to_the_trials_epochs(tmp_path, preset, epochs, expected):
+    config = _preset(tmp_path, preset, epochs)
+    assert (config.schedule, config.milestones, config.gamma) == ("step", expected, 0.1)
+    assert (config.warmup, config.warmup_iters, config.warmup_ratio) == ("linear", 500, 0.001)
+    assert config.schedule_preset == preset
+
+
+def test_a_preset_keeps_the_trials_own_warmup(tmp_path):
+    config = _preset(tmp_path, "2x", 24, warmup={"type": "constant", "iters": 30, "ratio": 0.1})
+    assert (config.warmup, config.warmup_iters, config.warmup_ratio) == ("constant", 30, 0.1)
+    assert config.milestones == [16, 22]
