@@ -116,6 +116,7 @@ def run(
             bar.stop()
     optuna_storage = store.open_storage(storage_url)
     the_study = orchestrator.create_study(spec, optuna_storage, storage_url)
+    store.remember_space(the_study, space, spec)
     slots = orchestrator.make_slots(workers, gpu_ids)
     where = ", ".join(f"GPU {s.gpu}" if s.gpu is not None else "CPU" for s in slots)
     start = time.monotonic()
@@ -244,6 +245,64 @@ def best(
         print(f"exported {info['exported']['format']} config: {written}")
         for path in info["exported"]["files"]:
             print(f"  with {path}")
+
+
+@app.command("import")
+@user_errors
+def import_results(
+    study: StudyOpt,
+    space: Annotated[Path, typer.Option(help="The search-space YAML the runs belong to.")],
+    from_: Annotated[Path, typer.Option("--from", help="CSV: a column per searched parameter, the objective, optionally `note`.")],
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add finished runs from a CSV to a study as completed trials, so the sampler learns from them."""
+    import optuna
+
+    from sweeper import importer, store
+    from sweeper.spec import load_spec
+
+    spec = load_spec(space, {"study": study})
+    rows, skipped = importer.read_results(from_, spec.space, spec.search.objective)
+    url = storage or store.DEFAULT_STORAGE
+    the_storage = store.open_storage(url)
+    existing = {s.study_name for s in the_storage.get_all_studies()}
+    if study in existing:
+        the_study = store.load_study(the_storage, study)
+        theirs = the_study.user_attrs.get("objective", spec.search.objective)
+        if theirs != spec.search.objective:
+            raise SpecError(str(space), [("search.objective", f"study {study!r} maximises {theirs}, "
+                                          f"this file {spec.search.objective}; they cannot be mixed")])
+    else:
+        the_study = store.retrying(lambda: optuna.create_study(
+            storage=the_storage, study_name=study, direction="maximize", sampler=spec.sampler(),
+            pruner=spec.pruner()))
+        store.retrying(lambda: the_study.set_user_attr("objective", spec.search.objective))
+        store.retrying(lambda: the_study.set_user_attr("value", spec.search.value))
+    source = from_.name
+    seen = {(json_key(t.params), t.value) for t in the_study.get_trials(deepcopy=False)
+            if t.user_attrs.get(importer.IMPORTED) == source}
+    fresh = []
+    for row, trial in zip(rows, importer.as_trials(rows, spec.space, source)):
+        if (json_key(trial.params), trial.value) in seen:
+            skipped.append((row.line, "already imported"))
+        else:
+            fresh.append(trial)
+    store.retrying(lambda: the_study.add_trials(fresh))
+    store.remember_space(the_study, space, spec)
+    if as_json:
+        _print_json({"study": study, "imported": len(fresh),
+                     "skipped": [{"line": line, "reason": why} for line, why in sorted(skipped)]})
+        return
+    print(f"study {study}: imported {len(fresh)} completed trial(s) from {from_}")
+    for line, why in sorted(skipped):
+        print(f"skipped line {line}: {why}")
+
+
+def json_key(params: dict) -> str:
+    import json
+
+    return json.dumps(params, sort_keys=True)
 
 
 @app.command()

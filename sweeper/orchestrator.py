@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import optuna
@@ -57,6 +57,7 @@ class Running:
     value: tuple[float, int] | None = None  # the trial's value and its epoch, from the worker
     epochs_run: int = 0
     outcome: tuple[TrialState, str | None] | None = None  # decided, not yet told
+    prunable: bool = True  # re-checks train every epoch
     started: float = field(default_factory=time.time)
     last_event: float = field(default_factory=time.monotonic)
 
@@ -147,30 +148,31 @@ def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
     return study
 
 
-class Orchestrator:
-    def __init__(self, spec: SweepSpec, study: optuna.Study, slots: list[Slot], data_cache: Path,
-                 progress: SweepProgress, trials_root: Path = Path("trials"),
-                 storage_url: str = store.DEFAULT_STORAGE, options: Options = Options()):
-        self.spec, self.study, self.slots = spec, study, slots
-        self.data_cache, self.progress, self.trials_root = data_cache, progress, trials_root
-        self.storage_url, self.options = storage_url, options
-        self.events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
-        self.running: dict[int, Running] = {}  # by slot index
-        self.deadline = time.monotonic() + spec.search.timeout if spec.search.timeout else None
-        self.interrupts = 0
-        self.last_beat = 0.0
+class TrialSource(Protocol):
+    """What a free slot trains next."""
 
-    # --- the budget shared with other orchestrators -------------------------------------------
+    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
+        """A new RUNNING trial and its configuration, or None when there is no more work."""
+
+    def running_elsewhere(self) -> int:
+        """Trials of this work still running in other orchestrators (0: nothing to wait for)."""
+
+
+class SweepSource:
+    """New trials from the sampler while the study's budget (n_trials, shared by every
+    orchestrator through `store.budget_lock`) allows."""
+
+    def __init__(self, spec: SweepSpec, study: optuna.Study, data_cache: Path, trials_root: Path,
+                 storage_url: str, heartbeat: float):
+        self.spec, self.study, self.data_cache, self.trials_root = spec, study, data_cache, trials_root
+        self.storage_url, self.heartbeat = storage_url, heartbeat
 
     def _counts(self) -> tuple[int, int]:
         trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
         finished = sum(recovery.counts_toward_budget(t) for t in trials)
         return finished, sum(t.state == TrialState.RUNNING for t in trials)
 
-    def _claim_trial(self) -> optuna.Trial | None:
-        """Ask for a trial if the study's budget (n_trials, all orchestrators) allows one."""
-        if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
-            return None
+    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
             finished, running = self._counts()
             if finished + running >= self.spec.search.n_trials:
@@ -180,8 +182,40 @@ class Orchestrator:
                     lambda: sampler.has_unstarted_points(self.study)):
                 return None
             trial = store.retrying(self.study.ask)
-            recovery.beat(self.study, trial._trial_id, self.options.heartbeat)
-            return trial
+            recovery.beat(self.study, trial._trial_id, self.heartbeat)
+        try:
+            sampled = self.spec.space.suggest(trial)
+            return trial, resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
+        except BaseException as exc:  # never leave a trial RUNNING behind
+            trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+
+    def running_elsewhere(self) -> int:
+        finished, running = self._counts()
+        return 0 if finished >= self.spec.search.n_trials else running
+
+
+class Orchestrator:
+    def __init__(self, spec: SweepSpec, study: optuna.Study, slots: list[Slot], data_cache: Path,
+                 progress: SweepProgress, trials_root: Path = Path("trials"),
+                 storage_url: str = store.DEFAULT_STORAGE, options: Options = Options(),
+                 source: "TrialSource | None" = None):
+        self.spec, self.study, self.slots = spec, study, slots
+        self.data_cache, self.progress, self.trials_root = data_cache, progress, trials_root
+        self.storage_url, self.options = storage_url, options
+        self.events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
+        self.running: dict[int, Running] = {}  # by slot index
+        self.deadline = time.monotonic() + spec.search.timeout if spec.search.timeout else None
+        self.interrupts = 0
+        self.last_beat = 0.0
+        self.source = source or SweepSource(spec, study, data_cache, trials_root, storage_url,
+                                            options.heartbeat)
+
+    def _claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
+        if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
+            return None
+        return self.source.claim()
 
     # --- launching ---------------------------------------------------------------------------
 
@@ -196,17 +230,15 @@ class Orchestrator:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _launch(self, slot: Slot, trial: optuna.Trial) -> None:
+    def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig) -> None:
         try:
-            self._spawn(trial, slot)
+            self._spawn(trial, config, slot)
         except BaseException as exc:  # never leave a trial RUNNING behind
             trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
             self.study.tell(trial, state=TrialState.FAIL)
             raise
 
-    def _spawn(self, trial: optuna.Trial, slot: Slot) -> None:
-        sampled = self.spec.space.suggest(trial)
-        config = resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
+    def _spawn(self, trial: optuna.Trial, config: TrialConfig, slot: Slot) -> None:
         out = Path(config.trial_dir)
         if out.exists():  # left by an earlier study of the same name that was deleted
             shutil.rmtree(out)
@@ -222,9 +254,10 @@ class Orchestrator:
                  "worker_pid": proc.pid, "host": os.uname().nodename}
         for key, value in attrs.items():
             store.retrying(lambda: trial.set_user_attr(key, value))
-        self.running[slot.index] = Running(trial, config, slot, proc)
+        self.running[slot.index] = Running(trial, config, slot, proc,
+                                           prunable=recovery.RECHECK_OF not in trial.user_attrs)
         threading.Thread(target=self._read, args=(slot.index, proc), daemon=True).start()
-        self.progress.started(trial.number, slot.index, sampled, config.epochs)
+        self.progress.started(trial.number, slot.index, config.params, config.epochs)
 
     def _read(self, slot: int, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
@@ -250,13 +283,13 @@ class Orchestrator:
             for key in ("classes", "device", "cuda_visible_devices", "train_images"):
                 store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
         elif kind == "epoch":
-            value = event[self.spec.search.objective]
+            value = event[run.config.objective]
             run.last_value, run.epochs_run = value, event["epoch"]
             store.retrying(lambda: run.trial.report(value, event["epoch"]))
             self.progress.epoch(run.trial.number, event["epoch"], value)
             # a trial that trained every epoch is complete, whatever the pruner would say
             final = event["epoch"] >= run.config.epochs
-            prune = not final and store.retrying(run.trial.should_prune)
+            prune = not final and run.prunable and store.retrying(run.trial.should_prune)
             if prune:
                 run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
             self._reply(run, "stop" if prune or self.interrupts else "continue")
@@ -372,16 +405,16 @@ class Orchestrator:
         while True:
             self._heartbeat()
             for slot in self.slots:
-                if slot.index not in self.running and (trial := self._claim_trial()) is not None:
-                    self._launch(slot, trial)
+                if slot.index not in self.running and (claimed := self._claim()) is not None:
+                    self._launch(slot, *claimed)
             if not self.running:
                 if self.interrupts or (self.deadline and time.monotonic() >= self.deadline):
                     return
-                finished, running = self._counts()
-                if finished >= self.spec.search.n_trials or running == 0:
+                elsewhere = self.source.running_elsewhere()
+                if not elsewhere:
                     return
                 if not waiting_noted:  # the rest of the budget runs elsewhere
-                    self.progress.message(f"waiting for {running} trial(s) running elsewhere")
+                    self.progress.message(f"waiting for {elsewhere} trial(s) running elsewhere")
                     waiting_noted = True
                 time.sleep(min(self.options.heartbeat, 2.0))
                 continue

@@ -20,6 +20,7 @@ HEARTBEAT = "heartbeat"
 INTERVAL = "heartbeat_interval"
 RETRIES = "retries"
 REQUEUED = "requeued"
+RECHECK_OF = "recheck_of"  # a re-check run of that trial's configuration with another seed
 
 
 def beat(study: optuna.Study, trial_id: int, interval: float | None = None) -> None:
@@ -49,7 +50,8 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_r
     """
     storage = study._storage
     retries = trial.user_attrs.get(RETRIES, 0)
-    requeue = bool(trial.params) and retries < max_retry
+    # a re-check is planned again by the next `sweeper recheck`, never queued for `run`
+    requeue = bool(trial.params) and retries < max_retry and RECHECK_OF not in trial.user_attrs
     try:
         storage.set_trial_user_attr(trial._trial_id, "reason", reason)
         storage.set_trial_user_attr(trial._trial_id, REQUEUED, requeue)

@@ -147,3 +147,12 @@ def budget_lock(storage: optuna.storages.BaseStorage, url: str, study: str):
     PostgreSQL get no lock and may overshoot by up to one trial per extra orchestrator."""
     engine = getattr(storage, "_backend", storage).engine  # a study wraps it in a cache
     return _lock(url, f"budget-{zlib.crc32(study.encode())}", engine)
+
+
+def remember_space(study: optuna.Study, path: Path, spec) -> None:
+    """Keep the search-space file's text in the study, so that later commands (`recheck` of an
+    imported configuration) can rebuild a trial's configuration without the file."""
+    retrying(lambda: study.set_user_attr("space_yaml", path.read_text(encoding="utf-8")))
+    retrying(lambda: study.set_user_attr("space_source", str(path)))
+    root = str(spec.data.root) if spec.data.root else None
+    retrying(lambda: study.set_user_attr("data_root", root))
