@@ -134,6 +134,73 @@ def run(
         raise typer.Exit(130)
 
 
+@app.command()
+@user_errors
+def recheck(
+    study: Annotated[str, typer.Option("--study", help="Study name.")],
+    top: Annotated[int, typer.Option(min=1, help="Configurations to re-check, best first score first.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Extra runs per configuration, each with a new seed.")] = 2,
+    storage: Annotated[Optional[str], typer.Option(help="Study store URL.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Trials at a time (default: one per GPU, else 1).")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="GPU ids to use, e.g. 0,1.")] = None,
+    trials_dir: Annotated[Path, typer.Option(help="Where trial folders are.")] = Path("trials"),
+    trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a run that reports nothing for this many seconds.")] = None,
+    keep_checkpoints: Annotated[int, typer.Option(min=0, help="Best completed trials that keep checkpoint.pth.")] = 3,
+    heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True)] = 10.0,
+) -> None:
+    """Retrain the best configurations with new seeds (every epoch, no pruning); rank by the mean."""
+    from sweeper import orchestrator
+    from sweeper import recheck as rechecking
+    from sweeper.progress import make_progress
+    from sweeper.ranking import configurations
+
+    gpu_ids = _parse_gpus(gpus)
+    the_study = _open_study(study, storage)
+    bar, callback = _data_progress("decoding images")
+    if bar:
+        bar.start()
+    try:
+        chosen, todo = rechecking.plan(the_study, top, seeds, trials_dir, callback)
+    finally:
+        if bar:
+            bar.stop()
+    objective = the_study.user_attrs.get("objective", "value")
+    runs = []
+    if todo:
+        slots = orchestrator.make_slots(workers, gpu_ids)
+        start = time.monotonic()
+        with make_progress(study, len(todo), objective) as progress:
+            progress.message(f"re-checking {len(chosen)} configuration(s) (trials "
+                             f"{', '.join(str(t.number) for t in chosen)}): {len(todo)} run(s) "
+                             f"with new seeds on {len(slots)} worker(s)")
+            options = orchestrator.Options(0, trial_timeout, keep_checkpoints, heartbeat)
+            source = rechecking.RecheckSource(the_study, todo, trials_dir, heartbeat)
+            runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
+                                               storage or _default_storage(), options, source)
+            runner.run()
+        runs.append(f"{len(todo)} run(s) in {time.monotonic() - start:.0f} s")
+    else:
+        runner = None
+        runs.append(f"nothing to do: each has {seeds} re-check run(s)")
+    numbers = {t.number for t in chosen}
+    ranked = configurations(the_study.get_trials(deepcopy=False))
+    print(f"study {study}: re-checked {len(chosen)} configuration(s), " + runs[0])
+    for rank, c in enumerate(ranked, start=1):
+        if c.first.number in numbers:
+            print(f"  #{rank} trial {c.first.number}: {c.describe(objective)}")
+    if ranked:
+        print(f"best configuration: trial {ranked[0].first.number} ({ranked[0].describe(objective)})")
+    if runner is not None and runner.interrupts:
+        _err("interrupted: `sweeper recheck` again trains the runs still missing")
+        raise typer.Exit(130)
+
+
+def _default_storage() -> str:
+    from sweeper import store
+
+    return store.DEFAULT_STORAGE
+
+
 def summary(study, objective: str, seconds: float) -> str:
     from optuna.trial import TrialState
 
@@ -186,14 +253,17 @@ def report(
           f"{c['FAIL']} failed")
 
 
-def _best_trial(the_study):
+def _ranked(the_study, by: str = "mean"):
     from sweeper.errors import StorageError
+    from sweeper.ranking import RANKINGS, configurations
 
-    try:
-        return the_study.best_trial
-    except ValueError:
+    if by not in RANKINGS:
+        raise SpecError("--by", [("", f"unknown {by!r}; valid: {', '.join(RANKINGS)}")])
+    ranked = configurations(the_study.get_trials(deepcopy=False), by)
+    if not ranked:
         raise StorageError(f"study {the_study.study_name!r} has no completed trial yet; "
-                           "run `sweeper run` first") from None
+                           "run `sweeper run` first")
+    return ranked
 
 
 @app.command()
@@ -203,26 +273,37 @@ def best(
     storage: StorageOpt = None,
     export: Annotated[Optional[str], typer.Option(help="Write the best trial's config here (a file, or a folder ending in /).")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="mmcls | mmpretrain | yaml (default: by suffix).")] = None,
+    by: Annotated[str, typer.Option("--by", help="mean: configurations by their mean over re-check seeds; first: by their first score.")] = "mean",
     as_json: JsonOpt = False,
 ) -> None:
-    """Show the best trial; with --export, write it as an mmcls/mmpretrain config or YAML space."""
+    """Show the best configuration; with --export, write it as an mmcls/mmpretrain config or YAML space."""
     from sweeper import export as exporter
     from sweeper.errors import StorageError
+    from sweeper.importer import IMPORTED
+    from sweeper.report_data import value_source
     from sweeper.trial_config import TrialConfig
 
-    from sweeper.report_data import value_source
-
     the_study = _open_study(study, storage)
-    trial = _best_trial(the_study)
+    if format is not None and format not in exporter.FORMATS:
+        raise SpecError("--format", [("", f"unknown {format!r}; valid: {', '.join(exporter.FORMATS)}")])
+    config_rank = _ranked(the_study, by)[0]
+    trial = config_rank.first
     rule = the_study.user_attrs.get("value", "last")
+    objective = the_study.user_attrs.get("objective", "value")
+    imported = trial.user_attrs.get(IMPORTED)
     info = {"trial": trial.number, "value": trial.value, "value_rule": rule,
             "value_epoch": trial.user_attrs.get("value_epoch"), "params": trial.params,
-            "epochs": trial.user_attrs.get("epochs_run"), "trial_dir": trial.user_attrs.get("trial_dir")}
+            "epochs": trial.user_attrs.get("epochs_run"), "trial_dir": trial.user_attrs.get("trial_dir"),
+            "ranked_by": by, "mean": config_rank.mean, "std": config_rank.std,
+            "runs": config_rank.count, "lucky": config_rank.lucky,
+            "run_trials": [t.number for t in config_rank.runs], "imported": imported}
     written = None
     if export is not None:
-        if format is not None and format not in exporter.FORMATS:
-            raise SpecError("--format", [("", f"unknown {format!r}; valid: {', '.join(exporter.FORMATS)}")])
         config_path = Path(info["trial_dir"] or "") / "config.json"
+        if imported:
+            raise StorageError(f"trial {trial.number} was imported from {imported}, so sweeper has "
+                               f"no trained config to export; `sweeper recheck --study {study}` "
+                               "trains it (then export again)")
         if not config_path.is_file():
             raise StorageError(f"the best trial's config {config_path} is missing; was trials/ moved?")
         config = TrialConfig.from_json(config_path.read_text())
@@ -238,9 +319,15 @@ def best(
         _print_json(info)
         return
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
-    print(f"best trial {trial.number}: {the_study.user_attrs.get('objective', 'value')} "
-          f"{trial.value:.4f} of {value_source(trial, rule)}\nparams: {params}\n"
-          f"folder: {info['trial_dir']}")
+    where = (f"imported from {imported} (line {trial.user_attrs.get('import_line')})" if imported
+             else f"folder: {info['trial_dir']}")
+    if config_rank.count > 1:
+        head = f"best configuration: trial {trial.number}, {config_rank.describe(objective)}"
+        if by == "first":
+            head += " (ranked by first score)"
+    else:
+        head = f"best trial {trial.number}: {objective} {trial.value:.4f} of {value_source(trial, rule)}"
+    print(f"{head}\nparams: {params}\n{where}")
     if written:
         print(f"exported {info['exported']['format']} config: {written}")
         for path in info["exported"]["files"]:
@@ -336,16 +423,34 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 @user_errors
 def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
-    """A table of a study's trials: state, value, params, epochs, duration, reason."""
-    from sweeper.report_data import trial_rows
+    """A table of a study's trials (state, value, params, epochs, duration, reason, origin); after
+    `recheck`, also its configurations ranked by their mean over seeds."""
+    from sweeper.ranking import has_rechecks
+    from sweeper.report_data import configuration_rows, trial_rows
 
-    frame = trial_rows(_open_study(study, storage).get_trials(deepcopy=False))
-    frame = frame.drop(columns=["start", "end"])
+    all_trials = _open_study(study, storage).get_trials(deepcopy=False)
+    frame = trial_rows(all_trials).drop(columns=["start", "end"])
+    configs = configuration_rows(all_trials) if has_rechecks(all_trials) else None
     if as_json:
-        _print_json(frame.astype(object).where(frame.notna(), None).to_dict(orient="records"))
+        records = lambda f: f.astype(object).where(f.notna(), None).to_dict(orient="records")  # noqa: E731
+        out = records(frame)
+        if configs is not None:
+            by_config = {r["config"]: r for r in records(configs)}
+            for row, t in zip(out, all_trials):
+                key = t.user_attrs.get("recheck_of", t.number)
+                if key in by_config:
+                    c = by_config[key]
+                    row.update(config=key, config_mean=c["mean"], config_std=c["std"], config_runs=c["runs"])
+        _print_json(out)
         return
     frame.columns = [c.removeprefix("params_") for c in frame.columns]
+    for column in frame.select_dtypes(include="object"):
+        frame[column] = frame[column].fillna("-")
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    if configs is not None:
+        print("\nconfigurations ranked by their mean over seeds (lucky: the first score was more "
+              "than one standard deviation above the mean)")
+        print(configs.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
 
 
 @app.command()

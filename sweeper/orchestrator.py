@@ -197,7 +197,7 @@ class SweepSource:
 
 
 class Orchestrator:
-    def __init__(self, spec: SweepSpec, study: optuna.Study, slots: list[Slot], data_cache: Path,
+    def __init__(self, spec: SweepSpec | None, study: optuna.Study, slots: list[Slot], data_cache: Path,
                  progress: SweepProgress, trials_root: Path = Path("trials"),
                  storage_url: str = store.DEFAULT_STORAGE, options: Options = Options(),
                  source: "TrialSource | None" = None):
@@ -206,7 +206,8 @@ class Orchestrator:
         self.storage_url, self.options = storage_url, options
         self.events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
         self.running: dict[int, Running] = {}  # by slot index
-        self.deadline = time.monotonic() + spec.search.timeout if spec.search.timeout else None
+        timeout = spec.search.timeout if spec is not None else None
+        self.deadline = time.monotonic() + timeout if timeout else None
         self.interrupts = 0
         self.last_beat = 0.0
         self.source = source or SweepSource(spec, study, data_cache, trials_root, storage_url,

@@ -52,8 +52,31 @@ def planned_epochs(trial: FrozenTrial) -> int | None:
     return json.loads(text)["epochs"] if text else None
 
 
+def origin(trial: FrozenTrial) -> str | None:
+    """Where a trial came from, when not from the sampler."""
+    attrs = trial.user_attrs
+    if "imported" in attrs:
+        return f"imported from {attrs['imported']}"
+    if "recheck_of" in attrs:
+        return f"recheck of {attrs['recheck_of']} (seed +{attrs.get('recheck_seed', '?')})"
+    if "retry_of" in attrs:
+        return f"retry of {attrs['retry_of']}"
+    return None
+
+
+def configuration_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
+    """Configurations ranked by their mean over re-check seeds, with the first score beside it."""
+    from sweeper.ranking import configurations
+
+    columns = ["rank", "config", "mean", "std", "runs", "first", "lucky"]
+    rows = [{"rank": i, "config": c.first.number, "mean": c.mean, "std": c.std, "runs": c.count,
+             "first": c.first.value, "lucky": c.lucky}
+            for i, c in enumerate(configurations(trials), start=1)]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def trial_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
-    """One row per trial: number, state, value, params, epochs, duration, reason, slot, times."""
+    """One row per trial: number, state, value, params, epochs, duration, reason, origin, slot, times."""
     rows = []
     for t in trials:
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
@@ -64,11 +87,11 @@ def trial_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
             "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
             "epochs": planned_epochs(t),
             "duration_s": duration, "reason": t.user_attrs.get("reason"),
-            "slot": t.user_attrs.get("slot"),
+            "origin": origin(t), "slot": t.user_attrs.get("slot"),
             "start": t.datetime_start, "end": t.datetime_complete,
         })
-    columns = ["number", "state", "value", "epochs_run", "epochs", "duration_s", "reason", "slot",
-               "start", "end"]
+    columns = ["number", "state", "value", "epochs_run", "epochs", "duration_s", "reason", "origin",
+               "slot", "start", "end"]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=columns)
