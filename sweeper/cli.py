@@ -334,6 +334,149 @@ def best(
             print(f"  with {path}")
 
 
+def _count_bar(label: str, total: int):
+    """A progress bar over `total` items on a terminal; (None, None) otherwise."""
+    if not sys.stdout.isatty():
+        return None, None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(label, total=total)
+    return bar, lambda n: bar.advance(task, n)
+
+
+def _member_probs(members, images, tta: str, label: str):
+    from sweeper import ensemble as ens
+
+    bar, advance = _count_bar(label, len(members) * len(images))
+    if bar:
+        bar.start()
+    try:
+        return [ens.probabilities(m, images, tta, advance) for m in members]
+    finally:
+        if bar:
+            bar.stop()
+
+
+def ensemble_path(trials_dir: Path, study: str) -> Path:
+    return trials_dir / study / "ensemble.json"
+
+
+@app.command()
+@user_errors
+def ensemble(
+    study: StudyOpt,
+    top: Annotated[int, typer.Option(min=1, help="Members: the K best trials by their value.")] = 3,
+    method: Annotated[str, typer.Option(help="mean (average the class probabilities) | vote (majority of labels).")] = "mean",
+    storage: StorageOpt = None,
+    trials_dir: Annotated[Path, typer.Option(help="Where trial folders are.")] = Path("trials"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the ensemble of the K best trials on the validation set, beside each member; saves it for `predict`."""
+    import json
+
+    from sweeper import ensemble as ens
+
+    if method not in ens.METHODS:
+        raise SpecError("--method", [("", f"unknown {method!r}; valid: {', '.join(ens.METHODS)}")])
+    the_study = _open_study(study, storage)
+    members = ens.top_members(the_study.get_trials(deepcopy=False), top, study)
+    classes = ens.check_classes(members)
+    images, labels = ens.validation_set(members[0])
+    probs = _member_probs(members, images, "none", "scoring members")
+    rows = []
+    for m, p in zip(members, probs):
+        rows.append({"trial": m.trial.number, "value": m.trial.value,
+                     **ens.scores(p.argmax(dim=1), labels, len(classes))})
+    predicted, _ = ens.combine(probs, method)
+    result = {"study": study, "method": method, "val_images": len(labels),
+              "ensemble": ens.scores(predicted, labels, len(classes)), "members": rows,
+              "best_single": max(rows, key=lambda r: r["accuracy"])}
+    path = ensemble_path(trials_dir, study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "checkpoints": [str(m.checkpoint) for m in members]}, indent=2))
+    if as_json:
+        _print_json({**result, "saved": str(path)})
+        return
+    print(f"{'':>22} {'accuracy':>9} {'balanced':>9}")
+    for r in rows:
+        print(f"{'trial ' + str(r['trial']):>22} {r['accuracy']:9.4f} {r['balanced_accuracy']:9.4f}")
+    b, e = result["best_single"], result["ensemble"]
+    print(f"{'best single (trial ' + str(b['trial']) + ')':>22} {b['accuracy']:9.4f} {b['balanced_accuracy']:9.4f}")
+    print(f"{'ensemble (' + method + ')':>22} {e['accuracy']:9.4f} {e['balanced_accuracy']:9.4f}"
+          f"   ({e['accuracy'] - b['accuracy']:+.4f} over the best single model, {len(labels)} val images)")
+    print(f"saved {path}; `sweeper predict --study {study} --top {top}` uses it")
+
+
+@app.command()
+@user_errors
+def predict(
+    study: StudyOpt,
+    images: Annotated[Path, typer.Option(help="Folder of images to label (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="CSV to write: file, class, probability, top-5.")] = Path("submission.csv"),
+    top: Annotated[Optional[int], typer.Option(min=1, help="Predict with the ensemble of the K best trials (default: the best configuration).")] = None,
+    tta: Annotated[str, typer.Option(help="none | flip (average with the mirrored image).")] = "none",
+    storage: StorageOpt = None,
+    trials_dir: Annotated[Path, typer.Option(help="Where trial folders are.")] = Path("trials"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Label every image of a folder with the best trial or a top-K ensemble; writes a CSV."""
+    import csv
+    import json
+
+    from sweeper import ensemble as ens
+    from sweeper.data import IMAGE_EXTENSIONS
+    from sweeper.errors import DataError
+
+    if tta not in ens.TTA:
+        raise SpecError("--tta", [("", f"unknown {tta!r}; valid: {', '.join(ens.TTA)}")])
+    if not images.is_dir():
+        raise DataError(f"--images {images} is not a folder; pass the folder of images to label")
+    the_study = _open_study(study, storage)
+    trials = the_study.get_trials(deepcopy=False)
+    if top is None or top == 1:
+        members, method = [ens.best_member(trials, study)], "mean"
+    else:
+        members = ens.top_members(trials, top, study)
+        saved = ensemble_path(trials_dir, study)
+        described = json.loads(saved.read_text()) if saved.is_file() else {}
+        same = [r["trial"] for r in described.get("members", [])] == [m.trial.number for m in members]
+        method = described["method"] if same else "mean"
+    classes = ens.check_classes(members)
+    paths = ens.list_images(images)
+    if not paths:
+        raise DataError(f"no images under {images} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    sides = {ens.decode_side(m) for m in members}
+    decoded = {side: ens.decode_all(paths, side) for side in sides}
+    first = decoded[ens.decode_side(members[0])]
+    ok, bad = first[1], first[2]
+    probs = []
+    for m in members:
+        probs += _member_probs([m], decoded[ens.decode_side(m)][0], tta, f"predicting (trial {m.trial.number})")
+    predicted, mean = ens.combine(probs, method)
+    k = min(5, len(classes))
+    top_p, top_i = mean.topk(k, dim=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "class", "probability", "top5", "top5_probabilities"])
+        for i, (path, label) in enumerate(zip(ok, predicted.tolist())):
+            writer.writerow([path.relative_to(images).as_posix(), classes[label], f"{mean[i, label]:.6f}",
+                             ";".join(classes[j] for j in top_i[i].tolist()),
+                             ";".join(f"{v:.6f}" for v in top_p[i].tolist())])
+    info = {"study": study, "members": [m.trial.number for m in members], "method": method, "tta": tta,
+            "written": str(out), "rows": len(ok),
+            "unreadable": [{"file": p.relative_to(images).as_posix(), "reason": why} for p, why in bad]}
+    if as_json:
+        _print_json(info)
+        return
+    who = f"trial {members[0].trial.number}" if len(members) == 1 else \
+        f"the {method} ensemble of trials {', '.join(str(n) for n in info['members'])}"
+    print(f"{out}: {len(ok)} image(s) labelled by {who}" + (f", tta {tta}" if tta != "none" else ""))
+    for item in info["unreadable"]:
+        print(f"unreadable, skipped: {item['file']} ({item['reason']})")
+
+
 @app.command("import")
 @user_errors
 def import_results(

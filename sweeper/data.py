@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def list_folder(root: Path, val_fraction: float) -> Listing:
     return listing
 
 
-def _decode(path: str, side: int) -> np.ndarray:
+def decode(path: str, side: int) -> np.ndarray:
     """Decode to RGB (grayscale, palette and alpha images included), shorter side <= side."""
     try:
         with Image.open(path) as im:
@@ -122,6 +123,12 @@ def _digits(val_fraction: float) -> tuple[list[str], list[np.ndarray], np.ndarra
 
 def cache_side(image_size: int) -> int:
     return math.ceil(image_size / CROP_RATIO)
+
+
+def side_of_cache(cache: Path) -> int | None:
+    """The shorter side a folder dataset's cache was decoded to (None: a built-in dataset)."""
+    match = re.search(r"-(\d+)px-[0-9a-f]+\.pt$", Path(cache).name)
+    return int(match.group(1)) if match else None
 
 
 def _cache_key(source: str, items: list[tuple[str, int]], side: int, val_fraction: float) -> str:
@@ -158,7 +165,7 @@ def prepare(
     total = len(items)
     decoded: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for i, img in enumerate(pool.map(lambda p: _decode(p, side), [p for p, _ in items])):
+        for i, img in enumerate(pool.map(lambda p: decode(p, side), [p for p, _ in items])):
             decoded.append(img)
             if progress:
                 progress(i + 1, total)

@@ -337,7 +337,8 @@ class Orchestrator:
     def _keep_best_checkpoints(self) -> None:
         """Only the best `keep_checkpoints` completed trials keep their checkpoint file."""
         done = store.retrying(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        ranked = sorted(done, key=lambda t: t.value, reverse=True)
+        trained = [t for t in done if "imported" not in t.user_attrs]  # imported runs have no weights
+        ranked = sorted(trained, key=lambda t: (-t.value, t.number))
         for t in ranked[self.options.keep_checkpoints:]:
             path = Path(t.user_attrs.get("trial_dir", "")) / CHECKPOINT
             if t.user_attrs.get("trial_dir") and path.is_file():
