@@ -14,7 +14,7 @@ from sweeper.report_data import MIN_FOR_IMPORTANCE, Importance, StudyData, colle
 
 STATE_COLOURS = {"COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e76f51", "RUNNING": "#8d99ae",
                  "WAITING": "#bbbbbb"}
-SECTIONS = ["Summary", "Top trials", "Hyperparameter importance", "Optimization history",
+SECTIONS = ["Summary", "Top trials", "Re-checked configurations", "Hyperparameter importance", "Optimization history",
             "Learning curves", "Parallel coordinates", "Slice plots", "Contour", "Timeline"]
 
 
@@ -101,6 +101,9 @@ def _summary_html(data: StudyData) -> str:
                        f"{c['RUNNING']} running"),
             ("Total compute time", f"{data.compute_seconds / 60:.1f} min"),
             ("Epochs saved by pruning", str(data.epochs_saved))]
+    if data.best_configuration is not None:
+        rows.insert(0, ("Best configuration", f"trial {data.best_configuration.first.number}: "
+                        f"{data.best_configuration.describe(data.objective)}"))
     if data.best is not None:
         params = ", ".join(f"{k}={v}" for k, v in data.best.params.items())
         rows.insert(0, ("Best", f"trial {data.best.number}: {data.objective} {data.best.value:.4f} "
@@ -123,11 +126,21 @@ def _top_html(data: StudyData, k: int = 10) -> str:
     return top.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="top", na_rep="")
 
 
+def _configs_html(data: StudyData) -> str:
+    if data.configurations is None:
+        return ("<p class='missing'>none yet: `sweeper recheck --study NAME` trains the best "
+                "configurations again with new seeds and ranks them by their mean</p>")
+    frame = data.configurations.copy()
+    frame["lucky"] = frame["lucky"].map({True: "yes: first score > 1 std above the mean", False: ""})
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="configs", na_rep="")
+
+
 def render_html(study: optuna.Study, data: StudyData) -> str:
     figs = figures(study, data)
     parts = [f"<h2 id='summary'>Summary</h2>{_summary_html(data)}",
              f"<h2 id='top-trials'>Top trials</h2>{_top_html(data)}"]
-    for section in SECTIONS[2:]:
+    parts.append(f"<h2 id='re-checked-configurations'>Re-checked configurations</h2>{_configs_html(data)}")
+    for section in SECTIONS[3:]:
         content = figs[section]
         anchor = section.lower().replace(" ", "-")
         parts.append(f"<h2 id='{anchor}'>{html.escape(section)}</h2>")

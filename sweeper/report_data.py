@@ -12,6 +12,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.ranking import configurations, has_rechecks
+
 MIN_FOR_IMPORTANCE = 3  # completed trials before importances mean anything
 
 
@@ -38,6 +40,8 @@ class StudyData:
     compute_seconds: float
     epochs_saved: int
     value_rule: str = "last"  # search.value: the last or the best epoch's objective
+    configurations: pd.DataFrame | None = None  # after `recheck`: ranked by the mean over seeds
+    best_configuration: Any = None  # ranking.Configuration, after `recheck`
 
 
 def _display(value: Any) -> Any:
@@ -66,8 +70,6 @@ def origin(trial: FrozenTrial) -> str | None:
 
 def configuration_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
     """Configurations ranked by their mean over re-check seeds, with the first score beside it."""
-    from sweeper.ranking import configurations
-
     columns = ["rank", "config", "mean", "std", "runs", "first", "lucky"]
     rows = [{"rank": i, "config": c.first.number, "mean": c.mean, "std": c.std, "runs": c.count,
              "first": c.first.value, "lucky": c.lucky}
@@ -161,6 +163,8 @@ def collect(study: optuna.Study) -> StudyData:
         compute_seconds=float(frame["duration_s"].fillna(0).sum()) if not frame.empty else 0.0,
         epochs_saved=int(saved),
         value_rule=study.user_attrs.get("value", "last"),
+        configurations=configuration_rows(trials) if has_rechecks(trials) else None,
+        best_configuration=configurations(trials)[0] if has_rechecks(trials) and complete else None,
     )
 
 

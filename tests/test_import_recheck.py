@@ -142,6 +142,12 @@ def test_recheck_adds_seeds_and_the_lucky_configuration_falls_back(lucky_study):
     assert info["lucky"] is True  # 0.999 is more than one standard deviation above the mean
     assert "a lucky run" in cli("best", "--study", "rc", "--by", "first").output
 
+    report = cli("report", "--study", "rc")
+    assert report.exit_code == 0, report.output
+    html = Path("trials/rc/report.html").read_text()
+    assert "<td class='best-configuration'>trial 1: val_acc mean " in html
+    assert html.count("yes: first score &gt; 1 std above the mean") == 1  # configuration 0 only
+
     again = cli("recheck", "--study", "rc", "--top", 2, "--seeds", 2)
     assert "nothing to do" in again.output and len(_trials()) == len(trials)
 
