@@ -134,6 +134,53 @@ def run(
         raise typer.Exit(130)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset before sweeping on it.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(
+    path: Annotated[Optional[Path], typer.Argument(help="Image folder: train/<class>/ and val/<class>/, or <class>/.")] = None,
+    builtin: Annotated[Optional[str], typer.Option(help="A built-in dataset instead: digits.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Validation share when the folder has no val/ (as in the space's data.val_fraction).")] = 0.2,
+    out: Annotated[Optional[Path], typer.Option(help="HTML page (default trials/inspect/<name>.html).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Images per class and split, imbalance, sizes, modes, duplicates and unreadable files."""
+    from sweeper import data_inspect as di
+    from sweeper.spec import BUILTIN_DATASETS
+
+    if (path is None) == (builtin is None):
+        raise SpecError("data inspect", [("", "give an image folder PATH or --builtin digits (one of them)")])
+    if not 0 < val_fraction < 1:
+        raise SpecError("--val-fraction", [("", f"must be between 0 and 1, got {val_fraction}")])
+    if path is not None and not path.is_dir():
+        raise SpecError(str(path), [("", "is not a folder; give the image folder (train/<class>/ and "
+                                         "val/<class>/, or <class>/ folders)")])
+    if builtin is not None:
+        if builtin not in BUILTIN_DATASETS:
+            raise SpecError("--builtin", [("", f"unknown {builtin!r}; valid: {', '.join(BUILTIN_DATASETS)}")])
+        result = di.inspect_builtin(builtin, val_fraction)
+    else:
+        bar, callback = _data_progress("reading image headers")
+        if bar:
+            bar.start()
+        try:
+            result = di.inspect_folder(path, val_fraction, callback)
+        finally:
+            if bar:
+                bar.stop()
+    target = out or Path("trials") / "inspect" / f"{result.name}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(di.html_report(result), encoding="utf-8")
+    if as_json:
+        _print_json({**result.to_json(), "html": str(target)})
+        return
+    print(di.text_report(result))
+    print(f"html: {target}")
+
+
 @app.command()
 @user_errors
 def recheck(
