@@ -74,7 +74,7 @@ def test_a_split_by_val_fraction_and_the_builtin(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["missing-folder"], "missing-folder is not a folder"),
+    (["missing-folder"], "missing-folder: is not a folder"),
     ([], "give an image folder PATH or --builtin digits"),
     (["--builtin", "mnist"], "unknown 'mnist'"),
     (["--builtin", "digits", "--val-fraction", "1.5"], "--val-fraction: must be between 0 and 1"),
