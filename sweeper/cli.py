@@ -634,8 +634,9 @@ def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False
         _print_json(out)
         return
     frame.columns = [c.removeprefix("params_") for c in frame.columns]
-    for column in frame.select_dtypes(include="object"):
-        frame[column] = frame[column].fillna("-")
+    for column in frame.columns:
+        if frame[column].dtype.kind not in "biufcmM":  # text columns: None shows as "-"
+            frame[column] = frame[column].fillna("-")
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     if configs is not None:
         print("\nconfigurations ranked by their mean over seeds (lucky: the first score was more "

@@ -170,7 +170,9 @@ class SweepSource:
     def _counts(self) -> tuple[int, int]:
         trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
         finished = sum(recovery.counts_toward_budget(t) for t in trials)
-        return finished, sum(t.state == TrialState.RUNNING for t in trials)
+        running = sum(t.state == TrialState.RUNNING and recovery.RECHECK_OF not in t.user_attrs
+                      for t in trials)
+        return finished, running
 
     def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):

@@ -65,8 +65,11 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_r
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """A failed attempt whose params were queued again is replaced by its retry in n_trials."""
-    return trial.state.is_finished() and not trial.user_attrs.get(REQUEUED, False)
+    """n_trials counts the sweep's own trials: a failed attempt whose params were queued again is
+    replaced by its retry, and imported runs and re-checks are not the sampler's trials."""
+    attrs = trial.user_attrs
+    return (trial.state.is_finished() and not attrs.get(REQUEUED, False)
+            and "imported" not in attrs and RECHECK_OF not in attrs)
 
 
 def recover_stale(study: optuna.Study, max_retry: int, default_interval: float,
