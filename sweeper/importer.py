@@ -20,7 +20,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from sweeper.errors import SpecError
 from sweeper.knobs import BY_NAME
-from sweeper.space import CategoricalParam, FloatParam, IntParam, Param, SearchSpace
+from sweeper.space import CategoricalParam, FloatParam, IntParam, Param, SearchSpace, choice_label
 from sweeper.space_yaml import as_number, did_you_mean
 
 NOTE = "note"  # an optional free-text column, kept with the trial
@@ -43,6 +43,16 @@ def distribution(p: Param) -> BaseDistribution:
         return IntDistribution(p.low, p.high, log=p.log, step=p.step)
     assert isinstance(p, FloatParam)
     return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+
+def _on_grid(p: Param, value: Any) -> bool:
+    """Optuna's own check (a float range with a step accepts only its grid points)."""
+    dist = distribution(p)
+    try:
+        label = p.labels[p.labels.index(choice_label(value))] if isinstance(p, CategoricalParam) else value
+        return dist._contains(dist.to_internal_repr(label))
+    except ValueError:
+        return False
 
 
 def _cell(text: str, name: str) -> Any:
@@ -70,7 +80,7 @@ def _parse_row(cells: dict[str, str], space: SearchSpace, objective: str) -> tup
             return f"{p.name}={text!r} cannot be read"
         if isinstance(p, FloatParam) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not p.contains(value):
+        if not p.contains(value) or not _on_grid(p, value):
             return f"{p.name}={text} is outside the space ({p.describe()})"
         chosen[p.name] = value
     text = (cells.get(objective) or "").strip()

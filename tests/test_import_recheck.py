@@ -156,3 +156,13 @@ def test_recheck_adds_seeds_and_the_lucky_configuration_falls_back(lucky_study):
 def test_recheck_of_a_missing_study_says_so(in_tmp):
     result = cli("recheck", "--study", "nope")
     assert result.exit_code == 2 and "Error:" in result.output and "Traceback" not in result.output
+
+
+def test_a_value_off_a_float_step_grid_is_skipped_not_a_crash(in_tmp):
+    space = write_space(in_tmp / "space.yaml", tiny_space(
+        None, study="grid", space={"lr": {"low": 0.01, "high": 0.1, "step": 0.01}}))
+    (in_tmp / "runs.csv").write_text("lr,val_acc\n0.015,0.5\n0.02,0.6\n")
+    result = cli("import", "--study", "grid", "--space", space, "--from", "runs.csv")
+    assert result.exit_code == 0, result.output
+    assert "skipped line 2: lr=0.015 is outside the space (float [0.01, 0.1] step 0.01)" in result.output
+    assert [t.params["lr"] for t in _trials("grid")] == [0.02]
