@@ -16,6 +16,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Hyperparameter sweeps for fine-tuning image classifiers.")
 _state = {"debug": False}
 
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
+StorageOpt = Annotated[Optional[str], typer.Option(help="Study store URL (default sqlite:///studies.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+TrialsDirOpt = Annotated[Path, typer.Option(help="Where trial folders are.")]
+
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
@@ -159,8 +164,7 @@ def data_inspect(
         raise SpecError(str(path), [("", "is not a folder; give the image folder (train/<class>/ and "
                                          "val/<class>/, or <class>/ folders)")])
     if builtin is not None:
-        if builtin not in BUILTIN_DATASETS:
-            raise SpecError("--builtin", [("", f"unknown {builtin!r}; valid: {', '.join(BUILTIN_DATASETS)}")])
+        _check_choice("--builtin", builtin, BUILTIN_DATASETS)
         result = di.inspect_builtin(builtin, val_fraction)
     else:
         bar, callback = _data_progress("reading image headers")
@@ -184,13 +188,13 @@ def data_inspect(
 @app.command()
 @user_errors
 def recheck(
-    study: Annotated[str, typer.Option("--study", help="Study name.")],
+    study: StudyOpt,
     top: Annotated[int, typer.Option(min=1, help="Configurations to re-check, best first score first.")] = 3,
     seeds: Annotated[int, typer.Option(min=1, help="Extra runs per configuration, each with a new seed.")] = 2,
     storage: Annotated[Optional[str], typer.Option(help="Study store URL.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Trials at a time (default: one per GPU, else 1).")] = None,
     gpus: Annotated[Optional[str], typer.Option(help="GPU ids to use, e.g. 0,1.")] = None,
-    trials_dir: Annotated[Path, typer.Option(help="Where trial folders are.")] = Path("trials"),
+    trials_dir: TrialsDirOpt = Path("trials"),
     trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a run that reports nothing for this many seconds.")] = None,
     keep_checkpoints: Annotated[int, typer.Option(min=0, help="Best completed trials that keep checkpoint.pth.")] = 3,
     heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True)] = 10.0,
@@ -263,9 +267,11 @@ def summary(study, objective: str, seconds: float) -> str:
     return line
 
 
-StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
-StorageOpt = Annotated[Optional[str], typer.Option(help="Study store URL (default sqlite:///studies.db).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise SpecError(option, [("", f"unknown {value!r}; valid: {', '.join(valid)}")])
 
 
 def _open_study(study: str, storage: str | None):
@@ -304,8 +310,7 @@ def _ranked(the_study, by: str = "mean"):
     from sweeper.errors import StorageError
     from sweeper.ranking import RANKINGS, configurations
 
-    if by not in RANKINGS:
-        raise SpecError("--by", [("", f"unknown {by!r}; valid: {', '.join(RANKINGS)}")])
+    _check_choice("--by", by, RANKINGS)
     ranked = configurations(the_study.get_trials(deepcopy=False), by)
     if not ranked:
         raise StorageError(f"study {the_study.study_name!r} has no completed trial yet; "
@@ -331,8 +336,8 @@ def best(
     from sweeper.trial_config import TrialConfig
 
     the_study = _open_study(study, storage)
-    if format is not None and format not in exporter.FORMATS:
-        raise SpecError("--format", [("", f"unknown {format!r}; valid: {', '.join(exporter.FORMATS)}")])
+    if format is not None:
+        _check_choice("--format", format, exporter.FORMATS)
     config_rank = _ranked(the_study, by)[0]
     trial = config_rank.first
     rule = the_study.user_attrs.get("value", "last")
@@ -416,7 +421,7 @@ def ensemble(
     top: Annotated[int, typer.Option(min=1, help="Members: the K best trials by their value.")] = 3,
     method: Annotated[str, typer.Option(help="mean (average the class probabilities) | vote (majority of labels).")] = "mean",
     storage: StorageOpt = None,
-    trials_dir: Annotated[Path, typer.Option(help="Where trial folders are.")] = Path("trials"),
+    trials_dir: TrialsDirOpt = Path("trials"),
     as_json: JsonOpt = False,
 ) -> None:
     """Score the ensemble of the K best trials on the validation set, beside each member; saves it for `predict`."""
@@ -424,8 +429,7 @@ def ensemble(
 
     from sweeper import ensemble as ens
 
-    if method not in ens.METHODS:
-        raise SpecError("--method", [("", f"unknown {method!r}; valid: {', '.join(ens.METHODS)}")])
+    _check_choice("--method", method, ens.METHODS)
     the_study = _open_study(study, storage)
     members = ens.top_members(the_study.get_trials(deepcopy=False), top, study)
     classes = ens.check_classes(members)
@@ -464,7 +468,7 @@ def predict(
     top: Annotated[Optional[int], typer.Option(min=1, help="Predict with the ensemble of the K best trials (default: the best configuration).")] = None,
     tta: Annotated[str, typer.Option(help="none | flip (average with the mirrored image).")] = "none",
     storage: StorageOpt = None,
-    trials_dir: Annotated[Path, typer.Option(help="Where trial folders are.")] = Path("trials"),
+    trials_dir: TrialsDirOpt = Path("trials"),
     as_json: JsonOpt = False,
 ) -> None:
     """Label every image of a folder with the best trial or a top-K ensemble; writes a CSV."""
@@ -475,8 +479,7 @@ def predict(
     from sweeper.data import IMAGE_EXTENSIONS
     from sweeper.errors import DataError
 
-    if tta not in ens.TTA:
-        raise SpecError("--tta", [("", f"unknown {tta!r}; valid: {', '.join(ens.TTA)}")])
+    _check_choice("--tta", tta, ens.TTA)
     if not images.is_dir():
         raise DataError(f"--images {images} is not a folder; pass the folder of images to label")
     the_study = _open_study(study, storage)
@@ -613,8 +616,7 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 @user_errors
 def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
-    """A table of a study's trials (state, value, params, epochs, duration, reason, origin); after
-    `recheck`, also its configurations ranked by their mean over seeds."""
+    """A table of a study's trials; after `recheck`, also its configurations ranked by their mean."""
     from sweeper.ranking import has_rechecks
     from sweeper.report_data import configuration_rows, trial_rows
 

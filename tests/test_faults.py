@@ -251,3 +251,28 @@ def test_damaged_store_is_reported_and_never_rewritten(colour_folder, tmp_path, 
         assert "is damaged" in out.stderr and "left untouched" in out.stderr
         assert "Traceback" not in out.stderr
         assert db.read_bytes() == before
+
+
+def test_ctrl_c_during_recheck_leaves_nothing_queued_and_recheck_again_finishes(colour_folder, tmp_path):
+    spec = space(tmp_path, colour_folder, "rcc", train=SLOW,
+                 search={"n_trials": 1, "sampler": "random", "pruner": "none"})
+    code, out = finish(start(tmp_path, "--space", spec))
+    assert code == 0, out
+    recheck = ["-m", "sweeper", "recheck", "--study", "rcc", "--top", "1", "--seeds", "2"]
+    proc = subprocess.Popen([sys.executable, *recheck], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    victim = wait_for(lambda: running_with_epochs(tmp_path, "rcc"), what="a re-check mid-training")[0]
+    proc.send_signal(signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130, out
+    assert "`sweeper recheck` again trains the runs still missing" in out and "Traceback" not in out
+    after = trials(tmp_path, "rcc")
+    assert after[victim.number].state == TrialState.FAIL
+    assert after[victim.number].user_attrs["reason"] == "interrupted"
+    assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    done = subprocess.run([sys.executable, *recheck], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = trials(tmp_path, "rcc")
+    reruns = [t for t in final if t.state == TrialState.COMPLETE and "recheck_of" in t.user_attrs]
+    assert sorted(t.user_attrs["recheck_seed"] for t in reruns) == [1, 2]
+    assert all(len(t.intermediate_values) == SLOW["epochs"] for t in reruns)  # never pruned
