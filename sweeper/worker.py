@@ -68,7 +68,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, bf16: bool, num_cla
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float().cpu()
         top = logits.topk(k, dim=1).indices
-        hit = top[:, 0] == y
+        # argmax, not topk's first: bf16 logits tie often, and argmax breaks ties the same way
+        # everywhere (the lowest class), so a checkpoint re-scored by `ensemble` agrees
+        hit = logits.argmax(dim=1) == y
         correct += int(hit.sum())
         correct_k += int((top == y[:, None]).any(dim=1).sum())
         per_class_hits += torch.bincount(y[hit], minlength=num_classes)

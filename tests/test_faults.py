@@ -254,7 +254,8 @@ def test_damaged_store_is_reported_and_never_rewritten(colour_folder, tmp_path, 
 
 
 def test_ctrl_c_during_recheck_leaves_nothing_queued_and_recheck_again_finishes(colour_folder, tmp_path):
-    spec = space(tmp_path, colour_folder, "rcc", train=SLOW,
+    train = {"epochs": 8, "batch_size": 8}  # three of these runs: shorter than SLOW
+    spec = space(tmp_path, colour_folder, "rcc", train=train,
                  search={"n_trials": 1, "sampler": "random", "pruner": "none"})
     code, out = finish(start(tmp_path, "--space", spec))
     assert code == 0, out
@@ -275,4 +276,4 @@ def test_ctrl_c_during_recheck_leaves_nothing_queued_and_recheck_again_finishes(
     final = trials(tmp_path, "rcc")
     reruns = [t for t in final if t.state == TrialState.COMPLETE and "recheck_of" in t.user_attrs]
     assert sorted(t.user_attrs["recheck_seed"] for t in reruns) == [1, 2]
-    assert all(len(t.intermediate_values) == SLOW["epochs"] for t in reruns)  # never pruned
+    assert all(len(t.intermediate_values) == train["epochs"] for t in reruns)  # never pruned
