@@ -141,7 +141,13 @@ def test_bad_run_input(colour_folder, tmp_path, monkeypatch, case, make, args, e
     (["best", "--study", "ghost"], "study 'ghost' not found"),
     (["trials", "--study", "ghost"], "study 'ghost' not found"),
     (["show", "--study", "existing", "--trial", "3"], "has no trial 3"),
-    (["best", "--study", "existing", "--export", "x.py", "--format", "docx"], "no completed trial"),
+    (["best", "--study", "existing", "--export", "x.py"], "no completed trial"),
+    (["best", "--study", "existing", "--export", "x.py", "--format", "docx"], "--format: unknown 'docx'"),
+    (["best", "--study", "existing", "--by", "median"], "--by: unknown 'median'; valid: mean, first"),
+    (["ensemble", "--study", "existing", "--method", "max"], "--method: unknown 'max'"),
+    (["ensemble", "--study", "existing"], "has 0 completed trial(s) trained by sweeper; --top 3 needs 3"),
+    (["predict", "--study", "existing", "--images", "nowhere"], "--images nowhere is not a folder"),
+    (["recheck", "--study", "existing"], "has no completed trial to re-check"),
     (["run", "--space", "missing.yaml"], "missing.yaml: file not found"),
 ])
 def test_bad_study_commands(tmp_path, monkeypatch, command, expected):
