@@ -224,7 +224,9 @@ def recheck(
             progress.message(f"re-checking {len(chosen)} configuration(s) (trials "
                              f"{', '.join(str(t.number) for t in chosen)}): {len(todo)} run(s) "
                              f"with new seeds on {len(slots)} worker(s)")
-            options = orchestrator.Options(0, trial_timeout, keep_checkpoints, heartbeat)
+            # max_retry applies to `run` trials of dead orchestrators this one may recover;
+            # re-checks themselves are never queued again (the next recheck plans them)
+            options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)
             source = rechecking.RecheckSource(the_study, todo, trials_dir, heartbeat)
             runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
                                                storage or _default_storage(), options, source)
@@ -331,7 +333,7 @@ def best(
     """Show the best configuration; with --export, write it as an mmcls/mmpretrain config or YAML space."""
     from sweeper import export as exporter
     from sweeper.errors import StorageError
-    from sweeper.importer import IMPORTED
+    from sweeper.recovery import IMPORTED
     from sweeper.report_data import value_source
     from sweeper.trial_config import TrialConfig
 
@@ -540,6 +542,7 @@ def import_results(
     import optuna
 
     from sweeper import importer, store
+    from sweeper.recovery import IMPORTED
     from sweeper.spec import load_spec
 
     spec = load_spec(space, {"study": study})
@@ -561,7 +564,7 @@ def import_results(
         store.retrying(lambda: the_study.set_user_attr("value", spec.search.value))
     source = from_.name
     seen = {(json_key(t.params), t.value) for t in the_study.get_trials(deepcopy=False)
-            if t.user_attrs.get(importer.IMPORTED) == source}
+            if t.user_attrs.get(IMPORTED) == source}
     fresh = []
     for row, trial in zip(rows, importer.as_trials(rows, spec.space, source)):
         if (json_key(trial.params), trial.value) in seen:

@@ -22,10 +22,10 @@ from sweeper import data as datasets
 from sweeper import model as models
 from sweeper.augment import eval_transform
 from sweeper.errors import SpecError, StorageError
-from sweeper.importer import IMPORTED
+from sweeper.recovery import IMPORTED
 from sweeper.ranking import configurations
 from sweeper.trial_config import TrialConfig
-from sweeper.orchestrator import CHECKPOINT as CHECKPOINT_NAME
+from sweeper.orchestrator import CHECKPOINT
 from sweeper.worker import pick_device, use_bf16
 
 METHODS = ("mean", "vote")
@@ -47,9 +47,9 @@ def _member(trial: FrozenTrial) -> Member | str:
     folder = Path(trial.user_attrs.get("trial_dir", ""))
     if not (folder / "config.json").is_file():
         return f"trial {trial.number}'s folder {folder} is missing"
-    if not (folder / CHECKPOINT_NAME).is_file():
-        return f"trial {trial.number} has no {CHECKPOINT_NAME}"
-    return Member(trial, TrialConfig.from_json((folder / "config.json").read_text()), folder / CHECKPOINT_NAME)
+    if not (folder / CHECKPOINT).is_file():
+        return f"trial {trial.number} has no {CHECKPOINT}"
+    return Member(trial, TrialConfig.from_json((folder / "config.json").read_text()), folder / CHECKPOINT)
 
 
 def _no_checkpoint(problems: list[str], study: str, k: int) -> StorageError:

@@ -19,12 +19,12 @@ import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeper.errors import SpecError
+from sweeper.recovery import IMPORTED
 from sweeper.knobs import BY_NAME
 from sweeper.space import CategoricalParam, FloatParam, IntParam, Param, SearchSpace, choice_label
 from sweeper.space_yaml import as_number, did_you_mean
 
 NOTE = "note"  # an optional free-text column, kept with the trial
-IMPORTED = "imported"  # user attr: the file a trial was imported from
 
 
 @dataclass(frozen=True)

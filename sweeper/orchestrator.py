@@ -8,6 +8,7 @@ orchestrators (on one machine or many) may share a study: they share its trial b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -20,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 from urllib.parse import urlparse
 
 import optuna
@@ -148,6 +149,17 @@ def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
     return study
 
 
+@contextlib.contextmanager
+def failing_if_unstarted(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Never leave a trial RUNNING behind when it could not be started."""
+    try:
+        yield
+    except BaseException as exc:
+        trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
 class TrialSource(Protocol):
     """What a free slot trains next."""
 
@@ -185,13 +197,9 @@ class SweepSource:
                 return None
             trial = store.retrying(self.study.ask)
             recovery.beat(self.study, trial._trial_id, self.heartbeat)
-        try:
+        with failing_if_unstarted(self.study, trial):
             sampled = self.spec.space.suggest(trial)
             return trial, resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
-        except BaseException as exc:  # never leave a trial RUNNING behind
-            trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
-            self.study.tell(trial, state=TrialState.FAIL)
-            raise
 
     def running_elsewhere(self) -> int:
         finished, running = self._counts()
@@ -234,12 +242,8 @@ class Orchestrator:
         return env
 
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig) -> None:
-        try:
+        with failing_if_unstarted(self.study, trial):
             self._spawn(trial, config, slot)
-        except BaseException as exc:  # never leave a trial RUNNING behind
-            trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
-            self.study.tell(trial, state=TrialState.FAIL)
-            raise
 
     def _spawn(self, trial: optuna.Trial, config: TrialConfig, slot: Slot) -> None:
         out = Path(config.trial_dir)
@@ -339,7 +343,7 @@ class Orchestrator:
     def _keep_best_checkpoints(self) -> None:
         """Only the best `keep_checkpoints` completed trials keep their checkpoint file."""
         done = store.retrying(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        trained = [t for t in done if "imported" not in t.user_attrs]  # imported runs have no weights
+        trained = [t for t in done if recovery.IMPORTED not in t.user_attrs]  # imported: no weights
         ranked = sorted(trained, key=lambda t: (-t.value, t.number))
         for t in ranked[self.options.keep_checkpoints:]:
             path = Path(t.user_attrs.get("trial_dir", "")) / CHECKPOINT

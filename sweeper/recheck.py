@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import recovery, store
 from sweeper.errors import StorageError
-from sweeper.importer import IMPORTED
+from sweeper.recovery import IMPORTED
 from sweeper.ranking import configurations
 from sweeper.space import CategoricalParam
 from sweeper.trial_config import TrialConfig

@@ -21,6 +21,7 @@ INTERVAL = "heartbeat_interval"
 RETRIES = "retries"
 REQUEUED = "requeued"
 RECHECK_OF = "recheck_of"  # a re-check run of that trial's configuration with another seed
+IMPORTED = "imported"  # a finished run imported from a CSV (the file's name)
 
 
 def beat(study: optuna.Study, trial_id: int, interval: float | None = None) -> None:
@@ -69,7 +70,7 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
     replaced by its retry, and imported runs and re-checks are not the sampler's trials."""
     attrs = trial.user_attrs
     return (trial.state.is_finished() and not attrs.get(REQUEUED, False)
-            and "imported" not in attrs and RECHECK_OF not in attrs)
+            and IMPORTED not in attrs and RECHECK_OF not in attrs)
 
 
 def recover_stale(study: optuna.Study, max_retry: int, default_interval: float,

@@ -13,6 +13,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.ranking import configurations, has_rechecks
+from sweeper.recovery import IMPORTED, RECHECK_OF
 
 MIN_FOR_IMPORTANCE = 3  # completed trials before importances mean anything
 
@@ -59,10 +60,10 @@ def planned_epochs(trial: FrozenTrial) -> int | None:
 def origin(trial: FrozenTrial) -> str | None:
     """Where a trial came from, when not from the sampler."""
     attrs = trial.user_attrs
-    if "imported" in attrs:
-        return f"imported from {attrs['imported']}"
-    if "recheck_of" in attrs:
-        return f"recheck of {attrs['recheck_of']} (seed +{attrs.get('recheck_seed', '?')})"
+    if IMPORTED in attrs:
+        return f"imported from {attrs[IMPORTED]}"
+    if RECHECK_OF in attrs:
+        return f"recheck of {attrs[RECHECK_OF]} (seed +{attrs.get('recheck_seed', '?')})"
     if "retry_of" in attrs:
         return f"retry of {attrs['retry_of']}"
     return None
