@@ -8,7 +8,6 @@ accuracy here is the accuracy its trial reported for the epoch its checkpoint ho
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -133,7 +132,7 @@ def scores(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> d
 
 
 def check_classes(members: list[Member]) -> list[str]:
-    classes = [json.loads(json.dumps(m.trial.user_attrs.get("classes"))) for m in members]
+    classes = [m.trial.user_attrs.get("classes") for m in members]
     if any(c != classes[0] for c in classes):
         raise SpecError("--top", [("", "the members were trained on different class lists; "
                                        "ensemble trials of one dataset")])
