@@ -28,6 +28,7 @@ from torch import nn
 from sweeper import data as datasets
 from sweeper import model as models
 from sweeper.augment import eval_transform, train_transform
+from sweeper.cpu_share import CpuShare
 from sweeper.errors import SweeperError, WorkerError
 from sweeper.schedule import LrSchedule, set_lr
 from sweeper.trial_config import TrialConfig
@@ -86,9 +87,21 @@ def evaluate(model: nn.Module, loader, device: torch.device, bf16: bool, num_cla
 
 def run_trial(config: TrialConfig, report: Report) -> str:
     """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
+    device = pick_device()
+    # on CPU, share the host's cores with every other sweeper worker on it (see cpu_share.py)
+    share = CpuShare() if device.type == "cpu" else None
+    try:
+        if share:
+            share.apply()
+        return _train(config, report, device, share)
+    finally:
+        if share:
+            share.close()
+
+
+def _train(config: TrialConfig, report: Report, device: torch.device, share: CpuShare | None) -> str:
     seed_everything(config.seed)
     fault = injected_fault(config.number)
-    device = pick_device()
     bf16 = use_bf16(config.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes
@@ -134,7 +147,11 @@ def run_trial(config: TrialConfig, report: Report) -> str:
         print(f"trial {config.number}: {config.model} on {device} (bf16={bf16}), "
               f"{len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, "
               f"params {json.dumps(config.params)}", file=log, flush=True)
+        if share:
+            print(share.describe(), file=log, flush=True)
         for epoch in range(config.epochs):
+            if share and epoch and share.apply():
+                print(share.describe(), file=log, flush=True)
             models.train_mode(model, frozen)
             start = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
@@ -157,6 +174,8 @@ def run_trial(config: TrialConfig, report: Report) -> str:
                     raise WorkerError(f"out of memory at batch_size={config.batch_size}") from None
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
+                if share and share.maybe_apply():  # another worker started or ended
+                    print(share.describe(), file=log, flush=True)
                 if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
                     ms = (time.perf_counter() - start) / (step + 1) * 1000
                     print(f"Epoch:[{epoch + 1:3d}/{config.epochs:3d}], step:[{step + 1:5d}/{steps:5d}], "

@@ -1,0 +1,114 @@
+"""Fair CPU threads for every sweeper worker training on this host, from any orchestrator.
+
+Two CPU trainings that each take every core slow each other down far more than 2x (thread
+oversubscription: measured 20x on 2 cores), so each CPU worker registers itself in a host-wide
+folder (one file per process, named by pid and process start time, so a reused pid is not
+mistaken for a live worker) and uses cores / (live registered workers) threads, re-checked
+between steps. Files of killed workers are removed by whoever finds them dead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RECHECK_SECONDS = 2.0  # between looks at the registry during training
+
+
+def default_registry() -> Path:
+    root = os.environ.get("SWEEPER_CPU_REGISTRY")
+    return Path(root) if root else Path(tempfile.gettempdir()) / f"sweeper-cpu-workers-{os.getuid()}"
+
+
+def host_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "?"
+
+
+def _alive(entry: str) -> bool:
+    pid_text, _, started = entry.partition("-")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if Path("/proc").is_dir():
+        now = _start_time(pid)
+        return now is not None and (now == started or "?" in (now, started))
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+class CpuShare:
+    """This process's share of the host's cores while it is registered."""
+
+    def __init__(self, registry: Path | None = None, cores: int | None = None):
+        self.registry = registry or default_registry()
+        self.cores = cores or host_cores()
+        self.registry.mkdir(parents=True, exist_ok=True)
+        pid = os.getpid()
+        self.entry = self.registry / f"{pid}-{_start_time(pid) or '?'}"
+        self.entry.touch()
+        self.threads = 0
+        self.sharing = 1  # live workers at the last look
+        self.last_look = 0.0
+
+    def workers(self) -> int:
+        """Live registered workers (this one included); dead ones' files are removed."""
+        live = 0
+        for path in self.registry.iterdir():
+            if _alive(path.name):
+                live += 1
+            else:
+                path.unlink(missing_ok=True)
+        return max(1, live)
+
+    def apply(self) -> int | None:
+        """Set torch's threads to this process's share; returns the new count if it changed."""
+        self.last_look = time.monotonic()
+        self.sharing = self.workers()
+        threads = max(1, self.cores // self.sharing)
+        if threads == self.threads:
+            return None
+        self.threads = threads
+        torch.set_num_threads(threads)
+        return threads
+
+    def maybe_apply(self) -> int | None:
+        """`apply`, at most every RECHECK_SECONDS (cheap enough to call every step)."""
+        if time.monotonic() - self.last_look < RECHECK_SECONDS:
+            return None
+        return self.apply()
+
+    def describe(self) -> str:
+        return (f"CPU threads: {torch.get_num_threads()} ({self.sharing} sweeper worker(s) on "
+                f"{self.cores} cores)")
+
+    def close(self) -> None:
+        self.entry.unlink(missing_ok=True)
+
+    def __enter__(self) -> "CpuShare":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
