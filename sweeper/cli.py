@@ -400,16 +400,24 @@ def _count_bar(label: str, total: int):
 
 
 def _member_probs(members, images, tta: str, label: str):
+    import contextlib
+
     from sweeper import ensemble as ens
+    from sweeper.cpu_share import CpuShare
+    from sweeper.worker import pick_device
 
     bar, advance = _count_bar(label, len(members) * len(images))
     if bar:
         bar.start()
-    try:
-        return [ens.probabilities(m, images, tta, advance) for m in members]
-    finally:
-        if bar:
-            bar.stop()
+    # on CPU this process takes its share of the cores beside any sweep's workers
+    with CpuShare() if pick_device().type == "cpu" else contextlib.nullcontext() as share:
+        if share:
+            share.apply()
+        try:
+            return [ens.probabilities(m, images, tta, advance) for m in members]
+        finally:
+            if bar:
+                bar.stop()
 
 
 def ensemble_path(trials_dir: Path, study: str) -> Path:
