@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 
@@ -59,15 +60,17 @@ def _parse_gpus(gpus: str | None) -> list[str] | None:
     return ids
 
 
-def _data_progress(label: str):
-    """A progress callback for decoding the dataset: a bar on a terminal, nothing otherwise."""
+@contextlib.contextmanager
+def _progress_bar(label: str, total: int | None = None) -> Iterator[Callable[[int, int], None] | None]:
+    """A bar on a terminal, fed by callback(done, total); None (no output) otherwise."""
     if not sys.stdout.isatty():
-        return None, None
+        yield None
+        return
     from rich.progress import Progress
 
-    bar = Progress(transient=True)
-    task = bar.add_task(label, total=None)
-    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @app.command()
@@ -111,14 +114,8 @@ def run(
         return
     orchestrator.prefetch_hub_weights(spec)
     storage_url = storage or store.DEFAULT_STORAGE
-    bar, callback = _data_progress("decoding images")
-    if bar:
-        bar.start()
-    try:
+    with _progress_bar("decoding images") as callback:
         cache = orchestrator.prepare_data(spec, trials_dir, callback)
-    finally:
-        if bar:
-            bar.stop()
     optuna_storage = store.open_storage(storage_url)
     the_study = orchestrator.create_study(spec, optuna_storage, storage_url)
     store.remember_space(the_study, space, spec)
@@ -167,14 +164,8 @@ def data_inspect(
         _check_choice("--builtin", builtin, BUILTIN_DATASETS)
         result = di.inspect_builtin(builtin, val_fraction)
     else:
-        bar, callback = _data_progress("reading image headers")
-        if bar:
-            bar.start()
-        try:
+        with _progress_bar("reading image headers") as callback:
             result = di.inspect_folder(path, val_fraction, callback)
-        finally:
-            if bar:
-                bar.stop()
     target = out or Path("trials") / "inspect" / f"{result.name}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(di.html_report(result), encoding="utf-8")
@@ -200,23 +191,17 @@ def recheck(
     heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True)] = 10.0,
 ) -> None:
     """Retrain the best configurations with new seeds (every epoch, no pruning); rank by the mean."""
-    from sweeper import orchestrator
+    from sweeper import orchestrator, store
     from sweeper import recheck as rechecking
     from sweeper.progress import make_progress
     from sweeper.ranking import configurations
 
     gpu_ids = _parse_gpus(gpus)
     the_study = _open_study(study, storage)
-    bar, callback = _data_progress("decoding images")
-    if bar:
-        bar.start()
-    try:
+    with _progress_bar("decoding images") as callback:
         chosen, todo = rechecking.plan(the_study, top, seeds, trials_dir, callback)
-    finally:
-        if bar:
-            bar.stop()
     objective = the_study.user_attrs.get("objective", "value")
-    runs = []
+    runner = None
     if todo:
         slots = orchestrator.make_slots(workers, gpu_ids)
         start = time.monotonic()
@@ -229,15 +214,14 @@ def recheck(
             options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)
             source = rechecking.RecheckSource(the_study, todo, trials_dir, heartbeat)
             runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
-                                               storage or _default_storage(), options, source)
+                                               storage or store.DEFAULT_STORAGE, options, source)
             runner.run()
-        runs.append(f"{len(todo)} run(s) in {time.monotonic() - start:.0f} s")
+        done = f"{len(todo)} run(s) in {time.monotonic() - start:.0f} s"
     else:
-        runner = None
-        runs.append(f"nothing to do: each has {seeds} re-check run(s)")
+        done = f"nothing to do: each has {seeds} re-check run(s)"
     numbers = {t.number for t in chosen}
     ranked = configurations(the_study.get_trials(deepcopy=False))
-    print(f"study {study}: re-checked {len(chosen)} configuration(s), " + runs[0])
+    print(f"study {study}: re-checked {len(chosen)} configuration(s), {done}")
     for rank, c in enumerate(ranked, start=1):
         if c.first.number in numbers:
             print(f"  #{rank} trial {c.first.number}: {c.describe(objective)}")
@@ -246,12 +230,6 @@ def recheck(
     if runner is not None and runner.interrupts:
         _err("interrupted: `sweeper recheck` again trains the runs still missing")
         raise typer.Exit(130)
-
-
-def _default_storage() -> str:
-    from sweeper import store
-
-    return store.DEFAULT_STORAGE
 
 
 def summary(study, objective: str, seconds: float) -> str:
@@ -388,17 +366,6 @@ def best(
             print(f"  with {path}")
 
 
-def _count_bar(label: str, total: int):
-    """A progress bar over `total` items on a terminal; (None, None) otherwise."""
-    if not sys.stdout.isatty():
-        return None, None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    task = bar.add_task(label, total=total)
-    return bar, lambda n: bar.advance(task, n)
-
-
 def _member_probs(members, images, tta: str, label: str):
     import contextlib
 
@@ -406,18 +373,21 @@ def _member_probs(members, images, tta: str, label: str):
     from sweeper.cpu_share import CpuShare
     from sweeper.worker import pick_device
 
-    bar, advance = _count_bar(label, len(members) * len(images))
-    if bar:
-        bar.start()
+    total = len(members) * len(images)
     # on CPU this process takes its share of the cores beside any sweep's workers
-    with CpuShare() if pick_device().type == "cpu" else contextlib.nullcontext() as share:
+    with _progress_bar(label, total) as callback, \
+            (CpuShare() if pick_device().type == "cpu" else contextlib.nullcontext()) as share:
         if share:
             share.apply()
-        try:
-            return [ens.probabilities(m, images, tta, advance) for m in members]
-        finally:
-            if bar:
-                bar.stop()
+        scored = 0
+
+        def advance(n: int) -> None:
+            nonlocal scored
+            scored += n
+            if callback:
+                callback(scored, total)
+
+        return [ens.probabilities(m, images, tta, advance) for m in members]
 
 
 def ensemble_path(trials_dir: Path, study: str) -> Path:
@@ -571,11 +541,11 @@ def import_results(
         store.retrying(lambda: the_study.set_user_attr("objective", spec.search.objective))
         store.retrying(lambda: the_study.set_user_attr("value", spec.search.value))
     source = from_.name
-    seen = {(json_key(t.params), t.value) for t in the_study.get_trials(deepcopy=False)
+    seen = {(_params_key(t.params), t.value) for t in the_study.get_trials(deepcopy=False)
             if t.user_attrs.get(IMPORTED) == source}
     fresh = []
     for row, trial in zip(rows, importer.as_trials(rows, spec.space, source)):
-        if (json_key(trial.params), trial.value) in seen:
+        if (_params_key(trial.params), trial.value) in seen:
             skipped.append((row.line, "already imported"))
         else:
             fresh.append(trial)
@@ -590,7 +560,8 @@ def import_results(
         print(f"skipped line {line}: {why}")
 
 
-def json_key(params: dict) -> str:
+def _params_key(params: dict) -> str:
+    """Params as comparable text (a row imported twice has the same key)."""
     import json
 
     return json.dumps(params, sort_keys=True)
@@ -628,12 +599,12 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
 @user_errors
 def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """A table of a study's trials; after `recheck`, also its configurations ranked by their mean."""
-    from sweeper.ranking import has_rechecks
+    from sweeper.ranking import configurations, has_rechecks
     from sweeper.report_data import configuration_rows, trial_rows
 
     all_trials = _open_study(study, storage).get_trials(deepcopy=False)
     frame = trial_rows(all_trials).drop(columns=["start", "end"])
-    configs = configuration_rows(all_trials) if has_rechecks(all_trials) else None
+    configs = configuration_rows(configurations(all_trials)) if has_rechecks(all_trials) else None
     if as_json:
         records = lambda f: f.astype(object).where(f.notna(), None).to_dict(orient="records")  # noqa: E731
         out = records(frame)

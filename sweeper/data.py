@@ -109,7 +109,7 @@ def decode(path: str, side: int) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
 
-def _digits(val_fraction: float) -> tuple[list[str], list[np.ndarray], np.ndarray, list[np.ndarray], np.ndarray]:
+def digits(val_fraction: float) -> tuple[list[str], list[np.ndarray], np.ndarray, list[np.ndarray], np.ndarray]:
     """scikit-learn's handwritten digits (1,797 8x8 grayscale images, shipped with it)."""
     from sklearn.datasets import load_digits
 
@@ -152,7 +152,7 @@ def prepare(
     if builtin:
         path = cache_dir / f"{builtin}-{val_fraction}.pt"
         if not path.exists():
-            classes, tr_x, tr_y, va_x, va_y = _digits(val_fraction)
+            classes, tr_x, tr_y, va_x, va_y = digits(val_fraction)
             _write(path, classes, tr_x, tr_y, va_x, va_y)
         return path
     listing = list_folder(Path(root), val_fraction)

@@ -126,7 +126,7 @@ def inspect_folder(root: Path, val_fraction: float, progress: Callable[[int, int
 
 
 def inspect_builtin(name: str, val_fraction: float) -> Inspection:
-    classes, tr_x, tr_y, va_x, va_y = datasets._digits(val_fraction)
+    classes, tr_x, tr_y, va_x, va_y = datasets.digits(val_fraction)
     n = len(classes)
     result = Inspection(name, classes, {"train": np.bincount(tr_y, minlength=n).tolist(),
                                         "val": np.bincount(va_y, minlength=n).tolist()})

@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.ranking import configurations, has_rechecks
+from sweeper.ranking import Configuration, configurations, has_rechecks
 from sweeper.recovery import IMPORTED, RECHECK_OF
 
 MIN_FOR_IMPORTANCE = 3  # completed trials before importances mean anything
@@ -69,12 +69,12 @@ def origin(trial: FrozenTrial) -> str | None:
     return None
 
 
-def configuration_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
-    """Configurations ranked by their mean over re-check seeds, with the first score beside it."""
+def configuration_rows(ranked: list[Configuration]) -> pd.DataFrame:
+    """Configurations, as ranked, with mean, std and count over their runs beside the first score."""
     columns = ["rank", "config", "mean", "std", "runs", "first", "lucky"]
     rows = [{"rank": i, "config": c.first.number, "mean": c.mean, "std": c.std, "runs": c.count,
              "first": c.first.value, "lucky": c.lucky}
-            for i, c in enumerate(configurations(trials), start=1)]
+            for i, c in enumerate(ranked, start=1)]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -151,6 +151,7 @@ def collect(study: optuna.Study) -> StudyData:
          for t in trials for e, v in sorted(t.intermediate_values.items())],
         columns=["number", "state", "epoch", "value"])
     frame = trial_rows(trials)
+    ranked = configurations(trials) if has_rechecks(trials) else []  # by the mean over seeds
     saved = 0
     for t in pruned:
         if (planned := planned_epochs(t)) is not None:
@@ -164,8 +165,8 @@ def collect(study: optuna.Study) -> StudyData:
         compute_seconds=float(frame["duration_s"].fillna(0).sum()) if not frame.empty else 0.0,
         epochs_saved=int(saved),
         value_rule=study.user_attrs.get("value", "last"),
-        configurations=configuration_rows(trials) if has_rechecks(trials) else None,
-        best_configuration=configurations(trials)[0] if has_rechecks(trials) and complete else None,
+        configurations=configuration_rows(ranked) if ranked else None,
+        best_configuration=ranked[0] if ranked else None,
     )
 
 

@@ -137,6 +137,7 @@ def test_predict_writes_one_row_per_image_in_a_stable_order(twins, at, colour_fo
     assert first.exit_code == 0, first.output
     assert "unreadable, skipped: broken.jpg" in first.output
     second = cli("predict", "--study", "twins", "--images", images, "--out", tmp_path / "b.csv")
+    assert second.exit_code == 0, second.output
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
     files = sorted(p.relative_to(images).as_posix() for p in (images / "nested").rglob("*.*"))
