@@ -176,6 +176,57 @@ def data_inspect(
     print(f"html: {target}")
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="The decoded-image caches under <trials-dir>/.cache.")
+app.add_typer(cache_app, name="cache")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+@cache_app.command("list")
+@user_errors
+def cache_list(trials_dir: TrialsDirOpt = Path("trials"), as_json: JsonOpt = False) -> None:
+    """Every cache: its dataset, images, size on disk, and whether a sweep would still use it."""
+    from sweeper import caches
+
+    found = caches.entries(trials_dir / ".cache")
+    if as_json:
+        _print_json([e.to_json() for e in found])
+        return
+    if not found:
+        print(f"no caches under {trials_dir / '.cache'}")
+        return
+    for e in found:
+        images = "-" if e.images is None else str(e.images)
+        why = f"  ({e.why})" if e.why else ""
+        print(f"{e.state:10s}  {_mb(e.size):>10s}  {images:>7s} images  {e.path.name}  {e.dataset}{why}")
+    total = sum(e.size for e in found)
+    reclaim = sum(e.size for e in found if e.state != caches.CURRENT)
+    print(f"{len(found)} cache(s), {_mb(total)}; `sweeper cache clean` frees {_mb(reclaim)}")
+
+
+@cache_app.command("clean")
+@user_errors
+def cache_clean(
+    trials_dir: TrialsDirOpt = Path("trials"),
+    all_: Annotated[bool, typer.Option("--all", help="Remove current caches too (the next sweep decodes again).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove stale, broken, partial and old-format caches (with --all, every cache)."""
+    from sweeper import caches
+
+    removed = [e for e in caches.entries(trials_dir / ".cache") if all_ or e.state != caches.CURRENT]
+    for e in removed:
+        caches.remove(e)
+    if as_json:
+        _print_json({"removed": [e.to_json() for e in removed], "freed_bytes": sum(e.size for e in removed)})
+        return
+    for e in removed:
+        print(f"removed {e.state} {e.path.name} ({_mb(e.size)})")
+    print(f"freed {_mb(sum(e.size for e in removed))}")
+
+
 @app.command()
 @user_errors
 def recheck(

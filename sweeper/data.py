@@ -1,7 +1,8 @@
 """Datasets: ImageFolder or built-in, decoded once into a cache that every trial reuses.
 
 Decoding JPEGs dominates small-data epochs, so the orchestrator decodes each image once, at the
-largest size any trial needs, into `trials/.cache/`; workers load that file and only augment.
+largest size any trial needs, into `trials/.cache/` (image_cache.py); workers map that file and
+only augment.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import json
 import math
 import os
 import re
+import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sweeper import image_cache
 from sweeper.augment import CROP_RATIO
 from sweeper.errors import DataError
 
@@ -127,16 +131,61 @@ def cache_side(image_size: int) -> int:
 
 def side_of_cache(cache: Path) -> int | None:
     """The shorter side a folder dataset's cache was decoded to (None: a built-in dataset)."""
-    match = re.search(r"-(\d+)px-[0-9a-f]+\.pt$", Path(cache).name)
+    match = re.search(r"-(\d+)px-[0-9a-f]+\.[a-z]+$", Path(cache).name)
     return int(match.group(1)) if match else None
 
 
 def _cache_key(source: str, items: list[tuple[str, int]], side: int, val_fraction: float) -> str:
+    """Changes when any image is added, removed, relabelled, resized or touched."""
     h = hashlib.sha256(f"{source}|{side}|{val_fraction}".encode())
     for path, label in items:
         st = os.stat(path)
         h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def cache_name(root: str | None, builtin: str | None, val_fraction: float, image_size: int) -> tuple[str, Listing | None]:
+    """The cache file name the dataset has now (and its listing, for a folder)."""
+    if builtin:
+        return f"{builtin}-{val_fraction}{image_cache.SUFFIX}", None
+    side = cache_side(image_size)
+    listing = list_folder(Path(root), val_fraction)
+    key = _cache_key(root, _keyed_items(listing), side, val_fraction)
+    return f"{Path(root).name}-{side}px-{key}{image_cache.SUFFIX}", listing
+
+
+def _keyed_items(listing: Listing) -> list[tuple[str, int]]:
+    return listing.train + [(p, -1 - label) for p, label in listing.val]
+
+
+def _decoded(paths: list[str], side: int, progress: Callable[[int, int], None] | None) -> Iterator[np.ndarray]:
+    """Decode in parallel, in order, with a bounded window: memory stays flat in the dataset size."""
+    workers = os.cpu_count() or 1
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
+        for i, path in enumerate(paths):
+            pending.append(pool.submit(decode, path, side))
+            if len(pending) > 4 * workers:
+                yield pending.popleft().result()
+                if progress:
+                    progress(i + 1 - len(pending), len(paths))
+        while pending:
+            yield pending.popleft().result()
+            if progress:
+                progress(len(paths) - len(pending), len(paths))
+
+
+def _usable(path: Path) -> bool:
+    """A complete, intact cache; a broken one is removed so that it is rebuilt."""
+    if not path.exists():
+        return False
+    try:
+        image_cache.verify(path)
+        return True
+    except image_cache.CacheCorrupt as exc:
+        print(f"rebuilding the image cache ({exc})", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return False
 
 
 def prepare(
@@ -147,31 +196,22 @@ def prepare(
     cache_dir: Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Decode the dataset once into a cache file (reused when present); returns its path."""
-    side = cache_side(image_size)
-    if builtin:
-        path = cache_dir / f"{builtin}-{val_fraction}.pt"
-        if not path.exists():
-            classes, tr_x, tr_y, va_x, va_y = digits(val_fraction)
-            _write(path, classes, tr_x, tr_y, va_x, va_y)
-        return path
-    listing = list_folder(Path(root), val_fraction)
-    items = listing.train + [(p, -1 - label) for p, label in listing.val]
-    path = cache_dir / f"{Path(root).name}-{side}px-{_cache_key(root, items, side, val_fraction)}.pt"
-    if not split_path(path).exists():
+    """Decode the dataset once into a cache file (reused when present and intact); returns its path."""
+    name, listing = cache_name(root, builtin, val_fraction, image_size)
+    path = cache_dir / name
+    source = {"root": str(Path(root).resolve()) if root else None, "builtin": builtin,
+              "val_fraction": val_fraction, "image_size": image_size}
+    if listing is not None and not split_path(path).exists():
         _write_split(split_path(path), Path(root), listing)
-    if path.exists():
+    if _usable(path):
         return path
-    total = len(items)
-    decoded: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for i, img in enumerate(pool.map(lambda p: decode(p, side), [p for p, _ in items])):
-            decoded.append(img)
-            if progress:
-                progress(i + 1, total)
-    n = len(listing.train)
-    _write(path, listing.classes, decoded[:n], np.array([y for _, y in listing.train]),
-           decoded[n:], np.array([y for _, y in listing.val]))
+    if builtin:
+        classes, tr_x, tr_y, va_x, va_y = digits(val_fraction)
+        image_cache.write(path, classes, tr_x + va_x, [*tr_y, *va_y], len(tr_x), source)
+        return path
+    items = listing.train + listing.val
+    images = _decoded([p for p, _ in items], cache_side(image_size), progress)
+    image_cache.write(path, listing.classes, images, [y for _, y in items], len(listing.train), source)
     return path
 
 
@@ -191,31 +231,18 @@ def _write_split(path: Path, root: Path, listing: Listing) -> None:
     tmp.replace(path)
 
 
-def _write(path: Path, classes, tr_x, tr_y, va_x, va_y) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({
-        "classes": list(classes),
-        "train_images": [torch.from_numpy(x) for x in tr_x],
-        "train_labels": torch.as_tensor(np.asarray(tr_y), dtype=torch.long),
-        "val_images": [torch.from_numpy(x) for x in va_x],
-        "val_labels": torch.as_tensor(np.asarray(va_y), dtype=torch.long),
-    }, tmp)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-
-
 class CachedImages(torch.utils.data.Dataset):
-    """Decoded uint8 HWC images + labels, transformed on access."""
+    """A split of the mapped cache, transformed on access (to a uint8 CHW tensor)."""
 
-    def __init__(self, images: list[torch.Tensor], labels: torch.Tensor, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, split: image_cache.Split, transform):
+        self.images, self.labels, self.transform = split.images, split.labels, transform
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(Image.fromarray(self.images[i].numpy())), self.labels[i]
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load(path: Path) -> image_cache.ImageCache:
+    return image_cache.open_cache(path)

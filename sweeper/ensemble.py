@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from PIL import Image
 
 from sweeper import data as datasets
 from sweeper import model as models
-from sweeper.augment import eval_transform
+from sweeper.augment import Normalize, eval_transform
 from sweeper.errors import SpecError, StorageError
 from sweeper.recovery import IMPORTED
 from sweeper.ranking import configurations
@@ -86,7 +86,7 @@ def best_member(trials: list[FrozenTrial], study: str) -> Member:
 
 
 @torch.no_grad()
-def probabilities(member: Member, images: list[np.ndarray], tta: str = "none",
+def probabilities(member: Member, images: Sequence[np.ndarray], tta: str = "none",
                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Class probabilities [N, C] of one member for decoded HWC uint8 images."""
     device = pick_device()
@@ -95,14 +95,16 @@ def probabilities(member: Member, images: list[np.ndarray], tta: str = "none",
     net.load_state_dict(checkpoint["state_dict"])
     net.to(device, memory_format=torch.channels_last).eval()
     bf16 = use_bf16(member.config.precision, device)
-    transform = eval_transform(member.config.image_size, member.config.mean, member.config.std)
+    transform = eval_transform(member.config.image_size)
+    normalize = Normalize(member.config.mean, member.config.std, device)
     out = []
     for start in range(0, len(images), BATCH):
-        batch = torch.stack([transform(Image.fromarray(x)) for x in images[start:start + BATCH]])
+        batch = torch.stack([transform(Image.fromarray(images[i]))
+                             for i in range(start, min(start + BATCH, len(images)))])
         views = [batch] + ([batch.flip(3)] if tta == "flip" else [])
         probs = 0
         for view in views:
-            view = view.to(device, non_blocking=True, memory_format=torch.channels_last)
+            view = normalize(view)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = net(view)
             probs = probs + logits.float().softmax(dim=1).cpu()
@@ -139,15 +141,15 @@ def check_classes(members: list[Member]) -> list[str]:
     return classes[0]
 
 
-def validation_set(member: Member, progress=None) -> tuple[list[np.ndarray], torch.Tensor]:
+def validation_set(member: Member, progress=None) -> tuple[Sequence[np.ndarray], torch.Tensor]:
     """The study's validation images, decoded as the sweep decoded them."""
     cache = Path(member.config.data_cache)
     if not cache.is_file():
         cfg = member.config
         cache = datasets.prepare(cfg.data_root, cfg.data_builtin, cfg.val_fraction, cfg.image_size,
                                  cache.parent, progress)
-    d = datasets.load(cache)
-    return [x.numpy() for x in d["val_images"]], d["val_labels"]
+    val = datasets.load(cache).val
+    return val.images, torch.from_numpy(val.labels)
 
 
 def list_images(folder: Path) -> list[Path]:

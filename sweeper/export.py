@@ -31,7 +31,7 @@ class SideFiles:
     head_in_checkpoint: bool = False  # the starting head came from the checkpoint too
     train_ann: str | None = None  # file lists of a val_fraction split (mmcls `ann_file`)
     val_ann: str | None = None
-    drop_last: bool = True  # as the worker's loader (see worker.drops_last_batch)
+    drop_last: bool = True  # as the worker's loader (see loading.drops_last_batch)
     iters_per_epoch: int | None = None  # known when the trial's train set size is
 
 
@@ -143,6 +143,12 @@ def _train_aug(config: TrialConfig, center_crop: list[dict[str, Any]], size_key:
     return steps
 
 
+def _export_workers(config: TrialConfig) -> int:
+    """Loader processes for mmcls/mmpretrain: the trial's own count (auto: 2, their default),
+    never fewer than 2 (their loaders decode JPEGs each epoch; sweeper's read a decoded cache)."""
+    return max(config.num_workers if isinstance(config.num_workers, int) else 2, 2)
+
+
 def _header(config: TrialConfig, value: float | None, notes: list[str], how: str) -> list[str]:
     score = f": {config.objective} {value:.4f}" if value is not None else ""
     if config.schedule_preset:
@@ -216,7 +222,7 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
         ("img_norm_cfg", norm),
         ("train_pipeline", train_pipeline),
         ("test_pipeline", test_pipeline),
-        ("data", {"samples_per_gpu": config.batch_size, "workers_per_gpu": max(config.num_workers, 2),
+        ("data", {"samples_per_gpu": config.batch_size, "workers_per_gpu": _export_workers(config),
                   "train_dataloader": {"drop_last": files.drop_last},
                   "train": {"type": "CustomDataset", **train_src, "classes": classes,
                             "pipeline": train_pipeline},
@@ -310,7 +316,7 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
     schedulers = mmpretrain_schedulers(config, files.iters_per_epoch, notes)
     optimizer = _optimizer(config)
     paramwise = optimizer.pop("paramwise_cfg", None)
-    loader = {"batch_size": config.batch_size, "num_workers": max(config.num_workers, 2)}
+    loader = {"batch_size": config.batch_size, "num_workers": _export_workers(config)}
     val_loader = {**loader, "dataset": {"type": "CustomDataset", **val_src, "classes": classes,
                                         "pipeline": test_pipeline},
                   "sampler": {"type": "DefaultSampler", "shuffle": False}}
@@ -401,7 +407,7 @@ def write(config: TrialConfig, classes: list[str], fmt: str, target: Path,
     if fmt == "yaml":
         target.write_text(yaml_space(config, value))
         return [target]
-    from sweeper.worker import drops_last_batch, iters_per_epoch  # deferred: imports torch
+    from sweeper.loading import drops_last_batch, iters_per_epoch  # deferred: imports torch
 
     written: list[Path] = []
     stem = target.with_suffix("")

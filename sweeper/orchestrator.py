@@ -31,6 +31,7 @@ from sweeper import data as datasets
 from sweeper import model as models
 from sweeper import recovery, store
 from sweeper.errors import SpecError, WorkerError
+from sweeper.loading import HOST_WORKERS_ENV
 from sweeper.progress import SweepProgress
 from sweeper.space import CategoricalParam
 from sweeper.spec import SweepSpec
@@ -239,6 +240,7 @@ class Orchestrator:
             cpu_workers = sum(1 for s in self.slots if s.gpu is None)
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
         env["PYTHONUNBUFFERED"] = "1"
+        env[HOST_WORKERS_ENV] = str(len(self.slots))  # num_workers: auto divides the cores by it
         return env
 
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig) -> None:

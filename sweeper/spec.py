@@ -34,7 +34,7 @@ class DataSpec:
     root: Path | None = None  # ImageFolder root (absolute), or None for a built-in dataset
     builtin: str | None = None
     val_fraction: float = 0.2  # used when root has no val/ folder, and for built-ins
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # loader processes per trial (loading.py)
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,9 @@ def _parse_data(raw: Any, problems: Problems) -> DataSpec:
     vf = raw.get("val_fraction", 0.2)
     if not isinstance(vf, (int, float)) or not 0 < vf < 1:
         problems.append(("data.val_fraction", f"must be a number between 0 and 1, got {vf!r}"))
-    nw = raw.get("num_workers", 0)
-    if not isinstance(nw, int) or isinstance(nw, bool) or nw < 0:
-        problems.append(("data.num_workers", f"must be an integer >= 0, got {nw!r}"))
+    nw = raw.get("num_workers", "auto")
+    if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
+        problems.append(("data.num_workers", f"must be auto or an integer >= 0, got {nw!r}"))
     return DataSpec(
         root=Path(root).expanduser().resolve() if isinstance(root, str) else None,
         builtin=builtin if isinstance(builtin, str) else None,

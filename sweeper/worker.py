@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sweeper import data as datasets
 from sweeper import model as models
-from sweeper.augment import eval_transform, train_transform
+from sweeper.augment import Normalize
 from sweeper.cpu_share import CpuShare
 from sweeper.errors import SweeperError, WorkerError
+from sweeper.loading import make_loaders
 from sweeper.schedule import LrSchedule, set_lr
 from sweeper.trial_config import TrialConfig
 
@@ -58,14 +58,15 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, bf16: bool, num_classes: int) -> dict:
+def evaluate(model: nn.Module, loader, normalize: Normalize, bf16: bool, num_classes: int) -> dict:
     model.eval()
     k = min(5, num_classes)
     correct = correct_k = 0
     per_class_hits = torch.zeros(num_classes)
     per_class_total = torch.zeros(num_classes)
+    device = normalize.device
     for x, y in loader:
-        x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        x = normalize(x)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float().cpu()
         top = logits.topk(k, dim=1).indices
@@ -108,21 +109,9 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
     out = Path(config.trial_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    d = datasets.load(Path(config.data_cache))
-    classes = d["classes"]
+    loaders = make_loaders(config, device)
+    classes, train_loader, val_loader, normalize = loaders.classes, loaders.train, loaders.val, loaders.normalize
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
-    train_set = datasets.CachedImages(d["train_images"], d["train_labels"], train_transform(
-        config.augment_ops, config.image_size, config.mean, config.std, config.num_ops,
-        config.magnitude, config.magnitude_std))
-    val_set = datasets.CachedImages(d["val_images"], d["val_labels"],
-                                    eval_transform(config.image_size, config.mean, config.std))
-    loader_args = dict(num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                       persistent_workers=config.num_workers > 0)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = torch.utils.data.DataLoader(train_set, config.batch_size, shuffle=True,
-                                               drop_last=drops_last_batch(len(train_set), config.batch_size),
-                                               generator=generator, **loader_args)
-    val_loader = torch.utils.data.DataLoader(val_set, max(config.batch_size, 64), **loader_args)
 
     model = models.create(config.model, len(classes), config.pretrained)
     frozen = models.freeze_stages(model, config.frozen_stages)
@@ -140,12 +129,13 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
 
     report({"event": "start", "classes": classes, "device": str(device), "bf16": bf16,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "train_images": len(train_set), "val_images": len(val_set)})
+            "train_images": len(train_loader.dataset), "val_images": len(val_loader.dataset),
+            "loader_workers": loaders.num_workers})
     with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf:
         metrics = csv.DictWriter(mf, METRIC_FIELDS)
         metrics.writeheader()
         print(f"trial {config.number}: {config.model} on {device} (bf16={bf16}), "
-              f"{len(train_set)} train / {len(val_set)} val images, {len(classes)} classes, "
+              f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, {len(classes)} classes, "
               f"params {json.dumps(config.params)}", file=log, flush=True)
         if share:
             print(share.describe(), file=log, flush=True)
@@ -159,7 +149,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
             for step, (x, y) in enumerate(train_loader):
                 set_lr(optimizer, lr_at, epoch, epoch * steps + step)
                 lr = optimizer.param_groups[0]["lr"]  # the head's
-                x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+                x = normalize(x)
                 y = y.to(device, non_blocking=True)
                 try:
                     if fault in ("oom", "host_oom", "hang"):
@@ -187,7 +177,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
                 report({"event": "nonfinite", "epoch": epoch + 1, "train_loss": train_loss})
                 return "stopped"
             train_seconds = time.perf_counter() - start
-            val = evaluate(model, val_loader, device, bf16, len(classes))
+            val = evaluate(model, val_loader, normalize, bf16, len(classes))
             record = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr,
                       "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds}
             metrics.writerow({k: record[k] for k in METRIC_FIELDS})
@@ -205,18 +195,6 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
     save_checkpoint(chosen.state or model.state_dict(), classes, config, fault)
     report({"event": "value", "value": chosen.value, "epoch": chosen.epoch})
     return "complete"
-
-
-def drops_last_batch(train_images: int, batch_size: int) -> bool:
-    """The last partial batch is dropped (a batch of one breaks BatchNorm), unless it is the only one."""
-    return train_images > batch_size
-
-
-def iters_per_epoch(train_images: int, batch_size: int) -> int:
-    """len() of the worker's train loader, without building one (exports need it)."""
-    if drops_last_batch(train_images, batch_size):
-        return train_images // batch_size
-    return -(-train_images // batch_size)
 
 
 class Chosen:

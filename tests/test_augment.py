@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from sweeper.augment import eval_transform, train_transform
+from sweeper.augment import Normalize, eval_transform, train_transform
 from sweeper.policies import BUILTIN_POLICIES
 from sweeper.randaugment import RandAugment
 
@@ -33,25 +33,39 @@ def _image(h: int = 40, w: int = 60) -> Image.Image:
 
 def test_every_builtin_policy_gives_the_image_size():
     for name, ops in BUILTIN_POLICIES.items():
-        out = train_transform(ops, 24, MEAN, STD)(_image())
-        assert out.shape == (3, 24, 24) and out.dtype == torch.float32, name
+        out = train_transform(ops, 24, MEAN)(_image())
+        assert out.shape == (3, 24, 24) and out.dtype == torch.uint8, name
 
 
 def test_none_is_deterministic_and_randaugment_is_not():
     image = _image()
-    none = train_transform(None, 24, MEAN, STD)
+    none = train_transform(None, 24, MEAN)
     assert torch.equal(none(image), none(image))
-    assert torch.equal(none(image), eval_transform(24, MEAN, STD)(image))
+    assert torch.equal(none(image), eval_transform(24)(image))
     torch.manual_seed(0)
-    rand = train_transform(BUILTIN_POLICIES["swin_randaug"], 24, MEAN, STD, num_ops=2, magnitude=9)
+    rand = train_transform(BUILTIN_POLICIES["swin_randaug"], 24, MEAN, num_ops=2, magnitude=9)
     outs = [rand(image) for _ in range(4)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
 
 
 def test_normalisation_uses_the_given_mean_and_std():
     grey = Image.new("RGB", (32, 32), (128, 128, 128))
-    out = eval_transform(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(grey)
+    batch = eval_transform(16)(grey)[None]
+    out = Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), torch.device("cpu"))(batch)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, torch.full_like(out, (128 / 255 - 0.5) / 0.5), atol=1e-6)
+
+
+def test_normalising_on_the_device_equals_torchvisions_float_pipeline():
+    """Normalize after the uint8 batch reaches the device gives torchvision's
+    ToDtype(scale=True) + Normalize values exactly."""
+    from torchvision.transforms import v2
+
+    image = _image()
+    reference = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(list(MEAN), list(STD))])(image)
+    ours = Normalize(MEAN, STD, torch.device("cpu"))(v2.PILToTensor()(image)[None])[0]
+    assert torch.equal(ours, reference)
 
 
 def _affine(img, matrix):

@@ -13,11 +13,12 @@ from sweeper.testing import make_image_folder
 def test_folder_with_train_and_val_decodes_every_mode_to_rgb(colour_folder, tmp_path):
     path = datasets.prepare(str(colour_folder), None, 0.2, 16, tmp_path)
     d = datasets.load(path)
-    assert d["classes"] == ["class_0", "class_1", "class_2"]
-    assert len(d["train_images"]) == 60 and len(d["val_images"]) == 30
-    assert {tuple(img.shape[2:]) for img in d["train_images"] + d["val_images"]} == {(3,)}
-    assert min(min(img.shape[:2]) for img in d["train_images"]) <= datasets.cache_side(16)
-    assert sorted(d["val_labels"].tolist()) == [0] * 10 + [1] * 10 + [2] * 10
+    assert d.classes == ["class_0", "class_1", "class_2"]
+    assert len(d.train.images) == 60 and len(d.val.images) == 30
+    every = [d.train.images[i] for i in range(60)] + [d.val.images[i] for i in range(30)]
+    assert {img.shape[2] for img in every} == {3}
+    assert max(min(img.shape[:2]) for img in every) == datasets.cache_side(16)
+    assert sorted(d.val.labels.tolist()) == [0] * 10 + [1] * 10 + [2] * 10
 
 
 def test_cache_is_reused_and_keyed_by_size(colour_folder, tmp_path):
@@ -39,9 +40,9 @@ def test_single_folder_is_split_stratified_by_val_fraction(tmp_path):
 
 def test_builtin_digits(tmp_path):
     d = datasets.load(datasets.prepare(None, "digits", 0.2, 16, tmp_path))
-    assert d["classes"] == [str(i) for i in range(10)]
-    assert len(d["train_images"]) + len(d["val_images"]) == 1797
-    assert d["train_images"][0].shape == (8, 8, 3)
+    assert d.classes == [str(i) for i in range(10)]
+    assert len(d.train.images) + len(d.val.images) == 1797
+    assert d.train.images[0].shape == (8, 8, 3)
 
 
 def test_missing_folder(tmp_path):
@@ -80,4 +81,4 @@ def test_large_images_are_cached_downscaled(tmp_path):
             (root / split / c).mkdir(parents=True)
             Image.new("RGB", (400, 300), (10, 200, 30)).save(root / split / c / "x.jpg")
     d = datasets.load(datasets.prepare(str(root), None, 0.2, 32, tmp_path / "cache"))
-    assert d["train_images"][0].shape == (datasets.cache_side(32), 49, 3)
+    assert d.train.images[0].shape == (datasets.cache_side(32), 49, 3)

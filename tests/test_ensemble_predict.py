@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision import transforms
 from typer.testing import CliRunner
 
+from sweeper import data as datasets
 from sweeper.cli import app
 from sweeper.testing import tiny_space, write_space
 
@@ -75,10 +76,10 @@ def _by_hand(trial) -> tuple[torch.Tensor, torch.Tensor]:
     size = config["image_size"]
     to_input = transforms.Compose([transforms.Resize(int(size / 0.875)), transforms.CenterCrop(size),
                                    transforms.ToTensor(), transforms.Normalize(config["mean"], config["std"])])
-    cache = torch.load(config["data_cache"], weights_only=True)
-    x = torch.stack([to_input(Image.fromarray(img.numpy())) for img in cache["val_images"]])
+    val = datasets.load(config["data_cache"]).val  # the decoded images every trial saw
+    x = torch.stack([to_input(Image.fromarray(val.images[i])) for i in range(len(val.images))])
     with torch.no_grad():
-        return net(x).softmax(dim=1), cache["val_labels"]
+        return net(x).softmax(dim=1), torch.from_numpy(val.labels)
 
 
 def _accuracies(predicted, labels) -> tuple[float, float]:

@@ -22,7 +22,7 @@ from sweeper.schedule import LrSchedule, set_lr
 from sweeper.spec import parse_spec
 from sweeper.testing import tiny_space
 from sweeper.trial_config import resolve
-from sweeper.worker import drops_last_batch, iters_per_epoch
+from sweeper.loading import drops_last_batch, iters_per_epoch
 
 mmengine = pytest.importorskip("mmengine")
 from mmengine.hooks import ParamSchedulerHook  # noqa: E402

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from sweeper import data as datasets
 from sweeper import model as models
-from sweeper.augment import eval_transform
+from sweeper.augment import Normalize, eval_transform
 from sweeper.cli import app
 from sweeper.testing import tiny_space, write_space
 from sweeper.trial_config import TrialConfig
@@ -48,13 +48,12 @@ def test_a_trial_that_trained_every_epoch_is_complete_whatever_the_pruner_says(
 def _checkpoint_score(trial_dir, objective: str) -> float:
     config = TrialConfig.from_json((trial_dir / "config.json").read_text())
     d = datasets.load(trial_dir.parent.parent / ".cache" / config.data_cache.rsplit("/", 1)[-1])
-    val = datasets.CachedImages(d["val_images"], d["val_labels"],
-                                eval_transform(config.image_size, config.mean, config.std))
-    net = models.create(config.model, len(d["classes"]), False)
+    val = datasets.CachedImages(d.val, eval_transform(config.image_size))
+    net = models.create(config.model, len(d.classes), False)
     net.load_state_dict(torch.load(trial_dir / "checkpoint.pth", weights_only=True)["state_dict"])
     loader = torch.utils.data.DataLoader(val, 64)
-    return evaluate(net.to(memory_format=torch.channels_last), loader, torch.device("cpu"), False,
-                    len(d["classes"]))[objective]
+    return evaluate(net.to(memory_format=torch.channels_last), loader,
+                    Normalize(config.mean, config.std, torch.device("cpu")), False, len(d.classes))[objective]
 
 
 @pytest.mark.parametrize("rule", ["last", "best"])

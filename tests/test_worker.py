@@ -68,6 +68,7 @@ def test_tied_logits_predict_the_lowest_class_as_ensemble_and_predict_do():
     import torch
     from torch import nn
 
+    from sweeper.augment import Normalize
     from sweeper.worker import evaluate
 
     class Tied(nn.Module):  # every class equally likely: what bf16 logits often look like, in part
@@ -75,7 +76,7 @@ def test_tied_logits_predict_the_lowest_class_as_ensemble_and_predict_do():
             return torch.zeros(len(x), 4, dtype=x.dtype)
 
     labels = torch.tensor([0, 1, 2, 3, 0, 3, 3, 0])
-    loader = [(torch.zeros(len(labels), 3, 2, 2), labels)]
-    metrics = evaluate(Tied(), loader, torch.device("cpu"), False, 4)
+    loader = [(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), labels)]
+    metrics = evaluate(Tied(), loader, Normalize((0.5,) * 3, (0.5,) * 3, torch.device("cpu")), False, 4)
     assert metrics["val_acc"] == (labels == 0).float().mean().item() == 3 / 8
     assert torch.zeros(8, 4).softmax(1).argmax(1).eq(0).all()  # the rule ensemble.combine uses

@@ -1,0 +1,71 @@
+"""A trial's data loaders: the mapped cache -> augmented uint8 batches -> normalised on the device.
+
+`num_workers: auto` (the default) gives a GPU worker its share of the host's cores as loader
+processes, so augmentation keeps the accelerator busy; on a CPU the cores already train (each
+worker takes its share of threads, cpu_share.py), and loader processes would only take them
+away from the step, so augmentation runs in the worker between steps.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from sweeper import data as datasets
+from sweeper.augment import Normalize, eval_transform, train_transform
+from sweeper.trial_config import TrialConfig
+
+AUTO = "auto"
+MAX_AUTO_WORKERS = 8  # beyond this, loader processes mostly add start-up time and memory
+HOST_WORKERS_ENV = "SWEEPER_HOST_WORKERS"  # the orchestrator's slots on this host
+
+
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """The DataLoader's num_workers for `data.num_workers` on this device."""
+    if setting != AUTO:
+        return int(setting)
+    if device.type == "cpu":
+        return 0
+    host_workers = max(1, int(os.environ.get(HOST_WORKERS_ENV, "1")))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cores // host_workers))
+
+
+def drops_last_batch(train_images: int, batch_size: int) -> bool:
+    """The last partial batch is dropped (a batch of one breaks BatchNorm), unless it is the only one."""
+    return train_images > batch_size
+
+
+def iters_per_epoch(train_images: int, batch_size: int) -> int:
+    """len() of the worker's train loader, without building one (exports need it)."""
+    if drops_last_batch(train_images, batch_size):
+        return train_images // batch_size
+    return -(-train_images // batch_size)
+
+
+@dataclass
+class Loaders:
+    classes: list[str]
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    normalize: Normalize  # uint8 batch on the host -> the model's input on the device
+    num_workers: int
+
+
+def make_loaders(config: TrialConfig, device: torch.device) -> Loaders:
+    cache = datasets.load(config.data_cache)
+    train_set = datasets.CachedImages(cache.train, train_transform(
+        config.augment_ops, config.image_size, config.mean, config.num_ops, config.magnitude,
+        config.magnitude_std))
+    val_set = datasets.CachedImages(cache.val, eval_transform(config.image_size))
+    workers = loader_workers(config.num_workers, device)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0)  # no re-fork of loader processes each epoch
+    generator = torch.Generator().manual_seed(config.seed)
+    train = torch.utils.data.DataLoader(
+        train_set, config.batch_size, shuffle=True, generator=generator,
+        drop_last=drops_last_batch(len(train_set), config.batch_size), **common)
+    val = torch.utils.data.DataLoader(val_set, max(config.batch_size, 64), **common)
+    return Loaders(cache.classes, train, val, Normalize(config.mean, config.std, device), workers)
