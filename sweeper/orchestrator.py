@@ -31,6 +31,7 @@ from sweeper import data as datasets
 from sweeper import model as models
 from sweeper import recovery, store
 from sweeper.errors import SpecError, WorkerError
+from sweeper.fork_server import ForkedWorker, Launcher
 from sweeper.loading import HOST_WORKERS_ENV
 from sweeper.progress import SweepProgress
 from sweeper.space import CategoricalParam
@@ -54,12 +55,13 @@ class Running:
     trial: optuna.Trial
     config: TrialConfig
     slot: Slot
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedWorker
     last_value: float | None = None
     value: tuple[float, int] | None = None  # the trial's value and its epoch, from the worker
     epochs_run: int = 0
     outcome: tuple[TrialState, str | None] | None = None  # decided, not yet told
     prunable: bool = True  # re-checks train every epoch
+    asked: float = field(default_factory=time.monotonic)  # when the slot asked for this trial
     started: float = field(default_factory=time.time)
     last_event: float = field(default_factory=time.monotonic)
 
@@ -243,27 +245,23 @@ class Orchestrator:
         env[HOST_WORKERS_ENV] = str(len(self.slots))  # num_workers: auto divides the cores by it
         return env
 
-    def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig) -> None:
+    def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
         with failing_if_unstarted(self.study, trial):
-            self._spawn(trial, config, slot)
+            self._spawn(trial, config, slot, asked)
 
-    def _spawn(self, trial: optuna.Trial, config: TrialConfig, slot: Slot) -> None:
+    def _spawn(self, trial: optuna.Trial, config: TrialConfig, slot: Slot, asked: float) -> None:
         out = Path(config.trial_dir)
         if out.exists():  # left by an earlier study of the same name that was deleted
             shutil.rmtree(out)
         config.save()
         with open(out / "stderr.txt", "w") as err:
-            # A session of its own: a Ctrl-C at the terminal reaches the orchestrator only,
-            # which then stops the workers itself (see _interrupt).
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sweeper.worker", str(out / "config.json")],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                env=self._worker_env(slot), start_new_session=True)
+            # in a session of its own (see fork_server.Launcher): the orchestrator stops it on Ctrl-C
+            proc = self.launcher.launch(slot.index, out / "config.json", self._worker_env(slot), err)
         attrs = {"trial_dir": str(out), "slot": slot.index, "epochs": config.epochs,
                  "worker_pid": proc.pid, "host": os.uname().nodename}
         for key, value in attrs.items():
             store.retrying(lambda: trial.set_user_attr(key, value))
-        self.running[slot.index] = Running(trial, config, slot, proc,
+        self.running[slot.index] = Running(trial, config, slot, proc, asked=asked,
                                            prunable=recovery.RECHECK_OF not in trial.user_attrs)
         threading.Thread(target=self._read, args=(slot.index, proc), daemon=True).start()
         self.progress.started(trial.number, slot.index, config.params, config.epochs)
@@ -291,6 +289,9 @@ class Orchestrator:
         if kind == "start":
             for key in ("classes", "device", "cuda_visible_devices", "train_images"):
                 store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
+        elif kind == "first_step":  # ask -> first training step: what a trial pays to start
+            startup = round(time.monotonic() - run.asked, 3)
+            store.retrying(lambda: run.trial.set_user_attr("startup_s", startup))
         elif kind == "epoch":
             value = event[run.config.objective]
             run.last_value, run.epochs_run = value, event["epoch"]
@@ -397,6 +398,7 @@ class Orchestrator:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
+        self.launcher = Launcher(len(self.slots))
         try:
             self._loop()
         except BaseException:  # a bug here: stop workers, leave nothing RUNNING
@@ -407,6 +409,7 @@ class Orchestrator:
             self.running.clear()
             raise
         finally:
+            self.launcher.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 
@@ -415,8 +418,9 @@ class Orchestrator:
         while True:
             self._heartbeat()
             for slot in self.slots:
+                asked = time.monotonic()
                 if slot.index not in self.running and (claimed := self._claim()) is not None:
-                    self._launch(slot, *claimed)
+                    self._launch(slot, *claimed, asked)
             if not self.running:
                 if self.interrupts or (self.deadline and time.monotonic() >= self.deadline):
                     return

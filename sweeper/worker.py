@@ -164,6 +164,8 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
                     raise WorkerError(f"out of memory at batch_size={config.batch_size}") from None
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
+                if epoch == 0 and step == 0:
+                    report({"event": "first_step"})
                 if share and share.maybe_apply():  # another worker started or ended
                     print(share.describe(), file=log, flush=True)
                 if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
