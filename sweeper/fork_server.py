@@ -45,8 +45,9 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
@@ -234,25 +235,30 @@ class ForkServer:
 
 class Launcher:
     """Starts trial workers: forked by the slot's server when there is one, else (disabled, or
-    its server is gone) as a fresh `python -m sweeper.worker`."""
+    its server is gone) as a fresh `python -m sweeper.worker`. A slot's server starts with its
+    first trial (which waits for its imports, as a fresh interpreter would), so an orchestrator
+    with nothing to run starts none."""
 
-    def __init__(self, slots: int, use_servers: bool | None = None):
-        use = enabled() if use_servers is None else use_servers
-        self.servers: dict[int, ForkServer] = {}
-        if use:
-            for index in range(slots):
-                try:
-                    self.servers[index] = ForkServer()
-                except OSError:
-                    break
+    def __init__(self, use_servers: bool | None = None):
+        self.use = enabled() if use_servers is None else use_servers
+        self.servers: dict[int, ForkServer | None] = {}  # None: this slot's server failed
+
+    def _server(self, slot: int) -> ForkServer | None:
+        if self.use and slot not in self.servers:
+            try:
+                self.servers[slot] = ForkServer()
+            except OSError:
+                self.servers[slot] = None
+        return self.servers.get(slot)
 
     def launch(self, slot: int, config_path: Path, env: dict[str, str], stderr: IO):
-        server = self.servers.get(slot)
+        server = self._server(slot)
         if server is not None:
             try:
                 return server.launch([str(config_path)], env, stderr)
             except OSError:
-                self.servers.pop(slot).close()  # this slot starts fresh interpreters from now on
+                server.close()
+                self.servers[slot] = None  # this slot starts fresh interpreters from now on
         return subprocess.Popen(
             [sys.executable, "-m", "sweeper.worker", str(config_path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
@@ -260,5 +266,6 @@ class Launcher:
 
     def close(self) -> None:
         for server in self.servers.values():
-            server.close()
+            if server is not None:
+                server.close()
         self.servers.clear()

@@ -64,6 +64,8 @@ class Running:
     asked: float = field(default_factory=time.monotonic)  # when the slot asked for this trial
     started: float = field(default_factory=time.time)
     last_event: float = field(default_factory=time.monotonic)
+    last_epoch: float | None = None  # when the latest epoch's report arrived
+    report_seconds: list[float] = field(default_factory=list)  # handling each epoch's report
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,8 @@ class Orchestrator:
             if prune:
                 run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
             self._reply(run, "stop" if prune or self.interrupts else "continue")
+            run.last_epoch = time.monotonic()
+            run.report_seconds.append(run.last_epoch - run.last_event)
         elif kind == "nonfinite":
             run.epochs_run = event["epoch"]
             run.outcome = (TrialState.PRUNED, "non-finite loss")
@@ -325,6 +329,9 @@ class Orchestrator:
         attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2)}
         if state == TrialState.COMPLETE:
             attrs["value_epoch"] = run.value[1]
+        if run.report_seconds:  # what the sweep machinery costs a trial (benchmarks/overhead.py)
+            attrs["report_ms"] = round(1000 * sum(run.report_seconds) / len(run.report_seconds), 2)
+            attrs["finish_s"] = round(time.monotonic() - run.last_epoch, 3)  # last epoch -> tell
         if reason:
             attrs["reason"] = reason
         for key, value in attrs.items():
@@ -398,7 +405,7 @@ class Orchestrator:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
-        self.launcher = Launcher(len(self.slots))
+        self.launcher = Launcher()
         try:
             self._loop()
         except BaseException:  # a bug here: stop workers, leave nothing RUNNING

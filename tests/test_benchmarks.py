@@ -18,3 +18,33 @@ def test_contention_quick_prints_its_table():
     assert lines[-4].startswith("one sweep alone")
     assert lines[-3].startswith("two at once, sharing the cores (default)")
     assert lines[-2].startswith("two at once, each taking every core (old)")
+
+
+def _quick(script: str) -> list[str]:
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()
+
+
+def test_throughput_quick_prints_a_b_and_c():
+    lines = _quick("throughput.py")
+    assert [line[:4] for line in lines[-5:-1]] == ["(a) ", "(b) ", "(b')", "(c) "]
+    assert lines[-1].startswith("a/b = ") and "a/c = " in lines[-1]
+
+
+def test_overhead_quick_prints_trial_costs_report_time_and_sampler_time():
+    lines = _quick("overhead.py")
+    text = "\n".join(lines)
+    for label in ("ask -> first step (s)", "epoch report round trip (ms)", "last epoch -> tell (s)",
+                  "sweeper report", "sampler tpe: ask + suggest", "sampler random: ask + suggest"):
+        assert label in text, label
+    assert lines[-3].startswith("sweeper report") and lines[-3].rstrip().endswith("(target <= 15 s)")
+
+
+def test_memory_quick_prints_one_and_four_workers():
+    lines = _quick("memory.py")
+    assert lines[-3].startswith("memory-mapped (sweeper)")
+    assert lines[-2].startswith("private copy per worker (before)")
+    for line in lines[-3:-1]:  # "<1 worker> MB <4 workers> MB <ratio>"
+        assert [w for w in line.split()[-5:] if not w[0].isdigit()] == ["MB", "MB"]

@@ -63,6 +63,10 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below pid (its data-loader workers, say)."""
     children: dict[int, list[int]] = {}
@@ -108,6 +112,11 @@ def test_orchestrator_killed_leaves_no_orphans_and_the_next_run_recovers(colour_
     workers = [t.user_attrs["worker_pid"] for t in victims]
     pids = workers + [p for w in workers for p in descendants(w)]
     assert len(pids) > len(workers)  # data-loader processes are among them
+    # each slot's warm fork server started its worker; they must go too
+    servers = {parent(w) for w in workers}
+    assert proc.pid not in servers and len(servers) == 2
+    assert all("sweeper.fork_server" in Path(f"/proc/{s}/cmdline").read_text() for s in servers)
+    pids += sorted(servers)
     proc.kill()
     proc.wait()
     wait_for(lambda: not any(alive(p) for p in pids), timeout=20, what="workers to exit")
