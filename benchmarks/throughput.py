@@ -47,7 +47,8 @@ def sweeper_rate(folder: Path, data: Path, args) -> float:
                      train={"epochs": args.epochs, "batch_size": args.batch, "schedule": "cosine",
                             "augment": "flip_crop", "precision": "auto", "lr": 0.01},
                      search={"n_trials": 1, "sampler": "random", "pruner": "none"}, space=None)
-    doc["data"].update(image_size=args.size, val_fraction=0.2)
+    workers = args.num_workers if args.num_workers == "auto" else int(args.num_workers)
+    doc["data"].update(image_size=args.size, val_fraction=0.2, num_workers=workers)
     space = write_space(folder / "space.yaml", doc)
     done = subprocess.run([sys.executable, "-m", "sweeper", "run", "--space", str(space)], cwd=folder,
                           capture_output=True, text=True)
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3, help="of the sweep (the first is warm-up)")
+    parser.add_argument("--num-workers", default="auto", help="the sweep's data.num_workers (a)")
     parser.add_argument("--plain-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader processes of the plain way (pytorch/examples: 4)")
     parser.add_argument("--quick", action="store_true", help="tiny generated data and model")
@@ -148,7 +150,7 @@ def main() -> None:
     print(f"\n{args.model} at {args.size} px, batch {args.batch} on {device} ({os.cpu_count()} cores), "
           f"bf16 step: {use_bf16('auto', device)}; training images/s")
     print(f"{'':<66} {'images/s':>9} {'a / this':>9}")
-    for label, rate in (("(a)  sweeper's worker (real sweep, epochs after the first)", a),
+    for label, rate in ((f"(a)  sweeper's worker (real sweep, num_workers: {args.num_workers})", a),
                         (f"(b)  plain: ImageFolder + PIL + DataLoader({args.plain_workers} workers), fp32", b),
                         ("(b') plain pipeline feeding sweeper's step", b2),
                         ("(c)  model alone on batches already on the device", c)):

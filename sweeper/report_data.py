@@ -16,6 +16,9 @@ from sweeper.ranking import Configuration, configurations, has_rechecks
 from sweeper.recovery import IMPORTED, RECHECK_OF
 
 MIN_FOR_IMPORTANCE = 3  # completed trials before importances mean anything
+# fANOVA's cost grows with trials x trees; past this many trials half of Optuna's 64 trees give
+# the same importances to 0.001 (1,000-trial study, benchmarks/overhead.py) in under half the time
+FANOVA_FEWER_TREES_FROM = 300
 
 
 @dataclass
@@ -112,7 +115,8 @@ def _importance(study_trials: list[FrozenTrial], label: str) -> Importance:
     scratch = optuna.create_study(direction="maximize")
     scratch.add_trials(study_trials)
     evaluators = {"PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(),
-                  "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=0)}
+                  "fANOVA": optuna.importance.FanovaImportanceEvaluator(
+                      n_trees=64 if n < FANOVA_FEWER_TREES_FROM else 32, seed=0)}
     for name, evaluator in evaluators.items():
         try:
             with warnings.catch_warnings():  # few-trial warnings: the report states the count
