@@ -5,11 +5,11 @@
    pruner + reply), and last epoch -> tell (`finish_s`: checkpoint, worker exit, attributes);
    with the warm fork server (default) against a fresh interpreter per trial;
 2. `sweeper report` on a generated study of 1,000 trials (target <= 15 s);
-3. the sampler's time per trial (ask + suggest) at 1,000 trials, for TPE, random and CMA-ES-free
-   defaults as `run` builds them.
+3. the sampler's time per trial (ask + suggest) at 1,000 trials, TPE and random as `run` builds
+   them.
 
     python benchmarks/overhead.py             # about 3 minutes on a 2-core CPU
-    python benchmarks/overhead.py --quick     # smaller: 4 trials per sweep, a 100-trial study
+    python benchmarks/overhead.py --quick     # smaller: 3 one-epoch trials per sweep, a 100-trial study
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ SPACE = {"lr": {"low": 1e-4, "high": 1.0, "log": True}, "batch_size": [32, 64, 1
          "frozen_stages": {"low": -1, "high": 4}}
 
 
-def sweep_costs(folder: Path, trials: int, fork_server: bool) -> dict[str, float]:
+def sweep_costs(folder: Path, trials: int, epochs: int, fork_server: bool) -> dict[str, float]:
     """Median per-trial costs of a real sweep, over every trial but the first (which pays the
     dataset decode and the fork server's own start)."""
     folder.mkdir(parents=True)
     doc = tiny_space(None, study="costs", model={"name": "resnet10t", "pretrained": False},
-                     train={"epochs": 2, "batch_size": 64, "lr": 0.05},
+                     train={"epochs": epochs, "batch_size": 64, "lr": 0.05},
                      search={"n_trials": trials, "sampler": {"name": "random", "seed": 0}, "pruner": "none"},
                      space={"label_smoothing": {"low": 0.0, "high": 0.2}})
     doc["data"] = {"builtin": "digits", "image_size": 32}
@@ -92,19 +92,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000, help="size of the generated study")
     parser.add_argument("--sweep-trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.trials, args.sweep_trials = 100, 4
+        args.trials, args.sweep_trials, args.epochs = 100, 3, 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        warm = sweep_costs(root / "warm", args.sweep_trials, True)
-        cold = sweep_costs(root / "cold", args.sweep_trials, False)
+        warm = sweep_costs(root / "warm", args.sweep_trials, args.epochs, True)
+        cold = sweep_costs(root / "cold", args.sweep_trials, args.epochs, False)
         generated, report = report_seconds(root / "big", args.trials)
         samplers = {name: sampler_ms(root / "big", name, 5) for name in ("tpe", "random")}
     print(f"\n{os.cpu_count()} cores; per trial: median over trials 2..{args.sweep_trials} of a "
-          "sweep on built-in digits (resnet10t, 32 px, 2 epochs)")
+          f"sweep on built-in digits (resnet10t, 32 px, {args.epochs} epochs)")
     print(f"{'cost':<42} {'fork server':>12} {'fresh python':>13} {'ratio':>7}")
     for key, label in (("startup_s", "ask -> first step (s)"), ("report_ms", "epoch report round trip (ms)"),
                        ("finish_s", "last epoch -> tell (s)")):
