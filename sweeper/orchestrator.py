@@ -1,27 +1,24 @@
-"""Runs a sweep: ask Optuna -> spawn a worker per trial -> relay its epochs -> tell the outcome.
+"""Runs a sweep: a free slot claims a trial (scheduler.py) -> its worker starts
+(worker_handle.py) -> its epochs are relayed to the store and the pruner -> the outcome is told.
 
 The orchestrator is the only process that writes to the study store; workers speak JSON lines
-over pipes (see worker.py), read here by one thread per worker into a single queue. Several
+over pipes (see worker.py), read by one thread per worker into a single queue. Several
 orchestrators (on one machine or many) may share a study: they share its trial budget through
 `store.budget_lock` and watch each other through heartbeats (recovery.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import queue
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any
 from urllib.parse import urlparse
 
 import optuna
@@ -29,43 +26,17 @@ from optuna.trial import TrialState
 
 from sweeper import data as datasets
 from sweeper import model as models
-from sweeper import recovery, store
+from sweeper import recovery, store, worker_handle
 from sweeper.errors import SpecError, WorkerError
-from sweeper.fork_server import ForkedWorker, Launcher
-from sweeper.loading import HOST_WORKERS_ENV
+from sweeper.fork_server import Launcher
 from sweeper.progress import SweepProgress
+from sweeper.scheduler import SweepSource, TrialSource, failing_if_unstarted
 from sweeper.space import CategoricalParam
 from sweeper.spec import SweepSpec
-from sweeper.strategies import GridSampler
-from sweeper.trial_config import TrialConfig, resolve
+from sweeper.trial_config import TrialConfig
+from sweeper.worker_handle import Running, Slot
 
 CHECKPOINT = "checkpoint.pth"
-
-
-@dataclass
-class Slot:
-    """A place a worker runs: a GPU id (pinned through CUDA_VISIBLE_DEVICES) or the CPU."""
-
-    index: int
-    gpu: str | None
-
-
-@dataclass
-class Running:
-    trial: optuna.Trial
-    config: TrialConfig
-    slot: Slot
-    proc: subprocess.Popen | ForkedWorker
-    last_value: float | None = None
-    value: tuple[float, int] | None = None  # the trial's value and its epoch, from the worker
-    epochs_run: int = 0
-    outcome: tuple[TrialState, str | None] | None = None  # decided, not yet told
-    prunable: bool = True  # re-checks train every epoch
-    asked: float = field(default_factory=time.monotonic)  # when the slot asked for this trial
-    started: float = field(default_factory=time.time)
-    last_event: float = field(default_factory=time.monotonic)
-    last_epoch: float | None = None  # when the latest epoch's report arrived
-    report_seconds: list[float] = field(default_factory=list)  # handling each epoch's report
 
 
 @dataclass(frozen=True)
@@ -154,63 +125,6 @@ def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
     return study
 
 
-@contextlib.contextmanager
-def failing_if_unstarted(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Never leave a trial RUNNING behind when it could not be started."""
-    try:
-        yield
-    except BaseException as exc:
-        trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-
-
-class TrialSource(Protocol):
-    """What a free slot trains next."""
-
-    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        """A new RUNNING trial and its configuration, or None when there is no more work."""
-
-    def running_elsewhere(self) -> int:
-        """Trials of this work still running in other orchestrators (0: nothing to wait for)."""
-
-
-class SweepSource:
-    """New trials from the sampler while the study's budget (n_trials, shared by every
-    orchestrator through `store.budget_lock`) allows."""
-
-    def __init__(self, spec: SweepSpec, study: optuna.Study, data_cache: Path, trials_root: Path,
-                 storage_url: str, heartbeat: float):
-        self.spec, self.study, self.data_cache, self.trials_root = spec, study, data_cache, trials_root
-        self.storage_url, self.heartbeat = storage_url, heartbeat
-
-    def _counts(self) -> tuple[int, int]:
-        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
-        finished = sum(recovery.counts_toward_budget(t) for t in trials)
-        running = sum(t.state == TrialState.RUNNING and recovery.RECHECK_OF not in t.user_attrs
-                      for t in trials)
-        return finished, running
-
-    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
-            finished, running = self._counts()
-            if finished + running >= self.spec.search.n_trials:
-                return None
-            sampler = self.study.sampler
-            if isinstance(sampler, GridSampler) and not store.retrying(
-                    lambda: sampler.has_unstarted_points(self.study)):
-                return None
-            trial = store.retrying(self.study.ask)
-            recovery.beat(self.study, trial._trial_id, self.heartbeat)
-        with failing_if_unstarted(self.study, trial):
-            sampled = self.spec.space.suggest(trial)
-            return trial, resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
-
-    def running_elsewhere(self) -> int:
-        finished, running = self._counts()
-        return 0 if finished >= self.spec.search.n_trials else running
-
-
 class Orchestrator:
     def __init__(self, spec: SweepSpec | None, study: optuna.Study, slots: list[Slot], data_cache: Path,
                  progress: SweepProgress, trials_root: Path = Path("trials"),
@@ -235,55 +149,18 @@ class Orchestrator:
 
     # --- launching ---------------------------------------------------------------------------
 
-    def _worker_env(self, slot: Slot) -> dict[str, str]:
-        env = dict(os.environ)
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            cpu_workers = sum(1 for s in self.slots if s.gpu is None)
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
-        env["PYTHONUNBUFFERED"] = "1"
-        env[HOST_WORKERS_ENV] = str(len(self.slots))  # num_workers: auto divides the cores by it
-        return env
-
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
         with failing_if_unstarted(self.study, trial):
-            self._spawn(trial, config, slot, asked)
-
-    def _spawn(self, trial: optuna.Trial, config: TrialConfig, slot: Slot, asked: float) -> None:
-        out = Path(config.trial_dir)
-        if out.exists():  # left by an earlier study of the same name that was deleted
-            shutil.rmtree(out)
-        config.save()
-        with open(out / "stderr.txt", "w") as err:
-            # in a session of its own (see fork_server.Launcher): the orchestrator stops it on Ctrl-C
-            proc = self.launcher.launch(slot.index, out / "config.json", self._worker_env(slot), err)
-        attrs = {"trial_dir": str(out), "slot": slot.index, "epochs": config.epochs,
-                 "worker_pid": proc.pid, "host": os.uname().nodename}
-        for key, value in attrs.items():
-            store.retrying(lambda: trial.set_user_attr(key, value))
-        self.running[slot.index] = Running(trial, config, slot, proc, asked=asked,
-                                           prunable=recovery.RECHECK_OF not in trial.user_attrs)
-        threading.Thread(target=self._read, args=(slot.index, proc), daemon=True).start()
+            run = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
+                                      asked=asked, prunable=recovery.RECHECK_OF not in trial.user_attrs)
+            attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
+                     "worker_pid": run.proc.pid, "host": os.uname().nodename}
+            for key, value in attrs.items():
+                store.retrying(lambda: trial.set_user_attr(key, value))
+        self.running[slot.index] = run
         self.progress.started(trial.number, slot.index, config.params, config.epochs)
 
-    def _read(self, slot: int, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            try:
-                self.events.put((slot, json.loads(line)))
-            except json.JSONDecodeError:
-                continue
-        self.events.put((slot, None))  # end of output: the worker has exited
-
     # --- relaying ----------------------------------------------------------------------------
-
-    def _reply(self, run: Running, text: str) -> None:
-        try:
-            run.proc.stdin.write(text + "\n")
-            run.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
 
     def _handle(self, run: Running, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -304,7 +181,7 @@ class Orchestrator:
             prune = not final and run.prunable and store.retrying(run.trial.should_prune)
             if prune:
                 run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
-            self._reply(run, "stop" if prune or self.interrupts else "continue")
+            run.reply("stop" if prune or self.interrupts else "continue")
             run.last_epoch = time.monotonic()
             run.report_seconds.append(run.last_epoch - run.last_event)
         elif kind == "nonfinite":
@@ -322,7 +199,7 @@ class Orchestrator:
     def _finish(self, run: Running) -> None:
         """The worker has exited: record the outcome it announced, or why it died."""
         code = run.proc.wait()
-        state, reason = run.outcome or (TrialState.FAIL, _exit_reason(code, run.config))
+        state, reason = run.outcome or (TrialState.FAIL, run.exit_reason(code))
         if state == TrialState.COMPLETE and run.value is None:
             state, reason = TrialState.FAIL, "worker reported no value"
         trial = run.trial
@@ -369,11 +246,11 @@ class Orchestrator:
                                   "queued again (Ctrl-C again to stop at once)")
             for run in self.running.values():
                 run.outcome = (TrialState.FAIL, "interrupted")
-                _signal(run.proc, signal.SIGTERM)
+                run.signal(signal.SIGTERM)
         else:
             for run in self.running.values():
                 run.outcome = (TrialState.FAIL, "interrupted")
-                _signal(run.proc, signal.SIGKILL)
+                run.signal(signal.SIGKILL)
 
     def _check_timeouts(self) -> None:
         limit = self.options.trial_timeout
@@ -382,7 +259,7 @@ class Orchestrator:
         for run in self.running.values():
             if run.outcome is None and time.monotonic() - run.last_event > limit:
                 run.outcome = (TrialState.FAIL, f"timeout: no epoch finished within {limit:g} s")
-                _signal(run.proc, signal.SIGKILL)
+                run.signal(signal.SIGKILL)
 
     def _heartbeat(self) -> None:
         if time.monotonic() - self.last_beat < self.options.heartbeat:
@@ -410,7 +287,7 @@ class Orchestrator:
             self._loop()
         except BaseException:  # a bug here: stop workers, leave nothing RUNNING
             for run in self.running.values():
-                _signal(run.proc, signal.SIGKILL)
+                run.signal(signal.SIGKILL)
                 run.outcome = run.outcome or (TrialState.FAIL, "orchestrator error")
                 self._finish(run)
             self.running.clear()
@@ -453,19 +330,3 @@ class Orchestrator:
             self._check_timeouts()
 
 
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        proc.send_signal(sig)
-    except ProcessLookupError:
-        pass
-
-
-def _exit_reason(code: int, config: TrialConfig) -> str:
-    if code < 0:
-        return f"worker killed by signal {-code}"
-    tail = ""
-    err = Path(config.trial_dir) / "stderr.txt"
-    if err.exists():
-        lines = [line for line in err.read_text(errors="replace").splitlines() if line.strip()]
-        tail = f": {lines[-1][:300]}" if lines else ""
-    return f"worker exited with code {code}{tail}"
