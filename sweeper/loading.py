@@ -52,6 +52,7 @@ class Loaders:
     val: torch.utils.data.DataLoader
     normalize: Normalize  # uint8 batch on the host -> the model's input on the device
     num_workers: int
+    generator: torch.Generator  # orders the train data; saved and restored with a resume state
 
 
 def make_loaders(config: TrialConfig, device: torch.device) -> Loaders:
@@ -68,4 +69,4 @@ def make_loaders(config: TrialConfig, device: torch.device) -> Loaders:
         train_set, config.batch_size, shuffle=True, generator=generator,
         drop_last=drops_last_batch(len(train_set), config.batch_size), **common)
     val = torch.utils.data.DataLoader(val_set, max(config.batch_size, 64), **common)
-    return Loaders(cache.classes, train, val, Normalize(config.mean, config.std, device), workers)
+    return Loaders(cache.classes, train, val, Normalize(config.mean, config.std, device), workers, generator)

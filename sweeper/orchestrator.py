@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from sweeper import data as datasets
 from sweeper import model as models
-from sweeper import recovery, store, worker_handle
+from sweeper import recovery, resume, store, worker_handle
 from sweeper.errors import SpecError, WorkerError
 from sweeper.fork_server import Launcher
 from sweeper.progress import SweepProgress
@@ -171,7 +171,15 @@ class Orchestrator:
         elif kind == "first_step":  # ask -> first training step: what a trial pays to start
             startup = round(time.monotonic() - run.asked, 3)
             store.retrying(lambda: run.trial.set_user_attr("startup_s", startup))
+        elif kind == "resumed":  # an earlier attempt's epochs: the pruner sees the whole curve
+            for record in event["records"]:
+                store.retrying(lambda: run.trial.report(record[run.config.objective], record["epoch"]))
+            run.epochs_run = run.resumed_after = event["records"][-1]["epoch"]
+            run.last_value = event["records"][-1][run.config.objective]
+            store.retrying(lambda: run.trial.set_user_attr("resumed_after_epoch", run.resumed_after))
+            self.progress.epoch(run.trial.number, run.epochs_run, run.last_value)
         elif kind == "epoch":
+            run.resume_save_seconds.append(event.get("resume_save_s", 0.0))
             value = event[run.config.objective]
             run.last_value, run.epochs_run = value, event["epoch"]
             store.retrying(lambda: run.trial.report(value, event["epoch"]))
@@ -209,18 +217,21 @@ class Orchestrator:
         if run.report_seconds:  # what the sweep machinery costs a trial (benchmarks/overhead.py)
             attrs["report_ms"] = round(1000 * sum(run.report_seconds) / len(run.report_seconds), 2)
             attrs["finish_s"] = round(time.monotonic() - run.last_epoch, 3)  # last epoch -> tell
+            attrs["resume_save_s"] = round(sum(run.resume_save_seconds) / len(run.resume_save_seconds), 3)
         if reason:
             attrs["reason"] = reason
         for key, value in attrs.items():
             store.retrying(lambda: trial.set_user_attr(key, value))
-        if reason == "interrupted":
+        if state == TrialState.FAIL and resume.resumable(reason):  # its retry resumes it
             frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
             store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason,
                                                              self.options.max_retry))
-        elif state == TrialState.COMPLETE:
-            store.retrying(lambda: self.study.tell(trial, run.value[0]))
         else:
-            store.retrying(lambda: self.study.tell(trial, state=state))
+            if state == TrialState.COMPLETE:
+                store.retrying(lambda: self.study.tell(trial, run.value[0]))
+            else:
+                store.retrying(lambda: self.study.tell(trial, state=state))
+            resume.discard(run.config.trial_dir, run.config.resume_from)
         shown = run.value[0] if state == TrialState.COMPLETE else run.last_value
         self.progress.finished(trial.number, state.name,
                                shown if state != TrialState.FAIL else None, reason)

@@ -7,13 +7,14 @@ orchestrator through `store.budget_lock`) allows; recheck.RecheckSource hands ou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Iterator, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
-from sweeper import recovery, store
+from sweeper import recovery, resume, store
 from sweeper.spec import SweepSpec
 from sweeper.strategies import GridSampler
 from sweeper.trial_config import TrialConfig, resolve
@@ -69,7 +70,21 @@ class SweepSource:
             recovery.beat(self.study, trial._trial_id, self.heartbeat)
         with failing_if_unstarted(self.study, trial):
             sampled = self.spec.space.suggest(trial)
-            return trial, resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
+            config = resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
+            return trial, dataclasses.replace(config, resume_from=self._resume_source(trial))
+
+    def _resume_source(self, trial: optuna.Trial) -> str | None:
+        """A retry of a trial that failed for reasons outside itself trains on after the last
+        epoch that attempt finished, instead of from epoch 0 (resume.py)."""
+        number = trial.user_attrs.get("retry_of")
+        if number is None:
+            return None
+        earlier = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        failed = next((t for t in earlier if t.number == number), None)
+        if failed is None or not resume.resumable(failed.user_attrs.get("reason")):
+            return None
+        source = resume.source_of(failed.user_attrs.get("trial_dir"))
+        return str(source) if source else None
 
     def running_elsewhere(self) -> int:
         finished, running = self._counts()

@@ -63,6 +63,7 @@ class TrialConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation, from timm's pretrained config
     std: tuple[float, ...] = IMAGENET_STD
     schedule_preset: str | None = None  # 1x/2x/20e, expanded into schedule/milestones/warmup
+    resume_from: str | None = None  # an earlier attempt's resume.pt: train on after its last epoch
 
     @property
     def scaled_lr(self) -> float:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sweeper import model as models
+from sweeper import resume
 from sweeper.augment import Normalize
 from sweeper.cpu_share import CpuShare
 from sweeper.errors import SweeperError, WorkerError
@@ -126,21 +127,38 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
     steps = len(train_loader)
     lr_at = LrSchedule.from_config(config, steps)
     chosen = Chosen(config.value)
+    done: list[dict[str, Any]] = []  # the metrics of every finished epoch, earlier attempts' too
+    if config.resume_from:
+        state = resume.load(Path(config.resume_from))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        chosen.value, chosen.epoch, chosen.state = state["chosen"]
+        done = state["metrics"]
+        resume.restore_rng(state["rng"], loaders.generator)
 
     report({"event": "start", "classes": classes, "device": str(device), "bf16": bf16,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "train_images": len(train_loader.dataset), "val_images": len(val_loader.dataset),
             "loader_workers": loaders.num_workers})
+    if done:  # the orchestrator carries these epochs' values over, so the pruner sees the whole curve
+        report({"event": "resumed", "records": done})
     with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf:
         metrics = csv.DictWriter(mf, METRIC_FIELDS)
         metrics.writeheader()
+        for record in done:
+            metrics.writerow({k: record[k] for k in METRIC_FIELDS})
         print(f"trial {config.number}: {config.model} on {device} (bf16={bf16}), "
               f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, {len(classes)} classes, "
               f"params {json.dumps(config.params)}", file=log, flush=True)
+        first = len(done)  # the first epoch this process trains
+        if first:
+            print(f"Resumed after epoch {first} from {config.resume_from}", file=log, flush=True)
         if share:
             print(share.describe(), file=log, flush=True)
-        for epoch in range(config.epochs):
-            if share and epoch and share.apply():
+        for epoch in range(first, config.epochs):
+            if fault == "slow" and epoch:
+                time.sleep(2.0)  # test hook: a window between epochs to strike in
+            if share and epoch > first and share.apply():
                 print(share.describe(), file=log, flush=True)
             models.train_mode(model, frozen)
             start = time.perf_counter()
@@ -164,7 +182,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
                     raise WorkerError(f"out of memory at batch_size={config.batch_size}") from None
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
-                if epoch == 0 and step == 0:
+                if epoch == first and step == 0:
                     report({"event": "first_step"})
                 if share and share.maybe_apply():  # another worker started or ended
                     print(share.describe(), file=log, flush=True)
@@ -189,7 +207,14 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
                   f"val acc {val['val_acc']:.4f}, balanced {val['val_balanced_acc']:.4f}, "
                   f"top5 {val['val_top5']:.4f}", file=log, flush=True)
             chosen.offer(epoch + 1, val[config.objective], model)
-            if not report({"event": "epoch", **record}):
+            done.append(record)
+            saving = time.perf_counter()
+            resume.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "chosen": (chosen.value, chosen.epoch, chosen.state), "metrics": done,
+                              "rng": resume.rng_states(loaders.generator)})
+            saved_in = time.perf_counter() - saving
+            print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
+            if not report({"event": "epoch", **record, "resume_save_s": saved_in}):
                 print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
                 return "stopped"
         print(f"Value: {config.objective} {chosen.value:.4f} of epoch {chosen.epoch} ({config.value} "
@@ -231,8 +256,9 @@ def save_checkpoint(state: dict[str, torch.Tensor], classes: list[str], config: 
 
 
 def injected_fault(number: int) -> str | None:
-    """Test hook: SWEEPER_INJECT_FAULT=kind:trial (e.g. oom:1) makes that trial fail that way;
-    read once per trial, so the training loop only compares a local."""
+    """Test hook: SWEEPER_INJECT_FAULT=kind:trial (e.g. oom:1) makes that trial fail that way
+    (or, for `slow`, wait 2 s before each epoch after the first); read once per trial, so the
+    training loop only compares a local."""
     kind, _, trial = os.environ.get("SWEEPER_INJECT_FAULT", "").partition(":")
     return kind if trial == str(number) else None
 

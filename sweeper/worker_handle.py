@@ -63,6 +63,8 @@ class Running:
     last_event: float = field(default_factory=time.monotonic)
     last_epoch: float | None = None  # when the latest epoch's report arrived
     report_seconds: list[float] = field(default_factory=list)  # handling each epoch's report
+    resume_save_seconds: list[float] = field(default_factory=list)  # the worker writing resume.pt
+    resumed_after: int = 0  # epochs an earlier attempt trained (carried over, not trained here)
 
     def reply(self, text: str) -> None:
         try:

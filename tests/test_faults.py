@@ -88,7 +88,7 @@ def space(cwd, folder, study, **kw):
     return str(write_space(cwd / "space.yaml", tiny_space(folder, study=study, **kw)))
 
 
-def test_worker_killed_by_signal_9_fails_only_its_trial(colour_folder, tmp_path):
+def test_worker_killed_by_signal_9_fails_only_its_trial_and_its_retry_resumes(colour_folder, tmp_path):
     spec = space(tmp_path, colour_folder, "kill9", train=SLOW,
                  search={"n_trials": 2, "sampler": "random", "pruner": "none"})
     proc = start(tmp_path, "--space", spec)
@@ -96,10 +96,17 @@ def test_worker_killed_by_signal_9_fails_only_its_trial(colour_folder, tmp_path)
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
     code, out = finish(proc)
     assert code == 0, out
-    killed, survivor = trials(tmp_path, "kill9")
+    final = trials(tmp_path, "kill9")
+    killed = final[victim.number]
     assert killed.state == TrialState.FAIL
     assert killed.user_attrs["reason"] == "worker killed by signal 9"
-    assert survivor.state == TrialState.COMPLETE
+    (retry,) = [t for t in final if t.user_attrs.get("retry_of") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    # killed from outside, not for its own reasons: resumed after its last finished epoch
+    assert retry.user_attrs["resumed_after_epoch"] >= len(victim.intermediate_values)
+    assert sorted(retry.intermediate_values) == list(range(1, SLOW["epochs"] + 1))
+    others = [t for t in final if t.number not in (killed.number, retry.number)]
+    assert [t.state for t in others] == [TrialState.COMPLETE]
 
 
 def test_orchestrator_killed_leaves_no_orphans_and_the_next_run_recovers(colour_folder, tmp_path):
