@@ -81,6 +81,7 @@ def run(
     storage: Annotated[Optional[str], typer.Option(help="Study store URL.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Image folder, overriding data.root.")] = None,
     n_trials: Annotated[Optional[int], typer.Option(min=1, help="Finished trials to reach.")] = None,
+    budget_epochs: Annotated[Optional[int], typer.Option(min=1, help="Stop once this many epochs are trained across all trials (search.budget.epochs).")] = None,
     timeout: Annotated[Optional[float], typer.Option(min=1, help="Seconds after which no trial starts.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Trials at a time (default: one per GPU, else 1).")] = None,
     gpus: Annotated[Optional[str], typer.Option(help="GPU ids to use, e.g. 0,1.")] = None,
@@ -98,7 +99,7 @@ def run(
     from sweeper.spec import load_spec
 
     overrides = {"study": study, "data_root": str(data) if data else None,
-                 "n_trials": n_trials, "timeout": timeout}
+                 "n_trials": n_trials, "timeout": timeout, "budget_epochs": budget_epochs}
     spec = load_spec(space, overrides)
     gpu_ids = _parse_gpus(gpus)
     # fail before writing anything
@@ -129,7 +130,7 @@ def run(
         runner = orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir,
                                            storage_url, options)
         runner.run()
-    print(summary(the_study, spec.search.objective, time.monotonic() - start))
+    print(summary(the_study, spec.search.objective, time.monotonic() - start, spec.search.budget_epochs))
     if runner.interrupts:
         _err("interrupted: the trials that were running are recorded FAIL (interrupted) and "
              "queued again; `sweeper run` again resumes the study")
@@ -283,14 +284,16 @@ def recheck(
         raise typer.Exit(130)
 
 
-def summary(study, objective: str, seconds: float) -> str:
+def summary(study, objective: str, seconds: float, budget_epochs: int | None = None) -> str:
     from optuna.trial import TrialState
+
+    from sweeper import epochs
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     line = (f"study {study.study_name}: {len(trials)} trials "
             f"({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
-            f"{count[TrialState.FAIL]} failed) after {seconds:.0f} s")
+            f"{count[TrialState.FAIL]} failed) after {seconds:.0f} s\n{epochs.summary(trials, budget_epochs)}")
     if count[TrialState.COMPLETE]:
         best = study.best_trial
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
@@ -624,7 +627,7 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """List the studies in a store with their trial counts and best value."""
     from optuna.trial import TrialState
 
-    from sweeper import store
+    from sweeper import epochs, store
 
     rows = []
     the_storage = store.open_storage(storage or store.DEFAULT_STORAGE, create=False)
@@ -634,7 +637,8 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
                  for st in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
         values = [t.value for t in trials if t.state == TrialState.COMPLETE]
         rows.append({"study": s.study_name, "trials": len(trials), **count,
-                     "best": max(values) if values else None})
+                     "best": max(values) if values else None, "epochs_trained": epochs.trained(trials),
+                     "epochs_saved": epochs.saved(trials), "epochs_retrained": epochs.retrained(trials)})
     if as_json:
         _print_json(rows)
         return
@@ -643,7 +647,8 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     for r in rows:
         best_text = f"{r['best']:.4f}" if r["best"] is not None else "-"
         print(f"{r['study']}: {r['trials']} trials ({r['complete']} complete, {r['pruned']} pruned, "
-              f"{r['fail']} failed, {r['running']} running), best {best_text}")
+              f"{r['fail']} failed, {r['running']} running), best {best_text}; epochs "
+              f"{r['epochs_trained']} trained, {r['epochs_saved']} saved, {r['epochs_retrained']} retrained")
 
 
 @app.command()

@@ -9,6 +9,7 @@ orchestrators (on one machine or many) may share a study: they share its trial b
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
@@ -26,7 +27,8 @@ from optuna.trial import TrialState
 
 from sweeper import data as datasets
 from sweeper import model as models
-from sweeper import recovery, resume, store, worker_handle
+from sweeper import epochs, recovery, resume, store, worker_handle
+from sweeper.asha import AshaPruner
 from sweeper.errors import SpecError, WorkerError
 from sweeper.fork_server import Launcher
 from sweeper.progress import SweepProgress
@@ -141,11 +143,71 @@ class Orchestrator:
         self.last_beat = 0.0
         self.source = source or SweepSource(spec, study, data_cache, trials_root, storage_url,
                                             options.heartbeat)
+        self.asha = study.pruner if isinstance(study.pruner, AshaPruner) and spec is not None else None
+        self.paused: dict[int, Running] = {}  # by trial number: ASHA trials waiting for promotion
+        self.budget_epochs = spec.search.budget_epochs if spec is not None else None
+
+    def _out_of_budget(self) -> bool:
+        if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
+            return True
+        return self._epochs_spent()
+
+    def _epochs_spent(self) -> bool:
+        """search.budget.epochs reached, counting every orchestrator's trials."""
+        if self.budget_epochs is None:
+            return False
+        return epochs.trained(store.retrying(lambda: self.study.get_trials(deepcopy=False))) >= self.budget_epochs
 
     def _claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
+        if self._out_of_budget():
             return None
         return self.source.claim()
+
+    def _promotable(self) -> Running | None:
+        """A paused trial now in the top 1/eta at its rung (higher rungs first), if any."""
+        if not self.paused or self._out_of_budget():
+            return None
+        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        for run in sorted(self.paused.values(), key=lambda r: (-r.epochs_run, r.trial.number)):
+            if self.asha.promotable(run.trial.number, run.epochs_run, trials):
+                return self.paused.pop(run.trial.number)
+        return None
+
+    def _pause(self, run: Running) -> None:
+        """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
+        segments = run.trial.user_attrs.get("segments", []) + [[run.started, time.time()]]
+        store.retrying(lambda: run.trial.set_user_attr("segments", segments))
+        store.retrying(lambda: run.trial.set_user_attr("paused_at_epoch", run.epochs_run))
+        self.paused[run.trial.number] = run
+        self.progress.finished(run.trial.number, "PAUSED", run.last_value, f"paused at rung {run.epochs_run}")
+
+    def _resume_paused(self, slot: Slot, run: Running) -> None:
+        config = dataclasses.replace(run.config, resume_from=str(Path(run.config.trial_dir) / resume.RESUME))
+        with failing_if_unstarted(self.study, run.trial):
+            again = worker_handle.start(self.launcher, slot, self.slots, run.trial, config, self.events,
+                                        fresh=False, epochs_run=run.epochs_run, last_value=run.last_value)
+            store.retrying(lambda: run.trial.set_user_attr("worker_pid", again.proc.pid))
+            store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
+        self.running[slot.index] = again
+        self.progress.message(f"trial {run.trial.number}: promoted at rung {run.epochs_run}; resumed")
+        self.progress.started(run.trial.number, slot.index, config.params, config.epochs)
+
+    def _prune_paused(self) -> None:
+        """The budget is spent: trials still paused were never promoted."""
+        for run in list(self.paused.values()):
+            store.retrying(lambda: run.trial.set_user_attr("reason", f"not promoted at rung {run.epochs_run}"))
+            store.retrying(lambda: run.trial.set_user_attr("epochs_run", run.epochs_run))
+            store.retrying(lambda: self.study.tell(run.trial, state=TrialState.PRUNED))
+            resume.discard(run.config.trial_dir, None)
+            self.progress.finished(run.trial.number, "PRUNED", run.last_value, f"not promoted at rung {run.epochs_run}")
+        self.paused.clear()
+
+    def _fail_paused(self, reason: str) -> None:
+        """Interrupted (or a bug): paused trials are failed and queued again; their retries resume."""
+        for run in list(self.paused.values()):
+            frozen = store.retrying(lambda: self.study._storage.get_trial(run.trial._trial_id))
+            store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason, self.options.max_retry))
+        self.paused.clear()
 
     # --- launching ---------------------------------------------------------------------------
 
@@ -171,12 +233,16 @@ class Orchestrator:
         elif kind == "first_step":  # ask -> first training step: what a trial pays to start
             startup = round(time.monotonic() - run.asked, 3)
             store.retrying(lambda: run.trial.set_user_attr("startup_s", startup))
-        elif kind == "resumed":  # an earlier attempt's epochs: the pruner sees the whole curve
-            for record in event["records"]:
+        elif kind == "resumed":
+            # an earlier attempt's epochs (a paused trial's own are in the store already): the
+            # pruner sees the whole curve
+            carried = [r for r in event["records"] if r["epoch"] > run.epochs_run]
+            for record in carried:
                 store.retrying(lambda: run.trial.report(record[run.config.objective], record["epoch"]))
-            run.epochs_run = run.resumed_after = event["records"][-1]["epoch"]
-            run.last_value = event["records"][-1][run.config.objective]
-            store.retrying(lambda: run.trial.set_user_attr("resumed_after_epoch", run.resumed_after))
+            if carried:
+                run.epochs_run = carried[-1]["epoch"]
+                run.last_value = carried[-1][run.config.objective]
+                store.retrying(lambda: run.trial.set_user_attr(epochs.RESUMED_AFTER, run.epochs_run))
             self.progress.epoch(run.trial.number, run.epochs_run, run.last_value)
         elif kind == "epoch":
             run.resume_save_seconds.append(event.get("resume_save_s", 0.0))
@@ -189,7 +255,14 @@ class Orchestrator:
             prune = not final and run.prunable and store.retrying(run.trial.should_prune)
             if prune:
                 run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
-            run.reply("stop" if prune or self.interrupts else "continue")
+            elif not final and self._epochs_spent():
+                run.outcome = (TrialState.PRUNED, "epoch budget spent")
+                prune = True
+            elif (not final and self.asha and run.prunable and event["epoch"] in self.asha.rungs(run.config.epochs)
+                  and not self.asha.promotable(run.trial.number, event["epoch"],
+                                               store.retrying(lambda: self.study.get_trials(deepcopy=False)))):
+                run.pausing = True
+            run.reply("stop" if prune or run.pausing or self.interrupts else "continue")
             run.last_epoch = time.monotonic()
             run.report_seconds.append(run.last_epoch - run.last_event)
         elif kind == "nonfinite":
@@ -207,11 +280,16 @@ class Orchestrator:
     def _finish(self, run: Running) -> None:
         """The worker has exited: record the outcome it announced, or why it died."""
         code = run.proc.wait()
+        if run.pausing and run.outcome == (TrialState.PRUNED, "stopped"):
+            self._pause(run)
+            return
         state, reason = run.outcome or (TrialState.FAIL, run.exit_reason(code))
         if state == TrialState.COMPLETE and run.value is None:
             state, reason = TrialState.FAIL, "worker reported no value"
         trial = run.trial
-        attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2)}
+        attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2),
+                 # the stretches its workers ran (more than one when ASHA paused it)
+                 "segments": trial.user_attrs.get("segments", []) + [[run.started, time.time()]]}
         if state == TrialState.COMPLETE:
             attrs["value_epoch"] = run.value[1]
         if run.report_seconds:  # what the sweep machinery costs a trial (benchmarks/overhead.py)
@@ -276,9 +354,9 @@ class Orchestrator:
         if time.monotonic() - self.last_beat < self.options.heartbeat:
             return
         self.last_beat = time.monotonic()
-        for run in self.running.values():
+        for run in [*self.running.values(), *self.paused.values()]:
             store.retrying(lambda: recovery.beat(self.study, run.trial._trial_id))
-        mine = {run.trial.number for run in self.running.values()}
+        mine = {run.trial.number for run in self.running.values()} | set(self.paused)
         lost = store.retrying(lambda: recovery.recover_stale(
             self.study, self.options.max_retry, self.options.heartbeat, mine))
         for number in lost:
@@ -300,8 +378,10 @@ class Orchestrator:
             for run in self.running.values():
                 run.signal(signal.SIGKILL)
                 run.outcome = run.outcome or (TrialState.FAIL, "orchestrator error")
+                run.pausing = False
                 self._finish(run)
             self.running.clear()
+            self._fail_paused("orchestrator error")
             raise
         finally:
             self.launcher.close()
@@ -313,14 +393,23 @@ class Orchestrator:
         while True:
             self._heartbeat()
             for slot in self.slots:
+                if slot.index in self.running:
+                    continue
                 asked = time.monotonic()
-                if slot.index not in self.running and (claimed := self._claim()) is not None:
+                if (promoted := self._promotable()) is not None:  # before any new trial
+                    self._resume_paused(slot, promoted)
+                elif (claimed := self._claim()) is not None:
                     self._launch(slot, *claimed, asked)
             if not self.running:
-                if self.interrupts or (self.deadline and time.monotonic() >= self.deadline):
+                if self.interrupts:
+                    self._fail_paused("interrupted")
                     return
-                elsewhere = self.source.running_elsewhere()
+                if self.deadline and time.monotonic() >= self.deadline:
+                    self._prune_paused()
+                    return
+                elsewhere = max(0, self.source.running_elsewhere() - len(self.paused))
                 if not elsewhere:
+                    self._prune_paused()  # nothing promotable is left: the sweep is over
                     return
                 if not waiting_noted:  # the rest of the budget runs elsewhere
                     self.progress.message(f"waiting for {elsewhere} trial(s) running elsewhere")

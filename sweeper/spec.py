@@ -22,7 +22,7 @@ OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
 BUILTIN_DATASETS = ("digits",)
 TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue")
 DATA_KEYS = ("root", "builtin", "val_fraction", "num_workers")
-SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value")
+SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget")
 VALUE_MODES = ("last", "best")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -45,6 +45,7 @@ class SearchSpec:
     pruner: Named = Named("median", {"n_warmup_steps": 1})
     objective: str = "val_acc"
     value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
+    budget_epochs: int | None = None  # epochs trained across all trials before the sweep stops
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,22 @@ def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
                                          "objective) or best (the best epoch's)"))
     sampler = parse_named(raw.get("sampler", "tpe"), SAMPLERS, "search.sampler", problems)
     pruner = parse_named(raw.get("pruner", "median"), PRUNERS, "search.pruner", problems)
+    if pruner is not None and pruner.name == "asha" and not any(p.startswith("search.pruner") for p, _ in problems):
+        try:
+            create_pruner(pruner)
+        except ValueError as exc:
+            problems.append(("search.pruner", str(exc)))
+    budget = raw.get("budget")
+    budget_epochs = None
+    if budget is not None:
+        if not isinstance(budget, dict) or set(budget) != {"epochs"}:
+            problems.append(("search.budget", f"must be {{epochs: N}}, got {budget!r}"))
+        elif not isinstance(budget["epochs"], int) or isinstance(budget["epochs"], bool) or budget["epochs"] < 1:
+            problems.append(("search.budget.epochs", f"must be an integer >= 1, got {budget['epochs']!r}"))
+        else:
+            budget_epochs = budget["epochs"]
     return SearchSpec(n, timeout, sampler or defaults.sampler, pruner or defaults.pruner, objective,
-                      value)
+                      value, budget_epochs)
 
 
 def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, problems: Problems) -> None:
@@ -257,7 +272,7 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
     Args:
         raw: what `yaml.safe_load` returned.
         source: the file name, for messages.
-        overrides: command-line values: `study`, `data_root`, `n_trials`, `timeout`.
+        overrides: command-line values: `study`, `data_root`, `n_trials`, `timeout`, `budget_epochs`.
 
     Raises:
         SpecError: with every problem found, each naming its YAML path.
@@ -299,6 +314,8 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
         search = dataclasses.replace(search, n_trials=overrides["n_trials"])
     if overrides.get("timeout") is not None:
         search = dataclasses.replace(search, timeout=overrides["timeout"])
+    if overrides.get("budget_epochs") is not None:
+        search = dataclasses.replace(search, budget_epochs=overrides["budget_epochs"])
     policies = _parse_policies(raw.get("augment_policies"), problems)
     fixed = {**DEFAULTS, **{n: v for n, (_, v) in fixed_raw.items()}}
     for p in space.params:

@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import optuna
 
+from sweeper.asha import AshaPruner
+
 class GridSampler(optuna.samplers.GridSampler):
     """Optuna's grid, with the end of the grid left to the orchestrator.
 
@@ -46,6 +48,7 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "hyperband": optuna.pruners.HyperbandPruner,
     "threshold": optuna.pruners.ThresholdPruner,
     "patient": optuna.pruners.PatientPruner,
+    "asha": AshaPruner,  # pauses and promotes through the orchestrator (asha.py)
     "none": optuna.pruners.NopPruner,
 }
 

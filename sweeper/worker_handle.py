@@ -64,7 +64,7 @@ class Running:
     last_epoch: float | None = None  # when the latest epoch's report arrived
     report_seconds: list[float] = field(default_factory=list)  # handling each epoch's report
     resume_save_seconds: list[float] = field(default_factory=list)  # the worker writing resume.pt
-    resumed_after: int = 0  # epochs an earlier attempt trained (carried over, not trained here)
+    pausing: bool = False  # told to stop at an ASHA rung: the trial waits for promotion
 
     def reply(self, text: str) -> None:
         try:
@@ -92,10 +92,11 @@ class Running:
 
 
 def start(launcher: Launcher, slot: Slot, slots: list[Slot], trial: optuna.Trial, config: TrialConfig,
-          events: Events, **state: Any) -> Running:
-    """Write the trial's folder and config, start its worker, and relay its events."""
+          events: Events, fresh: bool = True, **state: Any) -> Running:
+    """Write the trial's config (in a fresh folder, unless it resumes its own), start its worker,
+    and relay its events."""
     out = Path(config.trial_dir)
-    if out.exists():  # left by an earlier study of the same name that was deleted
+    if fresh and out.exists():  # left by an earlier study of the same name that was deleted
         shutil.rmtree(out)
     config.save()
     with open(out / "stderr.txt", "w") as err:

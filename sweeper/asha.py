@@ -1,0 +1,46 @@
+"""Asynchronous successive halving (Li et al. 2020, ASHA) that pauses instead of stopping.
+
+Rungs sit at min_resource * reduction_factor^k epochs, below max_resource. A trial that reaches
+a rung goes on at once if its value there is in the top 1/reduction_factor of all values
+recorded at that rung so far; otherwise its worker saves (every epoch is resumable, resume.py)
+and exits, and the trial waits, still RUNNING. The top 1/eta grows as more trials reach a
+rung, so a paused trial can become promotable later; the orchestrator resumes such a trial
+before it asks the sampler for a new one. Trials still paused when the budget is spent are
+recorded PRUNED ("not promoted at rung r"). Optuna's pruners can only stop a trial; this one
+never prunes through Optuna (`prune` is always False): the orchestrator pauses and promotes.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial
+
+
+class AshaPruner(optuna.pruners.BasePruner):
+    def __init__(self, min_resource: int = 1, reduction_factor: int = 3, max_resource: int | None = None):
+        for name, value, least in (("min_resource", min_resource, 1), ("reduction_factor", reduction_factor, 2)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if max_resource is not None and (not isinstance(max_resource, int) or max_resource <= min_resource):
+            raise ValueError(f"max_resource must be an integer > min_resource ({min_resource}), "
+                             f"got {max_resource!r}; leave it out to use train.epochs")
+        self.min_resource, self.reduction_factor, self.max_resource = min_resource, reduction_factor, max_resource
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return False
+
+    def rungs(self, epochs: int) -> list[int]:
+        """The epochs at which a trial of `epochs` epochs is compared (its last epoch is not one)."""
+        top = min(self.max_resource or epochs, epochs)
+        out, r = [], self.min_resource
+        while r < top:
+            out.append(r)
+            r *= self.reduction_factor
+        return out
+
+    def promotable(self, number: int, rung: int, trials: list[FrozenTrial]) -> bool:
+        """Is trial `number` in the top 1/eta of the values recorded at epoch `rung`? (Ties: the
+        earlier trial first.)"""
+        at_rung = sorted((-t.intermediate_values[rung], t.number) for t in trials if rung in t.intermediate_values)
+        top = at_rung[: len(at_rung) // self.reduction_factor]
+        return any(n == number for _, n in top)

@@ -1,0 +1,43 @@
+"""Epochs as a budget and as a record: trained, saved by pruning and pausing, and retrained.
+
+A retry that resumed after epoch k (resume.py) carries epochs 1..k over from the attempt it
+replaces: they were trained once, by that attempt, and count there.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import FrozenTrial, TrialState
+
+RESUMED_AFTER = "resumed_after_epoch"
+
+
+def trained_by(trial: FrozenTrial) -> int:
+    return max(0, len(trial.intermediate_values) - trial.user_attrs.get(RESUMED_AFTER, 0))
+
+
+def trained(trials: list[FrozenTrial]) -> int:
+    return sum(trained_by(t) for t in trials)
+
+
+def retrained(trials: list[FrozenTrial]) -> int:
+    """Epochs a retry trained again that the attempt it replaces had finished already."""
+    by_number = {t.number: t for t in trials}
+    total = 0
+    for t in trials:
+        failed = by_number.get(t.user_attrs.get("retry_of"))
+        if failed is not None and t.intermediate_values:
+            carried = t.user_attrs.get(RESUMED_AFTER, 0)
+            total += max(0, min(len(failed.intermediate_values), max(t.intermediate_values)) - carried)
+    return total
+
+
+def saved(trials: list[FrozenTrial]) -> int:
+    """Epochs pruned and never-promoted trials did not train."""
+    return sum(max(0, t.user_attrs["epochs"] - len(t.intermediate_values))
+               for t in trials if t.state == TrialState.PRUNED and "epochs" in t.user_attrs)
+
+
+def summary(trials: list[FrozenTrial], budget: int | None = None) -> str:
+    of = f" of a budget of {budget}" if budget else ""
+    return (f"epochs: {trained(trials)} trained{of}, {saved(trials)} saved by pruning and pausing, "
+            f"{retrained(trials)} retrained")
