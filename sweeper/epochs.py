@@ -33,7 +33,7 @@ def retrained(trials: list[FrozenTrial]) -> int:
 
 def saved(trials: list[FrozenTrial]) -> int:
     """Epochs pruned and never-promoted trials did not train."""
-    return sum(max(0, t.user_attrs["epochs"] - len(t.intermediate_values))
+    return sum(max(0, t.user_attrs["epochs"] - t.user_attrs.get("epochs_run", len(t.intermediate_values)))
                for t in trials if t.state == TrialState.PRUNED and "epochs" in t.user_attrs)
 
 

@@ -177,7 +177,8 @@ class Orchestrator:
         """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
         segments = run.trial.user_attrs.get("segments", []) + [[run.started, time.time()]]
         store.retrying(lambda: run.trial.set_user_attr("segments", segments))
-        store.retrying(lambda: run.trial.set_user_attr("paused_at_epoch", run.epochs_run))
+        pauses = run.trial.user_attrs.get("pauses", []) + [run.epochs_run]
+        store.retrying(lambda: run.trial.set_user_attr("pauses", pauses))
         self.paused[run.trial.number] = run
         self.progress.finished(run.trial.number, "PAUSED", run.last_value, f"paused at rung {run.epochs_run}")
 

@@ -38,14 +38,22 @@ def curves_figure(data: StudyData) -> go.Figure:
                               "dash": "solid" if state == "COMPLETE" else "dot"},
                         legendgroup=state, hovertemplate=f"trial {number} ({state.lower()})<br>"
                                                          "epoch %{x}: %{y:.4f}<extra></extra>")
-    fig.update_layout(title="Validation per epoch (complete: solid; pruned/failed: dotted)",
-                      xaxis_title="epoch", yaxis_title=data.objective)
+    for promoted, rows in data.pauses.groupby("promoted"):
+        what = "paused, then promoted and resumed" if promoted else "paused, never promoted"
+        fig.add_scatter(x=rows["epoch"], y=rows["value"], mode="markers", name=what,
+                        marker={"symbol": "line-ns-open" if promoted else "x-thin-open", "size": 14,
+                                "color": "#264653", "line": {"width": 2}},
+                        text=[f"trial {n}" for n in rows["number"]],
+                        hovertemplate="%{text}: " + what + " at epoch %{x}<extra></extra>")
+    fig.update_layout(title="Validation per epoch (complete: solid; pruned/failed: dotted; "
+                            "ASHA pauses marked)", xaxis_title="epoch", yaxis_title=data.objective)
     return fig
 
 
 def timeline_figure(data: StudyData) -> go.Figure:
+    """One bar per stretch a worker ran: a trial ASHA paused shows one bar per segment."""
     fig = go.Figure()
-    rows = data.trials.dropna(subset=["start"])
+    rows = data.segments.dropna(subset=["start"])
     for state, group in rows.groupby("state"):
         end = group["end"].fillna(group["start"])
         fig.add_bar(
@@ -91,7 +99,7 @@ def figures(study: optuna.Study, data: StudyData) -> dict[str, list[go.Figure] |
     else:
         out["Contour"] = (f"needs {MIN_FOR_IMPORTANCE} completed trials and two searched "
                           f"parameters; the study has {n} completed")
-    out["Timeline"] = [timeline_figure(data)] if not data.trials.empty else "no trials yet"
+    out["Timeline"] = [timeline_figure(data)] if not data.segments.empty else "no trials yet"
     return out
 
 
@@ -100,7 +108,8 @@ def _summary_html(data: StudyData) -> str:
     rows = [("Trials", f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, "
                        f"{c['RUNNING']} running"),
             ("Total compute time", f"{data.compute_seconds / 60:.1f} min"),
-            ("Epochs saved by pruning", str(data.epochs_saved))]
+            ("Epochs", f"{data.epochs_trained} trained, {data.epochs_saved} saved by pruning and "
+                       f"pausing, {data.epochs_retrained} retrained")]
     if data.best_configuration is not None:
         rows.insert(0, ("Best configuration", f"trial {data.best_configuration.first.number}: "
                         f"{data.best_configuration.describe(data.objective)}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper import epochs
 from sweeper.ranking import Configuration, configurations, has_rechecks
 from sweeper.recovery import IMPORTED, RECHECK_OF
 
@@ -42,7 +44,11 @@ class StudyData:
     counts: dict[str, int]
     best: FrozenTrial | None
     compute_seconds: float
-    epochs_saved: int
+    epochs_saved: int  # by pruning and pausing
+    epochs_trained: int
+    epochs_retrained: int  # by retries that could not resume (0 when every epoch resumes)
+    segments: pd.DataFrame  # number, state, slot, start, end: each stretch a worker ran
+    pauses: pd.DataFrame  # number, epoch, value, promoted: where ASHA paused a trial
     value_rule: str = "last"  # search.value: the last or the best epoch's objective
     configurations: pd.DataFrame | None = None  # after `recheck`: ranked by the mean over seeds
     best_configuration: Any = None  # ranking.Configuration, after `recheck`
@@ -79,6 +85,29 @@ def configuration_rows(ranked: list[Configuration]) -> pd.DataFrame:
              "first": c.first.value, "lucky": c.lucky}
             for i, c in enumerate(ranked, start=1)]
     return pd.DataFrame(rows, columns=columns)
+
+
+def segment_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
+    """The stretches each trial's workers ran (several when ASHA paused and resumed it)."""
+    rows = []
+    for t in trials:
+        # local time, as Optuna's datetime_start is
+        spans = [(pd.Timestamp(datetime.fromtimestamp(a)), pd.Timestamp(datetime.fromtimestamp(b)))
+                 for a, b in t.user_attrs.get("segments", [])]
+        if not spans and t.datetime_start:
+            spans = [(pd.Timestamp(t.datetime_start), pd.Timestamp(t.datetime_complete) if t.datetime_complete else None)]
+        rows += [{"number": t.number, "state": t.state.name, "slot": t.user_attrs.get("slot"), "start": a, "end": b}
+                 for a, b in spans]
+    return pd.DataFrame(rows, columns=["number", "state", "slot", "start", "end"])
+
+
+def pause_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
+    rows = []
+    for t in trials:
+        for epoch in t.user_attrs.get("pauses", []):
+            rows.append({"number": t.number, "epoch": epoch, "value": t.intermediate_values.get(epoch),
+                         "promoted": max(t.intermediate_values, default=0) > epoch})
+    return pd.DataFrame(rows, columns=["number", "epoch", "value", "promoted"])
 
 
 def trial_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
@@ -156,10 +185,6 @@ def collect(study: optuna.Study) -> StudyData:
         columns=["number", "state", "epoch", "value"])
     frame = trial_rows(trials)
     ranked = configurations(trials) if has_rechecks(trials) else []  # by the mean over seeds
-    saved = 0
-    for t in pruned:
-        if (planned := planned_epochs(t)) is not None:
-            saved += planned - t.user_attrs.get("epochs_run", len(t.intermediate_values))
     return StudyData(
         name=study.study_name, objective=study.user_attrs.get("objective", "value"),
         trials=frame, curves=curves,
@@ -167,7 +192,11 @@ def collect(study: optuna.Study) -> StudyData:
         importance_with_pruned=with_pruned, counts=counts,
         best=max(complete, key=lambda t: t.value) if complete else None,
         compute_seconds=float(frame["duration_s"].fillna(0).sum()) if not frame.empty else 0.0,
-        epochs_saved=int(saved),
+        epochs_saved=epochs.saved(trials),
+        epochs_trained=epochs.trained(trials),
+        epochs_retrained=epochs.retrained(trials),
+        segments=segment_rows(trials),
+        pauses=pause_rows(trials),
         value_rule=study.user_attrs.get("value", "last"),
         configurations=configuration_rows(ranked) if ranked else None,
         best_configuration=ranked[0] if ranked else None,

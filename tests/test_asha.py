@@ -72,7 +72,7 @@ def test_asha_pauses_promotes_and_resumes_real_workers(colour_folder, tmp_path):
     # trial 0 is alone at rung 1: paused; trial 1 arrives below it: trial 0 is now the top
     # 1/2 of 2 and is resumed before trial 2 is asked; trials 1 and 2 never are
     assert good.state == TrialState.COMPLETE
-    assert good.user_attrs["paused_at_epoch"] == 1 and len(good.user_attrs["segments"]) == 2
+    assert good.user_attrs["pauses"] == [1] and len(good.user_attrs["segments"]) == 2
     assert "Resumed after epoch 1" in (tmp_path / "trials/asha/0/log.txt").read_text()
     assert "trial 0: promoted at rung 1; resumed" in out
     for t in (bad, worse):
@@ -83,6 +83,15 @@ def test_asha_pauses_promotes_and_resumes_real_workers(colour_folder, tmp_path):
     assert "epochs: 5 trained, 4 saved by pruning and pausing, 0 retrained" in out
     assert not [t for t in trials(tmp_path, "asha") if t.state == TrialState.RUNNING]
     assert not list((tmp_path / "trials" / "asha").rglob("resume.pt"))
+
+    # the report marks the pause on the learning curves and shows the two stretches trial 0 ran
+    report = CliRunner().invoke(app, ["report", "--study", "asha", "--storage", f"sqlite:///{tmp_path}/studies.db",
+                                      "--out", str(tmp_path / "report.html")])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "report.html").read_text()
+    assert "paused, then promoted and resumed" in page and "paused, never promoted" in page
+    assert "5 trained, 4 saved by pruning and pausing, 0 retrained" in page
+    assert page.count('"#0"') == 2  # two timeline bars for trial 0
 
 
 def test_the_epoch_budget_stops_two_orchestrators_within_one_epoch(colour_folder, tmp_path):
