@@ -48,3 +48,11 @@ def test_memory_quick_prints_one_and_four_workers():
     assert lines[-2].startswith("private copy per worker (before)")
     for line in lines[-3:-1]:  # "<1 worker> MB <4 workers> MB <ratio>"
         assert [w for w in line.split()[-5:] if not w[0].isdigit()] == ["MB", "MB"]
+
+
+def test_search_quick_prints_every_side():
+    lines = _quick("search.py")
+    sides = [line.split("  ")[0] for line in lines[-6:-1]]
+    assert sides == ["grid (manual configurations)", "tpe + median", "tpe + hyperband", "tpe + asha",
+                     "tpe + 1-epoch"]
+    assert lines[-1].startswith("target (sweeper's best at 1/3 >= the grid's best): ")
