@@ -7,13 +7,13 @@ and the old one is stale: nothing reads it again, so `clean` removes it.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper import data as datasets
 from sweeper import image_cache
+from sweeper.cpu_share import pid_alive
 from sweeper.errors import DataError
 
 CURRENT, STALE, BROKEN, OLD, PARTIAL = "current", "stale", "broken", "old format", "partial"
@@ -33,16 +33,6 @@ class Entry:
                 "images": self.images, "bytes": self.size, "why": self.why}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def _size(path: Path) -> int:
     split = datasets.split_path(path)
     return path.stat().st_size + (split.stat().st_size if split.exists() else 0)
@@ -51,7 +41,7 @@ def _size(path: Path) -> int:
 def _entry(path: Path) -> Entry | None:
     partial = re.search(r"\.tmp(\d+)$", path.name)
     if partial:
-        if _alive(int(partial.group(1))):
+        if pid_alive(int(partial.group(1))):
             return None  # being written right now
         return Entry(path, PARTIAL, "-", None, path.stat().st_size, "left by a decode that was stopped")
     if path.suffix == ".pt":

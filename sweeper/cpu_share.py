@@ -50,6 +50,11 @@ def _alive(entry: str) -> bool:
     if Path("/proc").is_dir():
         now = _start_time(pid)
         return now is not None and (now == started or "?" in (now, started))
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this id exists (one we may not signal counts too)."""
     try:
         os.kill(pid, 0)
         return True
