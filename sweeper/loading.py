@@ -1,36 +1,35 @@
 """A trial's data loaders: the mapped cache -> augmented uint8 batches -> normalised on the device.
 
 `num_workers: auto` (the default) gives a GPU worker its share of the host's cores as loader
-processes, so augmentation keeps the accelerator busy; on a CPU the cores already train (each
-worker takes its share of threads, cpu_share.py), and loader processes would only take them
-away from the step, so augmentation runs in the worker between steps.
+processes (the cores divided by the sweeper workers registered on the host, every orchestrator's,
+cpu_share.py), so augmentation keeps the accelerator busy; on a CPU the cores already train
+(each worker takes its share of threads), and loader processes would only take them away from
+the step, so augmentation runs in the worker between steps.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from sweeper import data as datasets
 from sweeper.augment import Normalize, eval_transform, train_transform
+from sweeper.cpu_share import CpuShare
 from sweeper.trial_config import TrialConfig
 
 AUTO = "auto"
 MAX_AUTO_WORKERS = 8  # beyond this, loader processes mostly add start-up time and memory
-HOST_WORKERS_ENV = "SWEEPER_HOST_WORKERS"  # the orchestrator's slots on this host
 
 
-def loader_workers(setting: int | str, device: torch.device) -> int:
-    """The DataLoader's num_workers for `data.num_workers` on this device."""
+def loader_workers(setting: int | str, device: torch.device, cores: int, host_workers: int) -> int:
+    """The DataLoader's num_workers for `data.num_workers` on this device, with `host_workers`
+    sweeper workers sharing the host's `cores`."""
     if setting != AUTO:
         return int(setting)
     if device.type == "cpu":
         return 0
-    host_workers = max(1, int(os.environ.get(HOST_WORKERS_ENV, "1")))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_WORKERS, cores // host_workers))
+    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, host_workers)))
 
 
 def drops_last_batch(train_images: int, batch_size: int) -> bool:
@@ -55,13 +54,13 @@ class Loaders:
     generator: torch.Generator  # orders the train data; saved and restored with a resume state
 
 
-def make_loaders(config: TrialConfig, device: torch.device) -> Loaders:
+def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> Loaders:
     cache = datasets.load(config.data_cache)
     train_set = datasets.CachedImages(cache.train, train_transform(
         config.augment_ops, config.image_size, config.mean, config.num_ops, config.magnitude,
         config.magnitude_std))
     val_set = datasets.CachedImages(cache.val, eval_transform(config.image_size))
-    workers = loader_workers(config.num_workers, device)
+    workers = loader_workers(config.num_workers, device, share.cores, share.workers())
     common = dict(num_workers=workers, pin_memory=device.type == "cuda",
                   persistent_workers=workers > 0)  # no re-fork of loader processes each epoch
     generator = torch.Generator().manual_seed(config.seed)

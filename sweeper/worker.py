@@ -90,18 +90,19 @@ def evaluate(model: nn.Module, loader, normalize: Normalize, bf16: bool, num_cla
 def run_trial(config: TrialConfig, report: Report) -> str:
     """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
     device = pick_device()
-    # on CPU, share the host's cores with every other sweeper worker on it (see cpu_share.py)
-    share = CpuShare() if device.type == "cpu" else None
+    # every worker registers on the host (cpu_share.py): a GPU worker's loader processes take
+    # its share of the cores; a CPU worker trains with its share of threads
+    share = CpuShare()
     try:
-        if share:
+        if device.type == "cpu":
             share.apply()
         return _train(config, report, device, share)
     finally:
-        if share:
-            share.close()
+        share.close()
 
 
-def _train(config: TrialConfig, report: Report, device: torch.device, share: CpuShare | None) -> str:
+def _train(config: TrialConfig, report: Report, device: torch.device, registered: CpuShare) -> str:
+    share = registered if device.type == "cpu" else None  # threads are re-shared on a CPU only
     seed_everything(config.seed)
     fault = injected_fault(config.number)
     bf16 = use_bf16(config.precision, device)
@@ -110,7 +111,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, share: Cpu
     out = Path(config.trial_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    loaders = make_loaders(config, device)
+    loaders = make_loaders(config, device, registered)
     classes, train_loader, val_loader, normalize = loaders.classes, loaders.train, loaders.val, loaders.normalize
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
 

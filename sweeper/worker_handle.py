@@ -18,7 +18,6 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.fork_server import ForkedWorker, Launcher
-from sweeper.loading import HOST_WORKERS_ENV
 from sweeper.trial_config import TrialConfig
 
 Events = queue.Queue  # of (slot index, event dict | None at the worker's end of output)
@@ -41,7 +40,6 @@ def worker_env(slot: Slot, slots: list[Slot]) -> dict[str, str]:
         cpu_workers = sum(1 for s in slots if s.gpu is None)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
     env["PYTHONUNBUFFERED"] = "1"
-    env[HOST_WORKERS_ENV] = str(len(slots))  # num_workers: auto divides the cores by it
     return env
 
 
