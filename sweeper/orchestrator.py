@@ -32,7 +32,7 @@ from sweeper.asha import AshaPruner
 from sweeper.errors import SpecError, WorkerError
 from sweeper.fork_server import Launcher
 from sweeper.progress import SweepProgress
-from sweeper.scheduler import SweepSource, TrialSource, failing_if_unstarted
+from sweeper.scheduler import PAUSED, SweepSource, TrialSource, failing_if_unstarted
 from sweeper.space import CategoricalParam
 from sweeper.spec import SweepSpec
 from sweeper.trial_config import TrialConfig
@@ -179,6 +179,7 @@ class Orchestrator:
         store.retrying(lambda: run.trial.set_user_attr("segments", segments))
         pauses = run.trial.user_attrs.get("pauses", []) + [run.epochs_run]
         store.retrying(lambda: run.trial.set_user_attr("pauses", pauses))
+        store.retrying(lambda: run.trial.set_user_attr(PAUSED, True))
         self.paused[run.trial.number] = run
         self.progress.finished(run.trial.number, "PAUSED", run.last_value, f"paused at rung {run.epochs_run}")
 
@@ -189,6 +190,7 @@ class Orchestrator:
                                         fresh=False, epochs_run=run.epochs_run, last_value=run.last_value)
             store.retrying(lambda: run.trial.set_user_attr("worker_pid", again.proc.pid))
             store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
+            store.retrying(lambda: run.trial.set_user_attr(PAUSED, False))
         self.running[slot.index] = again
         self.progress.message(f"trial {run.trial.number}: promoted at rung {run.epochs_run}; resumed")
         self.progress.started(run.trial.number, slot.index, config.params, config.epochs)
@@ -408,7 +410,7 @@ class Orchestrator:
                 if self.deadline and time.monotonic() >= self.deadline:
                     self._prune_paused()
                     return
-                elsewhere = max(0, self.source.running_elsewhere() - len(self.paused))
+                elsewhere = self.source.running_elsewhere()
                 if not elsewhere:
                     self._prune_paused()  # nothing promotable is left: the sweep is over
                     return

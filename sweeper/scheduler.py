@@ -19,6 +19,8 @@ from sweeper.spec import SweepSpec
 from sweeper.strategies import GridSampler
 from sweeper.trial_config import TrialConfig, resolve
 
+PAUSED = "paused"  # user attribute: True while asha has the trial waiting at a rung
+
 
 @contextlib.contextmanager
 def failing_if_unstarted(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
@@ -38,7 +40,7 @@ class TrialSource(Protocol):
         """A new RUNNING trial and its configuration, or None when there is no more work."""
 
     def running_elsewhere(self) -> int:
-        """Trials of this work still running in other orchestrators (0: nothing to wait for)."""
+        """Trials of this work still training in other orchestrators (0: nothing to wait for)."""
 
 
 class SweepSource:
@@ -50,16 +52,16 @@ class SweepSource:
         self.spec, self.study, self.data_cache, self.trials_root = spec, study, data_cache, trials_root
         self.storage_url, self.heartbeat = storage_url, heartbeat
 
-    def _counts(self) -> tuple[int, int]:
+    def _counts(self) -> tuple[int, int, int]:
+        """(finished, running, of those running: paused by asha)"""
         trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
         finished = sum(recovery.counts_toward_budget(t) for t in trials)
-        running = sum(t.state == TrialState.RUNNING and recovery.RECHECK_OF not in t.user_attrs
-                      for t in trials)
-        return finished, running
+        running = [t for t in trials if t.state == TrialState.RUNNING and recovery.RECHECK_OF not in t.user_attrs]
+        return finished, len(running), sum(bool(t.user_attrs.get(PAUSED)) for t in running)
 
     def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
-            finished, running = self._counts()
+            finished, running, _ = self._counts()
             if finished + running >= self.spec.search.n_trials:
                 return None
             sampler = self.study.sampler
@@ -87,5 +89,6 @@ class SweepSource:
         return str(source) if source else None
 
     def running_elsewhere(self) -> int:
-        finished, running = self._counts()
-        return 0 if finished >= self.spec.search.n_trials else running
+        """Trials training now (paused ones wait for their own orchestrator, not for this one)."""
+        finished, running, paused = self._counts()
+        return 0 if finished >= self.spec.search.n_trials else running - paused

@@ -126,3 +126,25 @@ def test_optuna_never_prunes_for_asha():
     trial = study.ask()
     trial.report(0.0, 1)
     assert not trial.should_prune()
+
+
+def test_asha_with_two_orchestrators_and_two_workers_ends_with_nothing_running(colour_folder, tmp_path):
+    doc = tiny_space(colour_folder, study="asha2", train={"epochs": 3, "batch_size": 8},
+                     search={"n_trials": 6, "sampler": {"name": "random", "seed": 0},
+                             "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 2}},
+                     space={"lr": {"low": 1.0e-6, "high": 0.1, "log": True}})
+    spec = str(write_space(tmp_path / "space.yaml", doc))
+    procs = [start(tmp_path, "--space", spec, "--workers", "2"), start(tmp_path, "--space", spec)]
+    outs = []
+    for proc in procs:
+        code, out = finish(proc, timeout=600)
+        assert code == 0, out
+        outs.append(out)
+    final = trials(tmp_path, "asha2")
+    assert len(final) == 6
+    assert not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)]
+    assert any(t.state == TrialState.COMPLETE for t in final)
+    for t in final:  # never an epoch twice, whichever orchestrator resumed it
+        rows = _rows(tmp_path, "asha2", t.number)
+        assert rows == [str(e) for e in range(1, len(rows) + 1)] and len(rows) == len(t.intermediate_values)
+    assert all("0 retrained" in out for out in outs)
