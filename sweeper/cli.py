@@ -94,7 +94,7 @@ def run(
 ) -> None:
     """Create or resume a study and run trials until it holds n_trials finished ones."""
     from sweeper import data as datasets
-    from sweeper import orchestrator, store
+    from sweeper import orchestrator, store, sweep_setup
     from sweeper.progress import make_progress
     from sweeper.spec import load_spec
 
@@ -113,14 +113,14 @@ def run(
 
         print(describe(spec))
         return
-    orchestrator.prefetch_hub_weights(spec)
+    sweep_setup.prefetch_hub_weights(spec)
     storage_url = storage or store.DEFAULT_STORAGE
     with _progress_bar("decoding images") as callback:
-        cache = orchestrator.prepare_data(spec, trials_dir, callback)
+        cache = sweep_setup.prepare_data(spec, trials_dir, callback)
     optuna_storage = store.open_storage(storage_url)
-    the_study = orchestrator.create_study(spec, optuna_storage, storage_url)
+    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
     store.remember_space(the_study, space, spec)
-    slots = orchestrator.make_slots(workers, gpu_ids)
+    slots = sweep_setup.make_slots(workers, gpu_ids)
     where = ", ".join(f"GPU {s.gpu}" if s.gpu is not None else "CPU" for s in slots)
     start = time.monotonic()
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
@@ -243,7 +243,7 @@ def recheck(
     heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True)] = 10.0,
 ) -> None:
     """Retrain the best configurations with new seeds (every epoch, no pruning); rank by the mean."""
-    from sweeper import orchestrator, store
+    from sweeper import orchestrator, store, sweep_setup
     from sweeper import recheck as rechecking
     from sweeper.progress import make_progress
     from sweeper.ranking import configurations
@@ -255,7 +255,7 @@ def recheck(
     objective = the_study.user_attrs.get("objective", "value")
     runner = None
     if todo:
-        slots = orchestrator.make_slots(workers, gpu_ids)
+        slots = sweep_setup.make_slots(workers, gpu_ids)
         start = time.monotonic()
         with make_progress(study, len(todo), objective) as progress:
             progress.message(f"re-checking {len(chosen)} configuration(s) (trials "

@@ -36,7 +36,7 @@ class Planned:
 
 def _from_space(study: optuna.Study, first: FrozenTrial, trials_root: Path, progress) -> TrialConfig:
     """An imported configuration, rebuilt from the search space remembered by the study."""
-    from sweeper import orchestrator
+    from sweeper import sweep_setup
     from sweeper.spec import parse_spec
     from sweeper.trial_config import resolve
 
@@ -51,7 +51,7 @@ def _from_space(study: optuna.Study, first: FrozenTrial, trials_root: Path, prog
     for name, label in first.params.items():
         p = spec.space[name]
         values[name] = p.choices[p.labels.index(label)] if isinstance(p, CategoricalParam) else label
-    cache = orchestrator.prepare_data(spec, trials_root, progress)
+    cache = sweep_setup.prepare_data(spec, trials_root, progress)
     return resolve(spec, first.number, values, trials_root, cache)
 
 
