@@ -90,8 +90,7 @@ class Orchestrator:
 
     def _pause(self, run: Running) -> None:
         """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
-        segments = run.trial.user_attrs.get("segments", []) + [[run.started, time.time()]]
-        store.retrying(lambda: run.trial.set_user_attr("segments", segments))
+        store.retrying(lambda: run.trial.set_user_attr("segments", _segments(run)))
         pauses = run.trial.user_attrs.get("pauses", []) + [run.epochs_run]
         store.retrying(lambda: run.trial.set_user_attr("pauses", pauses))
         store.retrying(lambda: run.trial.set_user_attr(PAUSED, True))
@@ -206,8 +205,7 @@ class Orchestrator:
             state, reason = TrialState.FAIL, "worker reported no value"
         trial = run.trial
         attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2),
-                 # the stretches its workers ran (more than one when ASHA paused it)
-                 "segments": trial.user_attrs.get("segments", []) + [[run.started, time.time()]]}
+                 "segments": _segments(run)}
         if state == TrialState.COMPLETE:
             attrs["value_epoch"] = run.value[1]
         if run.report_seconds:  # what the sweep machinery costs a trial (benchmarks/overhead.py)
@@ -348,3 +346,6 @@ class Orchestrator:
             self._check_timeouts()
 
 
+def _segments(run: Running) -> list[list[float]]:
+    """The stretches the trial's workers ran, this one's included (several when ASHA paused it)."""
+    return run.trial.user_attrs.get("segments", []) + [[run.started, time.time()]]
