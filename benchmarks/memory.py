@@ -33,7 +33,7 @@ def pss_mb() -> float:
 
 def child(mode: str, path: str) -> None:
     """One worker: report data PSS after reading every image, once told to measure."""
-    from sweeper import data as datasets
+    from sweeper.data import datasets
 
     before = pss_mb()
     if mode == "mmap":
@@ -72,7 +72,7 @@ def data_pss(mode: str, path: Path, k: int) -> float:
 
 
 def generate(path: Path, gb: float) -> int:
-    from sweeper import image_cache
+    from sweeper.data import image_cache
 
     n = max(10, int(gb * 2**30 / np.prod(IMAGE)))
     base = np.random.default_rng(0).integers(0, 256, IMAGE, dtype=np.uint8)

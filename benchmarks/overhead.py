@@ -25,7 +25,7 @@ from pathlib import Path
 
 import optuna
 
-from sweeper.spec import parse_spec
+from sweeper.spec.sweep_spec import parse_spec
 from sweeper.testing import make_study, tiny_space, write_space
 
 SPACE = {"lr": {"low": 1e-4, "high": 1.0, "log": True}, "batch_size": [32, 64, 128],

@@ -18,8 +18,8 @@ from PIL import Image
 from timm.data.auto_augment import RandAugment as TimmRandAugment
 from timm.data.auto_augment import rand_augment_ops
 
-from sweeper.policies import OPERATIONS
-from sweeper.randaugment import RandAugment
+from sweeper.data.randaugment import RandAugment
+from sweeper.spec.policies import OPERATIONS
 
 TIMM_NAMES = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
               "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",

@@ -35,7 +35,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from sweeper import epochs as epoch_count
+from sweeper.sweep import epochs as epoch_count
 from sweeper.testing import make_image_folder, write_space
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,10 +34,10 @@ import torch
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
-from sweeper import data as datasets
+from sweeper.data import datasets
+from sweeper.spec.trial_config import IMAGENET_MEAN, IMAGENET_STD
 from sweeper.testing import make_image_folder, tiny_space, write_space
-from sweeper.trial_config import IMAGENET_MEAN, IMAGENET_STD
-from sweeper.worker import pick_device, use_bf16
+from sweeper.train.worker import pick_device, use_bf16
 
 
 def sweeper_rate(folder: Path, data: Path, args) -> float:

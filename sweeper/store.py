@@ -7,8 +7,8 @@ import fcntl
 import sqlite3
 import time
 import zlib
-from typing import Callable, Iterator, TypeVar
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import optuna
 import sqlalchemy
@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sweeper.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
+LOCKED_ATTEMPTS = 10
 
 
 def redact(url: str) -> str:
@@ -47,18 +48,33 @@ def _prepare_sqlite(url: str, create: bool) -> None:
     if not path.exists() and not create:
         raise StorageError(f"study store {path} does not exist; run `sweeper run` first or pass "
                            "--storage URL")
-    try:
-        # mode=rw/rwc through a URI: sqlite3 never truncates or rewrites an existing file here
-        uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
-            check = con.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
-            if create and con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                con.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.DatabaseError as exc:
-        raise StorageError(f"study store {path} is damaged ({exc}); it was left untouched: "
-                           "restore it from a backup, or pass --storage to use another file") from None
+    # mode=rw/rwc through a URI: sqlite3 never truncates or rewrites an existing file here
+    uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
+    for attempt in range(LOCKED_ATTEMPTS):
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
+                check = con.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(check)
+                if create and con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            # busy, not damaged: another orchestrator is switching a fresh store to WAL (SQLite
+            # answers that at once, without waiting out the timeout)
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise StorageError(_damaged(path, exc)) from None
+            if attempt == LOCKED_ATTEMPTS - 1:
+                raise StorageError(f"study store {path} stayed locked by another process ({exc}); "
+                                   "try again when the other sweep has started") from None
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(_damaged(path, exc)) from None
+
+
+def _damaged(path: Path, exc: Exception) -> str:
+    return (f"study store {path} is damaged ({exc}); it was left untouched: "
+            "restore it from a backup, or pass --storage to use another file")
 
 
 def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:

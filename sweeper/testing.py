@@ -75,7 +75,11 @@ def make_study(storage: str, name: str, complete: int, pruned: int = 0, failed: 
     import datetime
 
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
     from optuna.trial import TrialState
 
     rng = np.random.default_rng(seed)

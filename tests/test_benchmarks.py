@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_contention_quick_prints_its_table():
     done = subprocess.run([sys.executable, "benchmarks/contention.py", "--quick"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
@@ -27,12 +30,14 @@ def _quick(script: str) -> list[str]:
     return done.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_throughput_quick_prints_a_b_and_c():
     lines = _quick("throughput.py")
     assert [line[:4] for line in lines[-5:-1]] == ["(a) ", "(b) ", "(b')", "(c) "]
     assert lines[-1].startswith("a/b = ") and "a/c = " in lines[-1]
 
 
+@pytest.mark.slow
 def test_overhead_quick_prints_trial_costs_report_time_and_sampler_time():
     lines = _quick("overhead.py")
     text = "\n".join(lines)
@@ -42,6 +47,7 @@ def test_overhead_quick_prints_trial_costs_report_time_and_sampler_time():
     assert lines[-3].startswith("sweeper report") and lines[-3].rstrip().endswith("(target <= 15 s)")
 
 
+@pytest.mark.slow
 def test_memory_quick_prints_one_and_four_workers():
     lines = _quick("memory.py")
     assert lines[-3].startswith("memory-mapped (sweeper)")
@@ -50,6 +56,7 @@ def test_memory_quick_prints_one_and_four_workers():
         assert [w for w in line.split()[-5:] if not w[0].isdigit()] == ["MB", "MB"]
 
 
+@pytest.mark.slow
 def test_search_quick_prints_every_side():
     lines = _quick("search.py")
     sides = [line.split("  ")[0] for line in lines[-6:-1]]

@@ -1,0 +1,189 @@
+"""Trained trials as predictors: `sweeper ensemble` (scores the top-K on the validation set) and
+`sweeper predict` (labels a folder of images).
+
+Images go through exactly what validation did: decoded to the cache's shorter side
+(`data.decode`), then the trial's eval transform, with the trial's precision rule, so a member's
+accuracy here is the accuracy its trial reported for the epoch its checkpoint holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from PIL import Image
+
+from sweeper.analyze.ranking import configurations
+from sweeper.data import datasets
+from sweeper.data.augment import Normalize, eval_transform
+from sweeper.errors import SpecError, StorageError
+from sweeper.spec.trial_config import TrialConfig
+from sweeper.sweep.orchestrator import CHECKPOINT
+from sweeper.sweep.recovery import IMPORTED
+from sweeper.train import model as models
+from sweeper.train.worker import pick_device, use_bf16
+
+METHODS = ("mean", "vote")
+TTA = ("none", "flip")
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Member:
+    trial: FrozenTrial
+    config: TrialConfig
+    checkpoint: Path
+
+
+def _member(trial: FrozenTrial) -> Member | str:
+    """The trial as a member, or why it cannot be one."""
+    if IMPORTED in trial.user_attrs:
+        return f"trial {trial.number} was imported and was never trained here"
+    folder = Path(trial.user_attrs.get("trial_dir", ""))
+    if not (folder / "config.json").is_file():
+        return f"trial {trial.number}'s folder {folder} is missing"
+    if not (folder / CHECKPOINT).is_file():
+        return f"trial {trial.number} has no {CHECKPOINT}"
+    return Member(trial, TrialConfig.from_json((folder / "config.json").read_text()), folder / CHECKPOINT)
+
+
+def _no_checkpoint(problems: list[str], study: str, k: int) -> StorageError:
+    return StorageError(
+        "; ".join(problems) + ". Only the best --keep-checkpoints trials (default 3) keep their "
+        f"checkpoint: `sweeper recheck --study {study}` trains the best configurations again, and "
+        f"`sweeper run` or `recheck` with --keep-checkpoints {max(k, 3) + 1} or more keeps more")
+
+
+def top_members(trials: list[FrozenTrial], k: int, study: str) -> list[Member]:
+    """The K best trials trained here (imported runs have no weights), by their own value."""
+    trained = sorted((t for t in trials if t.state == TrialState.COMPLETE and IMPORTED not in t.user_attrs),
+                     key=lambda t: (-t.value, t.number))
+    if len(trained) < k:
+        raise StorageError(f"study {study!r} has {len(trained)} completed trial(s) trained by "
+                           f"sweeper; --top {k} needs {k}")
+    found = [_member(t) for t in trained[:k]]
+    problems = [m for m in found if isinstance(m, str)]
+    if problems:
+        raise _no_checkpoint(problems, study, k)
+    return found
+
+
+def best_member(trials: list[FrozenTrial], study: str) -> Member:
+    """The best configuration (by its mean over seeds), through its best run that kept weights."""
+    ranked = configurations(trials)
+    if not ranked:
+        raise StorageError(f"study {study!r} has no completed trial yet; run `sweeper run` first")
+    runs = sorted(ranked[0].runs, key=lambda t: (-t.value, t.number))
+    found = [_member(t) for t in runs]
+    usable = [m for m in found if not isinstance(m, str)]
+    if not usable:
+        raise _no_checkpoint([m for m in found if isinstance(m, str)], study, 1)
+    return usable[0]
+
+
+@torch.no_grad()
+def probabilities(member: Member, images: Sequence[np.ndarray], tta: str = "none",
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Class probabilities [N, C] of one member for decoded HWC uint8 images."""
+    device = pick_device()
+    checkpoint = torch.load(member.checkpoint, map_location="cpu", weights_only=True)
+    net = models.create(member.config.model, len(checkpoint["classes"]), False)
+    net.load_state_dict(checkpoint["state_dict"])
+    net.to(device, memory_format=torch.channels_last).eval()
+    bf16 = use_bf16(member.config.precision, device)
+    transform = eval_transform(member.config.image_size)
+    normalize = Normalize(member.config.mean, member.config.std, device)
+    out = []
+    for start in range(0, len(images), BATCH):
+        batch = torch.stack([transform(Image.fromarray(images[i]))
+                             for i in range(start, min(start + BATCH, len(images)))])
+        views = [batch] + ([batch.flip(3)] if tta == "flip" else [])
+        probs = 0
+        for view in views:
+            view = normalize(view)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(view)
+            probs = probs + logits.float().softmax(dim=1).cpu()
+        out.append(probs / len(views))
+        if progress:
+            progress(len(out[-1]))
+    return torch.cat(out)
+
+
+def combine(member_probs: list[torch.Tensor], method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels [N], scores [N, C]). mean: argmax of the averaged probabilities. vote:
+    the label most members predict; a tie goes to the tied label with the higher mean probability."""
+    mean = torch.stack(member_probs).mean(dim=0)
+    if method == "mean":
+        return mean.argmax(dim=1), mean
+    votes = torch.zeros_like(mean)
+    for probs in member_probs:
+        votes[torch.arange(len(probs)), probs.argmax(dim=1)] += 1
+    # votes dominate; the mean probability (< 1) only orders labels with equal votes
+    return (votes + mean / 2).argmax(dim=1), mean
+
+
+def scores(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    hit = predicted == labels
+    per_class = [hit[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()]
+    return {"accuracy": hit.float().mean().item(), "balanced_accuracy": float(np.mean(per_class))}
+
+
+def check_classes(members: list[Member]) -> list[str]:
+    classes = [m.trial.user_attrs.get("classes") for m in members]
+    if any(c != classes[0] for c in classes):
+        raise SpecError("--top", [("", "the members were trained on different class lists; "
+                                       "ensemble trials of one dataset")])
+    return classes[0]
+
+
+def validation_set(member: Member, progress=None) -> tuple[Sequence[np.ndarray], torch.Tensor]:
+    """The study's validation images, decoded as the sweep decoded them."""
+    cache = Path(member.config.data_cache)
+    if not cache.is_file():
+        cfg = member.config
+        cache = datasets.prepare(cfg.data_root, cfg.data_builtin, cfg.val_fraction, cfg.image_size,
+                                 cache.parent, progress)
+    val = datasets.load(cache).val
+    return val.images, torch.from_numpy(val.labels)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image file under folder, recursively, in a stable (sorted relative path) order."""
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in datasets.IMAGE_EXTENSIONS),
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def decode_side(member: Member) -> int:
+    """Decode new images to the shorter side the sweep's cache used, as validation saw them."""
+    return datasets.side_of_cache(Path(member.config.data_cache)) or datasets.cache_side(member.config.image_size)
+
+
+def decode_all(paths: Iterable[Path], side: int) -> tuple[list[np.ndarray], list[Path], list[tuple[Path, str]]]:
+    images, ok, bad = [], [], []
+    for path in paths:
+        try:
+            images.append(datasets.decode(str(path), side))
+            ok.append(path)
+        except Exception as exc:  # listed for the user, never fatal
+            bad.append((path, str(exc)))
+    return images, ok, bad
+
+
+def evaluate(members: list[Member], member_probs: list[torch.Tensor], labels: torch.Tensor,
+             num_classes: int, method: str) -> dict:
+    """Each member's scores, the ensemble's and the best single member's, on the validation set."""
+    rows = [{"trial": m.trial.number, "value": m.trial.value,
+             **scores(p.argmax(dim=1), labels, num_classes)} for m, p in zip(members, member_probs)]
+    predicted, _ = combine(member_probs, method)
+    return {"method": method, "val_images": len(labels), "ensemble": scores(predicted, labels, num_classes),
+            "members": rows, "best_single": max(rows, key=lambda r: r["accuracy"])}
+
+
+def saved_path(trials_dir: Path, study: str) -> Path:
+    """Where `ensemble` saves its members and method, for `predict --top`."""
+    return trials_dir / study / "ensemble.json"

@@ -1,0 +1,90 @@
+"""What every command group shares: the `Error: ...` contract, option types, progress bars,
+opening a study by name and JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+
+from sweeper.errors import SpecError, SweeperError
+
+_state = {"debug": False}
+
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name.")]
+StorageOpt = Annotated[Optional[str], typer.Option(help="Study store URL (default sqlite:///studies.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+TrialsDirOpt = Annotated[Path, typer.Option(help="Where trial folders are.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="Trials at a time (default: one per GPU, else 1).")]
+GpusOpt = Annotated[Optional[str], typer.Option(help="GPU ids to use, e.g. 0,1.")]
+KeepCheckpointsOpt = Annotated[int, typer.Option(min=0, help="Best completed trials that keep checkpoint.pth.")]
+
+
+def set_debug(debug: bool) -> None:
+    _state["debug"] = debug
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def user_errors(command: Callable) -> Callable:
+    """SweeperError -> `Error: ...` on stderr and its exit code, with no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SweeperError as exc:
+            if _state["debug"]:
+                raise
+            err(f"Error: {exc}")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def parse_gpus(gpus: str | None) -> list[str] | None:
+    if gpus is None:
+        return None
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise SpecError("--gpus", [("", f"must be GPU ids separated by commas, e.g. 0,1; got {gpus!r}")])
+    return ids
+
+
+def check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise SpecError(option, [("", f"unknown {value!r}; valid: {', '.join(valid)}")])
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int | None = None) -> Iterator[Callable[[int, int], None] | None]:
+    """A bar on a terminal, fed by callback(done, total); None (no output) otherwise."""
+    if not sys.stdout.isatty():
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def open_study(study: str, storage: str | None):
+    """An existing study by name; a bad name, a missing store or study is an `Error:`."""
+    from sweeper import store
+    from sweeper.spec.sweep_spec import validate_study_name
+
+    if (problem := validate_study_name(study)) is not None:
+        raise SpecError("--study", [("", problem)])
+    return store.load_study(store.open_storage(storage or store.DEFAULT_STORAGE, create=False), study)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))

@@ -1,0 +1,186 @@
+"""Commands that read a study: `studies`, `trials`, `show`, `best` (and its export), `report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sweeper.cli.common import (
+    JsonOpt,
+    StorageOpt,
+    StudyOpt,
+    check_choice,
+    open_study,
+    print_json,
+    user_errors,
+)
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def report(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file (default trials/<study>/report.html).")] = None,
+) -> None:
+    """Write a self-contained HTML report (importances, curves, ...) and trials.csv."""
+    from sweeper.analyze.report import write_report
+
+    the_study = open_study(study, storage)
+    html_path, csv_path, data = write_report(the_study, out or Path("trials") / study / "report.html")
+    c = data.counts
+    print(f"{html_path}\n{csv_path}\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, "
+          f"{c['FAIL']} failed")
+
+
+def _ranked(the_study, by: str = "mean"):
+    from sweeper.analyze.ranking import RANKINGS, configurations
+    from sweeper.errors import StorageError
+
+    check_choice("--by", by, RANKINGS)
+    ranked = configurations(the_study.get_trials(deepcopy=False), by)
+    if not ranked:
+        raise StorageError(f"study {the_study.study_name!r} has no completed trial yet; "
+                           "run `sweeper run` first")
+    return ranked
+
+
+@app.command()
+@user_errors
+def best(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    export: Annotated[Optional[str], typer.Option(help="Write the best trial's config here (a file, or a folder ending in /).")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="mmcls | mmpretrain | yaml (default: by suffix).")] = None,
+    by: Annotated[str, typer.Option("--by", help="mean: configurations by their mean over re-check seeds; first: by their first score.")] = "mean",
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the best configuration; with --export, write it as an mmcls/mmpretrain config or YAML space."""
+    from sweeper.analyze import export as exporter
+    from sweeper.analyze.report_data import value_source
+    from sweeper.sweep.recovery import IMPORTED
+
+    the_study = open_study(study, storage)
+    if format is not None:
+        check_choice("--format", format, exporter.FORMATS)
+    config_rank = _ranked(the_study, by)[0]
+    trial = config_rank.first
+    rule = the_study.user_attrs.get("value", "last")
+    objective = the_study.user_attrs.get("objective", "value")
+    imported = trial.user_attrs.get(IMPORTED)
+    info = {"trial": trial.number, "value": trial.value, "value_rule": rule,
+            "value_epoch": trial.user_attrs.get("value_epoch"), "params": trial.params,
+            "epochs": trial.user_attrs.get("epochs_run"), "trial_dir": trial.user_attrs.get("trial_dir"),
+            "ranked_by": by, "mean": config_rank.mean, "std": config_rank.std,
+            "runs": config_rank.count, "lucky": config_rank.lucky,
+            "run_trials": [t.number for t in config_rank.runs], "imported": imported}
+    if export is not None:
+        fmt, paths = exporter.export_trial(trial, study, export, format)
+        info["exported"] = {"path": str(paths[0]), "format": fmt, "files": [str(p) for p in paths[1:]]}
+    if as_json:
+        print_json(info)
+        return
+    params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    where = (f"imported from {imported} (line {trial.user_attrs.get('import_line')})" if imported
+             else f"folder: {info['trial_dir']}")
+    if config_rank.count > 1:
+        head = f"best configuration: trial {trial.number}, {config_rank.describe(objective)}"
+        if by == "first":
+            head += " (ranked by first score)"
+    else:
+        head = f"best trial {trial.number}: {objective} {trial.value:.4f} of {value_source(trial, rule)}"
+    print(f"{head}\nparams: {params}\n{where}")
+    if "exported" in info:
+        print(f"exported {info['exported']['format']} config: {info['exported']['path']}")
+        for path in info["exported"]["files"]:
+            print(f"  with {path}")
+
+
+@app.command()
+@user_errors
+def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """List the studies in a store with their trial counts and best value."""
+    from sweeper import store
+    from sweeper.analyze.report_data import study_rows
+
+    rows = study_rows(store.open_storage(storage or store.DEFAULT_STORAGE, create=False))
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        print("no studies yet")
+    for r in rows:
+        best_text = f"{r['best']:.4f}" if r["best"] is not None else "-"
+        print(f"{r['study']}: {r['trials']} trials ({r['complete']} complete, {r['pruned']} pruned, "
+              f"{r['fail']} failed, {r['running']} running), best {best_text}; epochs "
+              f"{r['epochs_trained']} trained, {r['epochs_saved']} saved, {r['epochs_retrained']} retrained")
+
+
+@app.command()
+@user_errors
+def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """A table of a study's trials; after `recheck`, also its configurations ranked by their mean."""
+    from sweeper.analyze.ranking import configurations, has_rechecks
+    from sweeper.analyze.report_data import (
+        configuration_rows,
+        trial_records,
+        trial_rows,
+    )
+
+    all_trials = open_study(study, storage).get_trials(deepcopy=False)
+    frame = trial_rows(all_trials).drop(columns=["start", "end"])
+    configs = configuration_rows(configurations(all_trials)) if has_rechecks(all_trials) else None
+    if as_json:
+        print_json(trial_records(all_trials, frame, configs))
+        return
+    frame.columns = [c.removeprefix("params_") for c in frame.columns]
+    for column in frame.columns:
+        if frame[column].dtype.kind not in "biufcmM":  # text columns: None shows as "-"
+            frame[column] = frame[column].fillna("-")
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    if configs is not None:
+        print("\nconfigurations ranked by their mean over seeds (lucky: the first score was more "
+              "than one standard deviation above the mean)")
+        print(configs.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+
+
+@app.command()
+@user_errors
+def show(
+    study: StudyOpt,
+    trial: Annotated[int, typer.Option("--trial", help="Trial number.")],
+    storage: StorageOpt = None,
+    lines: Annotated[int, typer.Option(help="Log lines to show.")] = 15,
+    as_json: JsonOpt = False,
+) -> None:
+    """One trial: its state, the resolved config and the tail of its log."""
+    from sweeper.analyze.report_data import trial_config_text
+    from sweeper.errors import StorageError
+
+    the_study = open_study(study, storage)
+    found = [t for t in the_study.get_trials(deepcopy=False) if t.number == trial]
+    if not found:
+        raise StorageError(f"study {study!r} has no trial {trial} "
+                           f"(trials 0-{len(the_study.trials) - 1})")
+    t = found[0]
+    config = trial_config_text(t)
+    log_path = Path(t.user_attrs.get("trial_dir", "")) / "log.txt"
+    log_tail = log_path.read_text().splitlines()[-lines:] if log_path.is_file() else []
+    info = {"trial": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "intermediate_values": t.intermediate_values, "user_attrs": t.user_attrs,
+            "config": json.loads(config) if config else None, "log_tail": log_tail}
+    if as_json:
+        print_json(info)
+        return
+    reason = t.user_attrs.get("reason")
+    print(f"trial {t.number}: {t.state.name}" + (f" {t.value:.4f}" if t.value is not None else "")
+          + (f" ({reason})" if reason else ""))
+    print(f"config ({t.user_attrs.get('trial_dir')}/config.json):")
+    print(config or "  (missing)")
+    print(f"log ({log_path}, last {len(log_tail)} lines):")
+    print("\n".join(log_tail) or "  (missing)")

@@ -1,0 +1,187 @@
+"""Commands that train: `run` a study, `recheck` its best configurations, `import` past runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sweeper.cli.common import (
+    GpusOpt,
+    JsonOpt,
+    KeepCheckpointsOpt,
+    StorageOpt,
+    StudyOpt,
+    TrialsDirOpt,
+    WorkersOpt,
+    err,
+    open_study,
+    parse_gpus,
+    print_json,
+    progress_bar,
+    user_errors,
+)
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def run(
+    space: Annotated[Path, typer.Option(help="Search-space YAML file.")],
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: the file's `study`).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Study store URL.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Image folder, overriding data.root.")] = None,
+    n_trials: Annotated[Optional[int], typer.Option(min=1, help="Finished trials to reach.")] = None,
+    budget_epochs: Annotated[Optional[int], typer.Option(min=1, help="Stop once this many epochs are trained across all trials (search.budget.epochs).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=1, help="Seconds after which no trial starts.")] = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    trials_dir: Annotated[Path, typer.Option(help="Where trial folders go.")] = Path("trials"),
+    max_retry: Annotated[int, typer.Option(min=0, help="Times a lost or interrupted trial is queued again.")] = 1,
+    trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a trial that reports nothing (start-up included) for this many seconds.")] = None,
+    keep_checkpoints: KeepCheckpointsOpt = 3,
+    heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True, help="Seconds between heartbeats.")] = 10.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show samples; write nothing.")] = False,
+) -> None:
+    """Create or resume a study and run trials until it holds n_trials finished ones."""
+    from sweeper import store
+    from sweeper.spec.sweep_spec import load_spec
+    from sweeper.sweep import orchestrator
+    from sweeper.sweep import setup as sweep_setup
+    from sweeper.sweep.progress import make_progress
+
+    overrides = {"study": study, "data_root": str(data) if data else None,
+                 "n_trials": n_trials, "timeout": timeout, "budget_epochs": budget_epochs}
+    spec = load_spec(space, overrides)
+    gpu_ids = parse_gpus(gpus)
+    sweep_setup.check_data(spec)  # fail before writing anything
+    if dry_run:
+        from sweeper.spec.dry_run import describe
+
+        print(describe(spec))
+        return
+    sweep_setup.prefetch_hub_weights(spec)
+    storage_url = storage or store.DEFAULT_STORAGE
+    with progress_bar("decoding images") as callback:
+        cache = sweep_setup.prepare_data(spec, trials_dir, callback)
+    optuna_storage = store.open_storage(storage_url)
+    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
+    store.remember_space(the_study, space, spec)
+    slots = sweep_setup.make_slots(workers, gpu_ids)
+    where = ", ".join(f"GPU {s.gpu}" if s.gpu is not None else "CPU" for s in slots)
+    start = time.monotonic()
+    with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
+        progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
+                         f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
+        options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat)
+        runner = orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir,
+                                           storage_url, options)
+        runner.run()
+    print(summary(the_study, spec.search.objective, time.monotonic() - start, spec.search.budget_epochs))
+    if runner.interrupts:
+        err("interrupted: the trials that were running are recorded FAIL (interrupted) and "
+            "queued again; `sweeper run` again resumes the study")
+        raise typer.Exit(130)
+
+
+def summary(study, objective: str, seconds: float, budget_epochs: int | None = None) -> str:
+    from optuna.trial import TrialState
+
+    from sweeper.sweep import epochs
+
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    line = (f"study {study.study_name}: {len(trials)} trials "
+            f"({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
+            f"{count[TrialState.FAIL]} failed) after {seconds:.0f} s\n{epochs.summary(trials, budget_epochs)}")
+    if count[TrialState.COMPLETE]:
+        best = study.best_trial
+        params = ", ".join(f"{k}={v}" for k, v in best.params.items())
+        line += f"\nbest {objective} {best.value:.4f} (trial {best.number}): {params}"
+    return line
+
+
+@app.command()
+@user_errors
+def recheck(
+    study: StudyOpt,
+    top: Annotated[int, typer.Option(min=1, help="Configurations to re-check, best first score first.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Extra runs per configuration, each with a new seed.")] = 2,
+    storage: Annotated[Optional[str], typer.Option(help="Study store URL.")] = None,
+    workers: WorkersOpt = None,
+    gpus: GpusOpt = None,
+    trials_dir: TrialsDirOpt = Path("trials"),
+    trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a run that reports nothing for this many seconds.")] = None,
+    keep_checkpoints: KeepCheckpointsOpt = 3,
+    heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True)] = 10.0,
+) -> None:
+    """Retrain the best configurations with new seeds (every epoch, no pruning); rank by the mean."""
+    from sweeper import store
+    from sweeper.analyze import recheck as rechecking
+    from sweeper.analyze.ranking import configurations
+    from sweeper.sweep import orchestrator
+    from sweeper.sweep import setup as sweep_setup
+    from sweeper.sweep.progress import make_progress
+
+    gpu_ids = parse_gpus(gpus)
+    the_study = open_study(study, storage)
+    with progress_bar("decoding images") as callback:
+        chosen, todo = rechecking.plan(the_study, top, seeds, trials_dir, callback)
+    objective = the_study.user_attrs.get("objective", "value")
+    runner = None
+    if todo:
+        slots = sweep_setup.make_slots(workers, gpu_ids)
+        start = time.monotonic()
+        with make_progress(study, len(todo), objective) as progress:
+            progress.message(f"re-checking {len(chosen)} configuration(s) (trials "
+                             f"{', '.join(str(t.number) for t in chosen)}): {len(todo)} run(s) "
+                             f"with new seeds on {len(slots)} worker(s)")
+            # max_retry applies to `run` trials of dead orchestrators this one may recover;
+            # re-checks themselves are never queued again (the next recheck plans them)
+            options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)
+            source = rechecking.RecheckSource(the_study, todo, trials_dir, heartbeat)
+            runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
+                                               storage or store.DEFAULT_STORAGE, options, source)
+            runner.run()
+        done = f"{len(todo)} run(s) in {time.monotonic() - start:.0f} s"
+    else:
+        done = f"nothing to do: each has {seeds} re-check run(s)"
+    numbers = {t.number for t in chosen}
+    ranked = configurations(the_study.get_trials(deepcopy=False))
+    print(f"study {study}: re-checked {len(chosen)} configuration(s), {done}")
+    for rank, c in enumerate(ranked, start=1):
+        if c.first.number in numbers:
+            print(f"  #{rank} trial {c.first.number}: {c.describe(objective)}")
+    if ranked:
+        print(f"best configuration: trial {ranked[0].first.number} ({ranked[0].describe(objective)})")
+    if runner is not None and runner.interrupts:
+        err("interrupted: `sweeper recheck` again trains the runs still missing")
+        raise typer.Exit(130)
+
+
+@app.command("import")
+@user_errors
+def import_results(
+    study: StudyOpt,
+    space: Annotated[Path, typer.Option(help="The search-space YAML the runs belong to.")],
+    from_: Annotated[Path, typer.Option("--from", help="CSV: a column per searched parameter, the objective, optionally `note`.")],
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add finished runs from a CSV to a study as completed trials, so the sampler learns from them."""
+    from sweeper import store
+    from sweeper.spec.sweep_spec import load_spec
+    from sweeper.sweep import importer
+
+    spec = load_spec(space, {"study": study})
+    added, skipped = importer.import_file(spec, space, from_, storage or store.DEFAULT_STORAGE)
+    if as_json:
+        print_json({"study": study, "imported": added,
+                    "skipped": [{"line": line, "reason": why} for line, why in skipped]})
+        return
+    print(f"study {study}: imported {added} completed trial(s) from {from_}")
+    for line, why in skipped:
+        print(f"skipped line {line}: {why}")

@@ -1,0 +1,48 @@
+"""`sweeper run --dry-run`: the resolved space and a few sampled configurations, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+
+from sweeper.spec.sweep_spec import SweepSpec
+
+N_SAMPLES = 3
+
+
+def sample_configs(spec: SweepSpec, n: int = N_SAMPLES) -> list[dict]:
+    """The first n configurations a sweep would try (enqueued first), from an in-memory study."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for params in spec.enqueue:
+        study.enqueue_trial(spec.space.to_optuna_params(params))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(spec.space.suggest(trial))
+        study.tell(trial, 0.0)
+    return out
+
+
+def describe(spec: SweepSpec) -> str:
+    s = spec.search
+    lines = [
+        f"study: {spec.study}   (dry run: nothing written)",
+        f"data: {spec.data.root or 'builtin:' + str(spec.data.builtin)}",
+        f"search: n_trials={s.n_trials} objective={s.objective} "
+        f"sampler={s.sampler.name}{s.sampler.options or ''} pruner={s.pruner.name}{s.pruner.options or ''}",
+        "searched:",
+    ]
+    for p in spec.space.params:
+        cond = " when " + ", ".join(f"{c.param} in {list(c.values)}" for c in p.when) if p.when else ""
+        lines.append(f"  {p.name}: {p.describe()}{cond}")
+    if not spec.space.params:
+        lines.append("  (nothing: every knob is fixed)")
+    lines.append("fixed:")
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in spec.fixed.items()]
+    if spec.enqueue:
+        lines.append(f"enqueued first: {len(spec.enqueue)}")
+    lines.append(f"first {N_SAMPLES} configurations:")
+    for i, params in enumerate(sample_configs(spec)):
+        lines.append(f"  {i}: " + json.dumps(params))
+    return "\n".join(lines)

@@ -1,0 +1,381 @@
+"""Search-space YAML -> a validated, typed `SweepSpec`; every problem is reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeper.errors import SpecError
+from sweeper.search.strategies import (
+    PRUNERS,
+    SAMPLERS,
+    Named,
+    create_pruner,
+    create_sampler,
+    parse_named,
+)
+from sweeper.spec.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS
+from sweeper.spec.policies import BUILTIN_POLICIES, OPERATIONS
+from sweeper.spec.space import CategoricalParam, FloatParam, SearchSpace
+from sweeper.spec.space_yaml import as_number, did_you_mean, parse_enqueue, parse_space
+
+OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
+BUILTIN_DATASETS = ("digits",)
+TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue")
+DATA_KEYS = ("root", "builtin", "val_fraction", "num_workers")
+SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget")
+VALUE_MODES = ("last", "best")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+Problems = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    root: Path | None = None  # ImageFolder root (absolute), or None for a built-in dataset
+    builtin: str | None = None
+    val_fraction: float = 0.2  # used when root has no val/ folder, and for built-ins
+    num_workers: int | str = "auto"  # loader processes per trial (loading.py)
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    n_trials: int = 20
+    timeout: float | None = None
+    sampler: Named = Named("tpe", {"seed": 0})
+    pruner: Named = Named("median", {"n_warmup_steps": 1})
+    objective: str = "val_acc"
+    value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
+    budget_epochs: int | None = None  # epochs trained across all trials before the sweep stops
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    study: str
+    data: DataSpec
+    fixed: dict[str, Any]  # every knob not searched, defaults filled in
+    space: SearchSpace
+    search: SearchSpec
+    policies: dict[str, tuple[str, ...] | None]  # built-in and user policy sets
+    enqueue: tuple[dict[str, Any], ...] = ()
+    source: str = ""
+
+    def sampler(self, seed_offset: int = 0):
+        """The sampler; `seed_offset` gives each run of a study its own seeded sequence."""
+        return create_sampler(self.search.sampler, self.space.grid, seed_offset)
+
+    def pruner(self):
+        return create_pruner(self.search.pruner)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that also rejects duplicate keys (YAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise SpecError(str(path), [("", "file not found; pass --space path/to/space.yaml")])
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [(f"byte {exc.start}", f"not UTF-8 text (byte "
+                                     f"0x{exc.object[exc.start]:02x}); save the file as UTF-8")]) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc)
+        if "could not determine a constructor" in str(what):
+            what += " (only plain YAML is accepted; remove the !! tag)"
+        raise SpecError(str(path), [(where, f"invalid YAML: {what}")]) from None
+
+
+def validate_study_name(name: Any) -> str | None:
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+        return ("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                f"(it names the folder trials/<study>); got {name!r}")
+    return None
+
+
+def _walk_fixed(raw: dict, prefix: tuple[str, ...], fixed: dict, problems: Problems) -> None:
+    """Collect fixed knobs under data/model/train, naming unknown keys with suggestions."""
+    children = {k.path[len(prefix)] for k in KNOBS if k.path[: len(prefix)] == prefix
+                and len(k.path) > len(prefix)}
+    if prefix == ("data",):
+        children |= set(DATA_KEYS)
+    for key, value in raw.items():
+        path = prefix + (str(key),)
+        dotted = ".".join(path)
+        if prefix == ("data",) and key in DATA_KEYS:
+            continue
+        knob = BY_PATH.get(path)
+        if knob is not None:
+            fixed[knob.name] = (dotted, as_number(value) if knob.kind == "float" else value)
+        elif key in children and isinstance(value, dict):
+            _walk_fixed(value, path, fixed, problems)
+        elif key in children:
+            # shorthand: `optimizer: sgd` for `optimizer: {name: sgd}`, and so on
+            short = [BY_PATH[path + (leaf,)] for leaf in ("name", "type", "rule", "policy")
+                     if path + (leaf,) in BY_PATH]
+            if short:
+                fixed[short[0].name] = (dotted, value)
+            else:
+                problems.append((dotted, "must be a mapping"))
+        else:
+            problems.append((dotted, did_you_mean(str(key), sorted(children))))
+
+
+def _parse_data(raw: Any, problems: Problems) -> DataSpec:
+    if raw is None:
+        raw = {}
+    root, builtin = raw.get("root"), raw.get("builtin")
+    if root is not None and builtin is not None:
+        problems.append(("data", "give data.root (an image folder) or data.builtin, not both"))
+    if root is None and builtin is None:
+        problems.append(("data.root", "missing: give an image folder (root/train/<class>/*, "
+                                      "root/val/<class>/*) or data.builtin: digits"))
+    if builtin is not None and builtin not in BUILTIN_DATASETS:
+        problems.append(("data.builtin", f"unknown {builtin!r}; valid: {', '.join(BUILTIN_DATASETS)}"))
+    vf = raw.get("val_fraction", 0.2)
+    if not isinstance(vf, (int, float)) or not 0 < vf < 1:
+        problems.append(("data.val_fraction", f"must be a number between 0 and 1, got {vf!r}"))
+    nw = raw.get("num_workers", "auto")
+    if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
+        problems.append(("data.num_workers", f"must be auto or an integer >= 0, got {nw!r}"))
+    return DataSpec(
+        root=Path(root).expanduser().resolve() if isinstance(root, str) else None,
+        builtin=builtin if isinstance(builtin, str) else None,
+        val_fraction=vf, num_workers=nw,
+    )
+
+
+def _parse_policies(raw: Any, problems: Problems) -> dict[str, tuple[str, ...] | None]:
+    policies = dict(BUILTIN_POLICIES)
+    if raw is None:
+        return policies
+    if not isinstance(raw, dict):
+        problems.append(("augment_policies", "must map policy names to lists of operations"))
+        return policies
+    for name, ops in raw.items():
+        path = f"augment_policies.{name}"
+        if name in ("none", "flip_crop"):
+            problems.append((path, f"{name!r} is built in; choose another name"))
+        elif not isinstance(ops, list) or not ops:
+            problems.append((path, "must be a non-empty list of operations"))
+        else:
+            for i, op in enumerate(ops):
+                if op not in OPERATIONS:
+                    close = difflib.get_close_matches(str(op), list(OPERATIONS), n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    problems.append((f"{path}[{i}]", f"unknown operation {op!r}; {hint}"
+                                                     f"valid: {', '.join(OPERATIONS)}"))
+            policies[str(name)] = tuple(ops)
+    return policies
+
+
+def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
+    if raw is None:
+        return SearchSpec()
+    if not isinstance(raw, dict):
+        problems.append(("search", "must be a mapping"))
+        return SearchSpec()
+    for key in raw:
+        if key not in SEARCH_KEYS:
+            problems.append((f"search.{key}", did_you_mean(str(key), list(SEARCH_KEYS))))
+    defaults = SearchSpec()
+    n = raw.get("n_trials", defaults.n_trials)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        problems.append(("search.n_trials", f"must be an integer >= 1, got {n!r}"))
+    timeout = raw.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        problems.append(("search.timeout", f"must be seconds > 0, got {timeout!r}"))
+    objective = raw.get("objective", defaults.objective)
+    if objective not in OBJECTIVES:
+        problems.append(("search.objective", f"unknown {objective!r}; valid: {', '.join(OBJECTIVES)}"))
+    value = raw.get("value", defaults.value)
+    if value not in VALUE_MODES:
+        problems.append(("search.value", f"unknown {value!r}; valid: last (the last epoch's "
+                                         "objective) or best (the best epoch's)"))
+    sampler = parse_named(raw.get("sampler", "tpe"), SAMPLERS, "search.sampler", problems)
+    pruner = parse_named(raw.get("pruner", "median"), PRUNERS, "search.pruner", problems)
+    if pruner is not None and pruner.name == "asha" and not any(p.startswith("search.pruner") for p, _ in problems):
+        try:
+            create_pruner(pruner)
+        except ValueError as exc:
+            problems.append(("search.pruner", str(exc)))
+    budget = raw.get("budget")
+    budget_epochs = None
+    if budget is not None:
+        if not isinstance(budget, dict) or set(budget) != {"epochs"}:
+            problems.append(("search.budget", f"must be {{epochs: N}}, got {budget!r}"))
+        elif not isinstance(budget["epochs"], int) or isinstance(budget["epochs"], bool) or budget["epochs"] < 1:
+            problems.append(("search.budget.epochs", f"must be an integer >= 1, got {budget['epochs']!r}"))
+        else:
+            budget_epochs = budget["epochs"]
+    return SearchSpec(n, timeout, sampler or defaults.sampler, pruner or defaults.pruner, objective,
+                      value, budget_epochs)
+
+
+def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, problems: Problems) -> None:
+    """Checks that involve more than one knob, over every fixed value and searched choice."""
+    def numbers(name: str) -> list[float]:
+        return [v for _, v in values.get(name, []) if isinstance(v, (int, float))]
+
+    max_epochs = max(numbers("epochs"), default=0)
+    step_possible = any(v == "step" for _, v in values.get("schedule", []))
+    for path, ms in values.get("milestones", []) if step_possible else []:
+        if isinstance(ms, list) and ms and isinstance(ms[-1], int) and max_epochs and ms[-1] >= max_epochs:
+            problems.append((path.strip("()").removeprefix("default "),
+                             f"milestone {ms[-1]} is not before the last epoch (epochs: "
+                             f"{int(max_epochs)}); set milestones below it or raise epochs"))
+    for path, name in values.get("augment", []):
+        if isinstance(name, str) and name not in policies:
+            problems.append((path, f"unknown augmentation policy {name!r}; defined: "
+                                   f"{', '.join(policies)} (add it under augment_policies)"))
+    for path, p in values.get("pretrained", []):
+        if isinstance(p, str) and not Path(p).expanduser().is_file():
+            problems.append((path, f"checkpoint {p!r} not found; give a .pth file, true for "
+                                   "timm hub weights, or false"))
+    if numbers("warmup_iters") and numbers("warmup_epochs") and max(numbers("warmup_iters")) > 0 \
+            and max(numbers("warmup_epochs")) > 0:
+        problems.append(("train.warmup", "give warmup iters or epochs, not both"))
+    if any(w != "none" for _, w in values.get("warmup", [])) and \
+            max(numbers("warmup_iters") + numbers("warmup_epochs"), default=0) == 0:
+        problems.append(("train.warmup", "a warmup needs a length: set train.warmup.iters or "
+                                         "train.warmup.epochs (or type: none)"))
+    models = [(path, m) for path, m in values.get("model", []) if isinstance(m, str)]
+    if models:
+        import timm  # deferred: only a spec that names models pays the import
+
+        known = timm.list_models()
+        known_set = set(known)
+        for path, m in models:
+            if m.split(".")[0] not in known_set:
+                close = difflib.get_close_matches(m, known, n=3)
+                hint = f"; close matches: {', '.join(close)}" if close else ""
+                problems.append((path, f"unknown timm model {m!r}{hint}"))
+
+
+def _parse_fixed(raw: dict, data_root: str | None, problems: Problems
+                 ) -> tuple[DataSpec, dict[str, tuple[str, Any]]]:
+    """The `data`, `model` and `train` sections: the data spec, and each fixed knob's YAML path
+    and value (checked against the knob's rule)."""
+    raw_data = raw.get("data") or {}
+    if data_root:
+        raw_data = {**raw_data, "root": data_root}
+        raw_data.pop("builtin", None)
+    fixed_raw: dict[str, tuple[str, Any]] = {}
+    for section in ("data", "model", "train"):
+        value = raw_data if section == "data" else raw.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append((section, "must be a mapping"))
+            continue
+        _walk_fixed(value, (section,), fixed_raw, problems)
+    data = _parse_data(raw_data if isinstance(raw_data, dict) else {}, problems)
+    for name, (path, value) in fixed_raw.items():
+        if (msg := BY_NAME[name].check(value)) is not None:
+            problems.append((path, msg))
+    return data, fixed_raw
+
+
+def _knob_values(fixed: dict[str, Any], fixed_raw: dict[str, tuple[str, Any]],
+                 space: SearchSpace) -> dict[str, list[tuple[str, Any]]]:
+    """Every fixed value and every searched choice/bound with its YAML path, for checks across knobs."""
+    values: dict[str, list[tuple[str, Any]]] = {}
+    for name, value in fixed.items():
+        path = fixed_raw[name][0] if name in fixed_raw else f"(default {BY_NAME[name].yaml_path})"
+        values.setdefault(name, []).append((path, value))
+    for p in space.params:
+        if isinstance(p, CategoricalParam):
+            values[p.name] = [(f"space.{p.name}.choices[{i}]", c) for i, c in enumerate(p.choices)]
+        else:
+            values[p.name] = [(f"space.{p.name}.low", p.low), (f"space.{p.name}.high", p.high)]
+    return values
+
+
+def _check_strategies(search: SearchSpec, space: SearchSpace, problems: Problems) -> None:
+    """The grid sampler's needs, then (once all else is valid) the sampler's and pruner's own
+    validation of their options."""
+    if search.sampler.name == "grid":
+        for p in space.params:
+            if isinstance(p, FloatParam) and p.step is None:
+                problems.append((f"space.{p.name}", "the grid sampler needs a step for every "
+                                                    "float range (or list the choices)"))
+    if problems:
+        return
+    try:
+        create_sampler(search.sampler, space.grid)
+    except Exception as exc:  # the sampler's own validation of its options
+        problems.append(("search.sampler", f"invalid options: {exc}"))
+    try:
+        create_pruner(search.pruner)
+    except Exception as exc:
+        problems.append(("search.pruner", f"invalid options: {exc}"))
+
+
+def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Validate a loaded YAML document.
+
+    Args:
+        raw: what `yaml.safe_load` returned.
+        source: the file name, for messages.
+        overrides: command-line values: `study`, `data_root`, `n_trials`, `timeout`, `budget_epochs`.
+
+    Raises:
+        SpecError: with every problem found, each naming its YAML path.
+    """
+    overrides = overrides or {}
+    problems: Problems = []
+    if not isinstance(raw, dict):
+        raise SpecError(source, [("", "must be a YAML mapping with keys " + ", ".join(TOP_KEYS))])
+    for key in raw:
+        if key not in TOP_KEYS:
+            problems.append((str(key), did_you_mean(str(key), list(TOP_KEYS))))
+    study = overrides.get("study") or raw.get("study")
+    if study is None:
+        problems.append(("study", "missing: name the study (or pass --study NAME)"))
+    elif (msg := validate_study_name(study)) is not None:
+        problems.append(("study", msg))
+
+    data, fixed_raw = _parse_fixed(raw, overrides.get("data_root"), problems)
+
+    space = parse_space(raw.get("space"), {n: p for n, (p, _) in fixed_raw.items()}, problems)
+    search = _parse_search(raw.get("search"), problems)
+    search = dataclasses.replace(search, **{k: overrides[k] for k in ("n_trials", "timeout", "budget_epochs")
+                                            if overrides.get(k) is not None})
+    policies = _parse_policies(raw.get("augment_policies"), problems)
+    fixed = {**DEFAULTS, **{n: v for n, (_, v) in fixed_raw.items()}}
+    for p in space.params:
+        if not p.when:  # a conditional knob keeps its fixed value for when it is not searched
+            fixed.pop(p.name, None)
+
+    _check_values(_knob_values(fixed, fixed_raw, space), policies, problems)
+    enqueue = parse_enqueue(raw.get("enqueue"), space, problems)
+    _check_strategies(search, space, problems)
+    if problems:
+        raise SpecError(source, problems)
+    return SweepSpec(study, data, fixed, space, search, policies, enqueue, source)
+
+
+def load_spec(path: Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read and validate a search-space file."""
+    return parse_spec(read_yaml(path), str(path), overrides)

@@ -1,0 +1,129 @@
+"""The fully resolved configuration of one trial: what the worker trains, and what is saved."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeper.spec.knobs import KNOBS
+from sweeper.spec.presets import PRESETS, expand_preset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    study: str
+    number: int
+    trial_dir: str
+    params: dict[str, Any]  # the searched values, as sampled
+    # data
+    data_root: str | None
+    data_builtin: str | None
+    val_fraction: float
+    num_workers: int | str  # or auto (loading.py)
+    data_cache: str  # the decoded dataset prepared by the orchestrator
+    # knobs (see knobs.py)
+    image_size: int
+    model: str
+    pretrained: bool | str
+    frozen_stages: int
+    backbone_lr_mult: float
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_scaling: str
+    base_batch_size: int
+    optimizer: str
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    milestones: list[int]
+    gamma: float
+    min_lr: float
+    warmup: str
+    warmup_iters: int
+    warmup_epochs: int
+    warmup_ratio: float
+    augment: str
+    num_ops: int
+    magnitude: float
+    magnitude_std: float
+    label_smoothing: float
+    seed: int
+    precision: str
+    # resolved from the spec
+    augment_ops: list[str] | None  # None: no augmentation; []: crop and flip only
+    objective: str = "val_acc"
+    value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
+    mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation, from timm's pretrained config
+    std: tuple[float, ...] = IMAGENET_STD
+    schedule_preset: str | None = None  # 1x/2x/20e, expanded into schedule/milestones/warmup
+    resume_from: str | None = None  # an earlier attempt's resume.pt: train on after its last epoch
+
+    @property
+    def scaled_lr(self) -> float:
+        """The lr actually used: `lr` scaled from base_batch_size to batch_size."""
+        ratio = self.batch_size / self.base_batch_size
+        return self.lr * {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[self.lr_scaling]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialConfig":
+        return cls(**json.loads(text))
+
+    def save(self) -> Path:
+        path = Path(self.trial_dir) / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+
+def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_cache: Path) -> TrialConfig:
+    """Spec defaults + sampled values -> TrialConfig for trial `number`."""
+    knobs = {**spec.fixed, **sampled}
+    missing = [k.name for k in KNOBS if k.name not in knobs]
+    assert not missing, f"unresolved knobs {missing}"  # a bug, not a user error
+
+    preset = knobs["schedule"] if knobs["schedule"] in PRESETS else None
+    knobs = expand_preset(knobs)
+
+    ops = spec.policies[knobs["augment"]]
+    mean, std = normalization(knobs["model"])
+    if isinstance(knobs["pretrained"], str):  # absolute, so the file is found from any folder
+        knobs["pretrained"] = str(Path(knobs["pretrained"]).expanduser().resolve())
+    return TrialConfig(
+        study=spec.study,
+        number=number,
+        trial_dir=str((trials_root / spec.study / str(number)).resolve()),
+        params=dict(sampled),
+        data_root=str(spec.data.root) if spec.data.root else None,
+        data_builtin=spec.data.builtin,
+        val_fraction=spec.data.val_fraction,
+        num_workers=spec.data.num_workers,
+        data_cache=str(data_cache),
+        augment_ops=list(ops) if ops is not None else None,
+        objective=spec.search.objective,
+        value=spec.search.value,
+        mean=mean,
+        std=std,
+        schedule_preset=preset,
+        **{k.name: knobs[k.name] for k in KNOBS},
+    )
+
+
+def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the model's timm pretrained config asks for (ImageNet's if it has none)."""
+    import timm  # deferred: only the orchestrator resolves configs
+
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    if cfg is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)

@@ -1,0 +1,358 @@
+"""Runs a sweep: a free slot claims a trial (scheduler.py) -> its worker starts
+(worker_handle.py) -> its epochs are relayed to the store and the pruner -> the outcome is told.
+
+The orchestrator is the only process that writes to the study store; workers speak JSON lines
+over pipes (see worker.py), read by one thread per worker into a single queue. Several
+orchestrators (on one machine or many) may share a study: they share its trial budget through
+`store.budget_lock` and watch each other through heartbeats (recovery.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeper import store
+from sweeper.search.asha import AshaPruner
+from sweeper.spec.sweep_spec import SweepSpec
+from sweeper.spec.trial_config import TrialConfig
+from sweeper.sweep import epochs, recovery, worker_handle
+from sweeper.sweep.fork_server import Launcher
+from sweeper.sweep.progress import SweepProgress
+from sweeper.sweep.scheduler import (
+    PAUSED,
+    SweepSource,
+    TrialSource,
+    failing_if_unstarted,
+)
+from sweeper.sweep.worker_handle import Running, Slot
+from sweeper.train import resume
+
+CHECKPOINT = "checkpoint.pth"
+
+
+@dataclass(frozen=True)
+class Options:
+    max_retry: int = 1  # times a lost or interrupted trial's params are queued again
+    trial_timeout: float | None = None  # seconds without an epoch before a worker is killed
+    keep_checkpoints: int = 3  # best completed trials that keep checkpoint.pth
+    heartbeat: float = 10.0  # seconds between heartbeats
+
+
+class Orchestrator:
+    def __init__(self, spec: SweepSpec | None, study: optuna.Study, slots: list[Slot], data_cache: Path,
+                 progress: SweepProgress, trials_root: Path = Path("trials"),
+                 storage_url: str = store.DEFAULT_STORAGE, options: Options = Options(),
+                 source: "TrialSource | None" = None):
+        self.spec, self.study, self.slots = spec, study, slots
+        self.data_cache, self.progress, self.trials_root = data_cache, progress, trials_root
+        self.storage_url, self.options = storage_url, options
+        self.events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
+        self.running: dict[int, Running] = {}  # by slot index
+        timeout = spec.search.timeout if spec is not None else None
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.interrupts = 0
+        self.last_beat = 0.0
+        self.source = source or SweepSource(spec, study, data_cache, trials_root, storage_url,
+                                            options.heartbeat)
+        self.asha = study.pruner if isinstance(study.pruner, AshaPruner) and spec is not None else None
+        self.paused: dict[int, Running] = {}  # by trial number: ASHA trials waiting for promotion
+        self.budget_epochs = spec.search.budget_epochs if spec is not None else None
+
+    def _out_of_budget(self) -> bool:
+        if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
+            return True
+        return self._epochs_spent()
+
+    def _epochs_spent(self) -> bool:
+        """search.budget.epochs reached, counting every orchestrator's trials."""
+        if self.budget_epochs is None:
+            return False
+        return epochs.trained(store.retrying(lambda: self.study.get_trials(deepcopy=False))) >= self.budget_epochs
+
+    def _claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
+        if self._out_of_budget():
+            return None
+        return self.source.claim()
+
+    def _promotable(self) -> Running | None:
+        """A paused trial now in the top 1/eta at its rung (higher rungs first), if any."""
+        if not self.paused or self._out_of_budget():
+            return None
+        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        for run in sorted(self.paused.values(), key=lambda r: (-r.epochs_run, r.trial.number)):
+            if self.asha.promotable(run.trial.number, run.epochs_run, trials):
+                return self.paused.pop(run.trial.number)
+        return None
+
+    def _pause(self, run: Running) -> None:
+        """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
+        store.retrying(lambda: run.trial.set_user_attr("segments", _segments(run)))
+        pauses = run.trial.user_attrs.get("pauses", []) + [run.epochs_run]
+        store.retrying(lambda: run.trial.set_user_attr("pauses", pauses))
+        store.retrying(lambda: run.trial.set_user_attr(PAUSED, True))
+        self.paused[run.trial.number] = run
+        self.progress.finished(run.trial.number, "PAUSED", run.last_value, f"paused at rung {run.epochs_run}")
+
+    def _resume_paused(self, slot: Slot, run: Running) -> None:
+        config = dataclasses.replace(run.config, resume_from=str(Path(run.config.trial_dir) / resume.RESUME))
+        with failing_if_unstarted(self.study, run.trial):
+            again = worker_handle.start(self.launcher, slot, self.slots, run.trial, config, self.events,
+                                        fresh=False, epochs_run=run.epochs_run, last_value=run.last_value)
+            store.retrying(lambda: run.trial.set_user_attr("worker_pid", again.proc.pid))
+            store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
+            store.retrying(lambda: run.trial.set_user_attr(PAUSED, False))
+        self.running[slot.index] = again
+        self.progress.message(f"trial {run.trial.number}: promoted at rung {run.epochs_run}; resumed")
+        self.progress.started(run.trial.number, slot.index, config.params, config.epochs)
+
+    def _prune_paused(self) -> None:
+        """The budget is spent: trials still paused were never promoted."""
+        for run in list(self.paused.values()):
+            store.retrying(lambda: run.trial.set_user_attr("reason", f"not promoted at rung {run.epochs_run}"))
+            store.retrying(lambda: run.trial.set_user_attr("epochs_run", run.epochs_run))
+            store.retrying(lambda: self.study.tell(run.trial, state=TrialState.PRUNED))
+            resume.discard(run.config.trial_dir, None)
+            self.progress.finished(run.trial.number, "PRUNED", run.last_value, f"not promoted at rung {run.epochs_run}")
+        self.paused.clear()
+
+    def _fail_paused(self, reason: str) -> None:
+        """Interrupted (or a bug): paused trials are failed and queued again; their retries resume."""
+        for run in list(self.paused.values()):
+            frozen = store.retrying(lambda: self.study._storage.get_trial(run.trial._trial_id))
+            store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason, self.options.max_retry))
+        self.paused.clear()
+
+    # --- launching ---------------------------------------------------------------------------
+
+    def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
+        with failing_if_unstarted(self.study, trial):
+            run = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
+                                      asked=asked, prunable=recovery.RECHECK_OF not in trial.user_attrs)
+            attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
+                     "worker_pid": run.proc.pid, "host": os.uname().nodename}
+            for key, value in attrs.items():
+                store.retrying(lambda: trial.set_user_attr(key, value))
+        self.running[slot.index] = run
+        self.progress.started(trial.number, slot.index, config.params, config.epochs)
+
+    # --- relaying ----------------------------------------------------------------------------
+
+    def _handle(self, run: Running, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        run.last_event = time.monotonic()
+        if kind == "start":
+            for key in ("classes", "device", "cuda_visible_devices", "train_images"):
+                store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
+        elif kind == "first_step":  # ask -> first training step: what a trial pays to start
+            startup = round(time.monotonic() - run.asked, 3)
+            store.retrying(lambda: run.trial.set_user_attr("startup_s", startup))
+        elif kind == "resumed":
+            # an earlier attempt's epochs (a paused trial's own are in the store already): the
+            # pruner sees the whole curve
+            carried = [r for r in event["records"] if r["epoch"] > run.epochs_run]
+            for record in carried:
+                store.retrying(lambda: run.trial.report(record[run.config.objective], record["epoch"]))
+            if carried:
+                run.epochs_run = carried[-1]["epoch"]
+                run.last_value = carried[-1][run.config.objective]
+                store.retrying(lambda: run.trial.set_user_attr(epochs.RESUMED_AFTER, run.epochs_run))
+            self.progress.epoch(run.trial.number, run.epochs_run, run.last_value)
+        elif kind == "epoch":
+            run.resume_save_seconds.append(event.get("resume_save_s", 0.0))
+            value = event[run.config.objective]
+            run.last_value, run.epochs_run = value, event["epoch"]
+            store.retrying(lambda: run.trial.report(value, event["epoch"]))
+            self.progress.epoch(run.trial.number, event["epoch"], value)
+            # a trial that trained every epoch is complete, whatever the pruner would say
+            final = event["epoch"] >= run.config.epochs
+            prune = not final and run.prunable and store.retrying(run.trial.should_prune)
+            if prune:
+                run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
+            elif not final and self._epochs_spent():
+                run.outcome = (TrialState.PRUNED, "epoch budget spent")
+                prune = True
+            elif (not final and self.asha and run.prunable and event["epoch"] in self.asha.rungs(run.config.epochs)
+                  and not self.asha.promotable(run.trial.number, event["epoch"],
+                                               store.retrying(lambda: self.study.get_trials(deepcopy=False)))):
+                run.pausing = True
+            run.reply("stop" if prune or run.pausing or self.interrupts else "continue")
+            run.last_epoch = time.monotonic()
+            run.report_seconds.append(run.last_epoch - run.last_event)
+        elif kind == "nonfinite":
+            run.epochs_run = event["epoch"]
+            run.outcome = (TrialState.PRUNED, "non-finite loss")
+        elif kind == "value":
+            run.value = (event["value"], event["epoch"])
+        elif kind == "complete":
+            run.outcome = (TrialState.COMPLETE, None)
+        elif kind == "stopped" and run.outcome is None:
+            run.outcome = (TrialState.PRUNED, "stopped")
+        elif kind == "fail":
+            run.outcome = (TrialState.FAIL, event["reason"])
+
+    def _finish(self, run: Running) -> None:
+        """The worker has exited: record the outcome it announced, or why it died."""
+        code = run.proc.wait()
+        if run.pausing and run.outcome == (TrialState.PRUNED, "stopped"):
+            self._pause(run)
+            return
+        state, reason = run.outcome or (TrialState.FAIL, run.exit_reason(code))
+        if state == TrialState.COMPLETE and run.value is None:
+            state, reason = TrialState.FAIL, "worker reported no value"
+        trial = run.trial
+        attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2),
+                 "segments": _segments(run)}
+        if state == TrialState.COMPLETE:
+            attrs["value_epoch"] = run.value[1]
+        if run.report_seconds:  # what the sweep machinery costs a trial (benchmarks/overhead.py)
+            attrs["report_ms"] = round(1000 * sum(run.report_seconds) / len(run.report_seconds), 2)
+            attrs["finish_s"] = round(time.monotonic() - run.last_epoch, 3)  # last epoch -> tell
+            attrs["resume_save_s"] = round(sum(run.resume_save_seconds) / len(run.resume_save_seconds), 3)
+        if reason:
+            attrs["reason"] = reason
+        for key, value in attrs.items():
+            store.retrying(lambda: trial.set_user_attr(key, value))
+        if state == TrialState.FAIL and resume.resumable(reason):  # its retry resumes it
+            frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
+            store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason,
+                                                             self.options.max_retry))
+        else:
+            if state == TrialState.COMPLETE:
+                store.retrying(lambda: self.study.tell(trial, run.value[0]))
+            else:
+                store.retrying(lambda: self.study.tell(trial, state=state))
+            resume.discard(run.config.trial_dir, run.config.resume_from)
+        shown = run.value[0] if state == TrialState.COMPLETE else run.last_value
+        self.progress.finished(trial.number, state.name,
+                               shown if state != TrialState.FAIL else None, reason)
+        if state == TrialState.COMPLETE:
+            self._keep_best_checkpoints()
+
+    def _keep_best_checkpoints(self) -> None:
+        """Only the best `keep_checkpoints` completed trials keep their checkpoint file."""
+        done = store.retrying(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        trained = [t for t in done if recovery.IMPORTED not in t.user_attrs]  # imported: no weights
+        ranked = sorted(trained, key=lambda t: (-t.value, t.number))
+        for t in ranked[self.options.keep_checkpoints:]:
+            path = Path(t.user_attrs.get("trial_dir", "")) / CHECKPOINT
+            if t.user_attrs.get("trial_dir") and path.is_file():
+                path.unlink()
+
+    # --- interruption, time-outs, heartbeats --------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.progress.message("stopping: no new trials; running trials are stopped and "
+                                  "queued again (Ctrl-C again to stop at once)")
+            for run in self.running.values():
+                run.outcome = (TrialState.FAIL, "interrupted")
+                run.signal(signal.SIGTERM)
+        else:
+            for run in self.running.values():
+                run.outcome = (TrialState.FAIL, "interrupted")
+                run.signal(signal.SIGKILL)
+
+    def _check_timeouts(self) -> None:
+        limit = self.options.trial_timeout
+        if limit is None:
+            return
+        for run in self.running.values():
+            if run.outcome is None and time.monotonic() - run.last_event > limit:
+                run.outcome = (TrialState.FAIL, f"timeout: no epoch finished within {limit:g} s")
+                run.signal(signal.SIGKILL)
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self.last_beat < self.options.heartbeat:
+            return
+        self.last_beat = time.monotonic()
+        for run in [*self.running.values(), *self.paused.values()]:
+            store.retrying(lambda: recovery.beat(self.study, run.trial._trial_id))
+        mine = {run.trial.number for run in self.running.values()} | set(self.paused)
+        lost = store.retrying(lambda: recovery.recover_stale(
+            self.study, self.options.max_retry, self.options.heartbeat, mine))
+        for number in lost:
+            self.progress.message(f"trial {number}: its orchestrator is gone; recorded FAIL "
+                                  "(orchestrator lost) and queued again")
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run trials until the study holds n_trials finished ones (or the timeout passes)."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        self.launcher = Launcher()
+        try:
+            self._loop()
+        except BaseException:  # a bug here: stop workers, leave nothing RUNNING
+            for run in self.running.values():
+                run.signal(signal.SIGKILL)
+                run.outcome = run.outcome or (TrialState.FAIL, "orchestrator error")
+                run.pausing = False
+                self._finish(run)
+            self.running.clear()
+            self._fail_paused("orchestrator error")
+            raise
+        finally:
+            self.launcher.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> None:
+        waiting_noted = False
+        while True:
+            self._heartbeat()
+            for slot in self.slots:
+                if slot.index in self.running:
+                    continue
+                asked = time.monotonic()
+                if (promoted := self._promotable()) is not None:  # before any new trial
+                    self._resume_paused(slot, promoted)
+                elif (claimed := self._claim()) is not None:
+                    self._launch(slot, *claimed, asked)
+            if not self.running:
+                if self.interrupts:
+                    self._fail_paused("interrupted")
+                    return
+                if self.deadline and time.monotonic() >= self.deadline:
+                    self._prune_paused()
+                    return
+                elsewhere = self.source.running_elsewhere()
+                if not elsewhere:
+                    self._prune_paused()  # nothing promotable is left: the sweep is over
+                    return
+                if not waiting_noted:  # the rest of the budget runs elsewhere
+                    self.progress.message(f"waiting for {elsewhere} trial(s) running elsewhere")
+                    waiting_noted = True
+                time.sleep(min(self.options.heartbeat, 2.0))
+                continue
+            try:
+                slot_index, event = self.events.get(timeout=1.0)
+            except queue.Empty:
+                slot_index, event = None, None
+            if slot_index is not None:
+                run = self.running[slot_index]
+                if event is None:
+                    del self.running[slot_index]
+                    self._finish(run)
+                else:
+                    self._handle(run, event)
+            self._check_timeouts()
+
+
+def _segments(run: Running) -> list[list[float]]:
+    """The stretches the trial's workers ran, this one's included (several when ASHA paused it)."""
+    return run.trial.user_attrs.get("segments", []) + [[run.started, time.time()]]

@@ -1,0 +1,96 @@
+"""What a free slot trains next: a TrialSource hands out RUNNING trials with their configuration.
+
+SweepSource asks the study's sampler while the trial budget (n_trials, shared by every
+orchestrator through `store.budget_lock`) allows; recheck.RecheckSource hands out re-check runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeper import store
+from sweeper.search.strategies import GridSampler
+from sweeper.spec.sweep_spec import SweepSpec
+from sweeper.spec.trial_config import TrialConfig, resolve
+from sweeper.sweep import recovery
+from sweeper.train import resume
+
+PAUSED = "paused"  # user attribute: True while asha has the trial waiting at a rung
+
+
+@contextlib.contextmanager
+def failing_if_unstarted(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Never leave a trial RUNNING behind when it could not be started."""
+    try:
+        yield
+    except BaseException as exc:
+        trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
+class TrialSource(Protocol):
+    """What a free slot trains next."""
+
+    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
+        """A new RUNNING trial and its configuration, or None when there is no more work."""
+
+    def running_elsewhere(self) -> int:
+        """Trials of this work still training in other orchestrators (0: nothing to wait for)."""
+
+
+class SweepSource:
+    """New trials from the sampler while the study's budget (n_trials, shared by every
+    orchestrator through `store.budget_lock`) allows."""
+
+    def __init__(self, spec: SweepSpec, study: optuna.Study, data_cache: Path, trials_root: Path,
+                 storage_url: str, heartbeat: float):
+        self.spec, self.study, self.data_cache, self.trials_root = spec, study, data_cache, trials_root
+        self.storage_url, self.heartbeat = storage_url, heartbeat
+
+    def _counts(self) -> tuple[int, int, int]:
+        """(finished, running, of those running: paused by asha)"""
+        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        finished = sum(recovery.counts_toward_budget(t) for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and recovery.RECHECK_OF not in t.user_attrs]
+        return finished, len(running), sum(bool(t.user_attrs.get(PAUSED)) for t in running)
+
+    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
+        with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
+            finished, running, _ = self._counts()
+            if finished + running >= self.spec.search.n_trials:
+                return None
+            sampler = self.study.sampler
+            if isinstance(sampler, GridSampler) and not store.retrying(
+                    lambda: sampler.has_unstarted_points(self.study)):
+                return None
+            trial = store.retrying(self.study.ask)
+            recovery.beat(self.study, trial._trial_id, self.heartbeat)
+        with failing_if_unstarted(self.study, trial):
+            sampled = self.spec.space.suggest(trial)
+            config = resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
+            return trial, dataclasses.replace(config, resume_from=self._resume_source(trial))
+
+    def _resume_source(self, trial: optuna.Trial) -> str | None:
+        """A retry of a trial that failed for reasons outside itself trains on after the last
+        epoch that attempt finished, instead of from epoch 0 (resume.py)."""
+        number = trial.user_attrs.get("retry_of")
+        if number is None:
+            return None
+        earlier = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        failed = next((t for t in earlier if t.number == number), None)
+        if failed is None or not resume.resumable(failed.user_attrs.get("reason")):
+            return None
+        source = resume.source_of(failed.user_attrs.get("trial_dir"))
+        return str(source) if source else None
+
+    def running_elsewhere(self) -> int:
+        """Trials training now (paused ones wait for their own orchestrator, not for this one)."""
+        finished, running, paused = self._counts()
+        return 0 if finished >= self.spec.search.n_trials else running - paused

@@ -1,0 +1,109 @@
+"""Before a sweep's first trial: the slots workers run in, the decoded dataset, hub weights
+fetched once, and the study created or resumed with its known configurations queued."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import optuna
+
+from sweeper import store
+from sweeper.data import datasets
+from sweeper.errors import SpecError, WorkerError
+from sweeper.spec.space import CategoricalParam
+from sweeper.spec.sweep_spec import SweepSpec
+from sweeper.sweep.worker_handle import Slot
+from sweeper.train import model as models
+
+
+def check_data(spec: SweepSpec) -> list[str]:
+    """The dataset's classes, before anything is written; an objective they cannot rank is an error."""
+    classes = (datasets.list_folder(spec.data.root, spec.data.val_fraction).classes
+               if spec.data.root is not None else datasets.BUILTIN_CLASSES[spec.data.builtin])
+    if spec.search.objective == "val_top5" and len(classes) <= 5:
+        raise SpecError(spec.source, [("search.objective", f"val_top5 is always 1.0 with "
+                                       f"{len(classes)} classes; use val_acc or val_balanced_acc")])
+    return classes
+
+
+def make_slots(workers: int | None, gpus: list[str] | None) -> list[Slot]:
+    """`--workers K` slots, round-robin over `--gpus` (default: every visible GPU, else CPU)."""
+    if gpus is None:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    k = workers or max(1, len(gpus))
+    return [Slot(i, gpus[i % len(gpus)] if gpus else None) for i in range(k)]
+
+
+def _values(spec: SweepSpec, knob: str) -> list[Any]:
+    """Every value a knob can take in this sweep."""
+    if knob in spec.space.names:
+        p = spec.space[knob]
+        return list(p.choices) if isinstance(p, CategoricalParam) else [p.low, p.high]
+    return [spec.fixed[knob]]
+
+
+def max_image_size(spec: SweepSpec) -> int:
+    return max(_values(spec, "image_size"))
+
+
+def prepare_data(spec: SweepSpec, trials_root: Path, progress=None) -> Path:
+    """Decode the dataset once, at the largest image size any trial asks for."""
+    return datasets.prepare(
+        str(spec.data.root) if spec.data.root else None, spec.data.builtin, spec.data.val_fraction,
+        max_image_size(spec), trials_root / ".cache", progress)
+
+
+def _hub_reachable() -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def prefetch_hub_weights(spec: SweepSpec) -> None:
+    """Download hub weights once, here, so that trials neither race for them nor all fail later.
+
+    Without a route to the hub, weights already in the local cache still work (offline mode,
+    passed on to the workers), and missing ones fail at once instead of after a minute of retries.
+    """
+    if True not in _values(spec, "pretrained"):
+        return
+    if not _hub_reachable():
+        import huggingface_hub.constants
+
+        os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the workers
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # this process read the variable already
+    for name in _values(spec, "model"):
+        print(f"fetching timm hub weights for {name} (once, before the sweep)", file=sys.stderr)
+        try:
+            models.create(name, 2, True)
+        except WorkerError as exc:
+            raise SpecError(spec.source, [("model.pretrained", str(exc))]) from None
+
+
+def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
+    """Create or resume the study and queue the known configurations (each only once)."""
+    study = store.retrying(lambda: optuna.create_study(
+        storage=storage, study_name=spec.study, direction="maximize", sampler=spec.sampler(),
+        pruner=spec.pruner(), load_if_exists=True))
+    # Each run of the study (a resume, a second orchestrator) gets its own sampler seed: the same
+    # seed in every run would sample the same parameters again. The first run keeps the seed.
+    with store.budget_lock(storage, storage_url, spec.study):
+        runs = study.user_attrs.get("runs", 0)
+        store.retrying(lambda: study.set_user_attr("runs", runs + 1))
+    study.sampler = spec.sampler(seed_offset=runs)
+    store.retrying(lambda: study.set_user_attr("objective", spec.search.objective))
+    store.retrying(lambda: study.set_user_attr("value", spec.search.value))
+    for params in spec.enqueue:
+        store.retrying(lambda: study.enqueue_trial(spec.space.to_optuna_params(params),
+                                                   skip_if_exists=True))
+    return study

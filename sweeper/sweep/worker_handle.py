@@ -1,0 +1,114 @@
+"""One trial's worker as the orchestrator sees it: where it runs, how it is started, and the
+pipes it talks over (worker.py is the other end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeper.spec.trial_config import TrialConfig
+from sweeper.sweep.fork_server import ForkedWorker, Launcher
+
+Events = queue.Queue  # of (slot index, event dict | None at the worker's end of output)
+
+
+@dataclass
+class Slot:
+    """A place a worker runs: a GPU id (pinned through CUDA_VISIBLE_DEVICES) or the CPU."""
+
+    index: int
+    gpu: str | None
+
+
+def worker_env(slot: Slot, slots: list[Slot]) -> dict[str, str]:
+    env = dict(os.environ)
+    if slot.gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        cpu_workers = sum(1 for s in slots if s.gpu is None)
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Running:
+    """A started worker and what it has told so far."""
+
+    trial: optuna.Trial
+    config: TrialConfig
+    slot: Slot
+    proc: subprocess.Popen | ForkedWorker
+    last_value: float | None = None
+    value: tuple[float, int] | None = None  # the trial's value and its epoch, from the worker
+    epochs_run: int = 0
+    outcome: tuple[TrialState, str | None] | None = None  # decided, not yet told
+    prunable: bool = True  # re-checks train every epoch
+    asked: float = field(default_factory=time.monotonic)  # when the slot asked for this trial
+    started: float = field(default_factory=time.time)
+    last_event: float = field(default_factory=time.monotonic)
+    last_epoch: float | None = None  # when the latest epoch's report arrived
+    report_seconds: list[float] = field(default_factory=list)  # handling each epoch's report
+    resume_save_seconds: list[float] = field(default_factory=list)  # the worker writing resume.pt
+    pausing: bool = False  # told to stop at an ASHA rung: the trial waits for promotion
+
+    def reply(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def signal(self, sig: int) -> None:
+        try:
+            self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def exit_reason(self, code: int) -> str:
+        """Why a worker that announced no outcome ended."""
+        if code < 0:
+            return f"worker killed by signal {-code}"
+        tail = ""
+        err = Path(self.config.trial_dir) / "stderr.txt"
+        if err.exists():
+            lines = [line for line in err.read_text(errors="replace").splitlines() if line.strip()]
+            tail = f": {lines[-1][:300]}" if lines else ""
+        return f"worker exited with code {code}{tail}"
+
+
+def start(launcher: Launcher, slot: Slot, slots: list[Slot], trial: optuna.Trial, config: TrialConfig,
+          events: Events, fresh: bool = True, **state: Any) -> Running:
+    """Write the trial's config (in a fresh folder, unless it resumes its own), start its worker,
+    and relay its events."""
+    out = Path(config.trial_dir)
+    if fresh and out.exists():  # left by an earlier study of the same name that was deleted
+        shutil.rmtree(out)
+    config.save()
+    with open(out / "stderr.txt", "w") as err:
+        # in a session of its own (see fork_server.Launcher): the orchestrator stops it on Ctrl-C
+        proc = launcher.launch(slot.index, out / "config.json", worker_env(slot, slots), err)
+    threading.Thread(target=_relay, args=(slot.index, proc, events), daemon=True).start()
+    return Running(trial, config, slot, proc, **state)
+
+
+def _relay(slot: int, proc, events: Events) -> None:
+    for line in proc.stdout:
+        try:
+            events.put((slot, json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    events.put((slot, None))  # end of output: the worker has exited
+

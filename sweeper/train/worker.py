@@ -1,0 +1,358 @@
+"""One trial's training, top to bottom; run as `python -m sweeper.train.worker trials/<study>/<n>/config.json`.
+
+The worker never touches the study store. It talks to its orchestrator over its own pipes:
+one JSON line per event on stdout, and after each epoch it reads one line from stdin,
+`continue` or `stop` (end of input, e.g. a dead orchestrator, also means stop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from sweeper.cpu_share import CpuShare
+from sweeper.data.augment import Normalize
+from sweeper.data.loading import make_loaders
+from sweeper.errors import SweeperError, WorkerError
+from sweeper.spec.trial_config import TrialConfig
+from sweeper.train import model as models
+from sweeper.train import resume
+from sweeper.train.schedule import LrSchedule, set_lr
+
+Report = Callable[[dict[str, Any]], bool]  # an event -> True to go on training
+LOG_EVERY = 20  # steps between log lines, as in the user's mmcls logs
+METRIC_FIELDS = ["epoch", "train_loss", "val_acc", "val_balanced_acc", "val_top5", "lr",
+                 "seconds", "images_per_s"]
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, normalize: Normalize, bf16: bool, num_classes: int) -> dict:
+    model.eval()
+    k = min(5, num_classes)
+    correct = correct_k = 0
+    per_class_hits = torch.zeros(num_classes)
+    per_class_total = torch.zeros(num_classes)
+    device = normalize.device
+    for x, y in loader:
+        x = normalize(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).float().cpu()
+        top = logits.topk(k, dim=1).indices
+        # argmax, not topk's first: bf16 logits tie often, and argmax breaks ties the same way
+        # everywhere (the lowest class), so a checkpoint re-scored by `ensemble` agrees
+        hit = logits.argmax(dim=1) == y
+        correct += int(hit.sum())
+        correct_k += int((top == y[:, None]).any(dim=1).sum())
+        per_class_hits += torch.bincount(y[hit], minlength=num_classes)
+        per_class_total += torch.bincount(y, minlength=num_classes)
+    n = int(per_class_total.sum())
+    present = per_class_total > 0
+    return {
+        "val_acc": correct / n,
+        "val_balanced_acc": float((per_class_hits[present] / per_class_total[present]).mean()),
+        "val_top5": correct_k / n,
+    }
+
+
+def run_trial(config: TrialConfig, report: Report) -> str:
+    """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
+    device = pick_device()
+    # every worker registers on the host (cpu_share.py): a GPU worker's loader processes take
+    # its share of the cores; a CPU worker trains with its share of threads
+    share = CpuShare()
+    try:
+        if device.type == "cpu":
+            share.apply()
+        return _train(config, report, device, share)
+    finally:
+        share.close()
+
+
+def _train(config: TrialConfig, report: Report, device: torch.device, registered: CpuShare) -> str:
+    share = registered if device.type == "cpu" else None  # threads are re-shared on a CPU only
+    seed_everything(config.seed)
+    fault = injected_fault(config.number)
+    bf16 = use_bf16(config.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes
+    out = Path(config.trial_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    loaders = make_loaders(config, device, registered)
+    classes, train_loader, val_loader, normalize = loaders.classes, loaders.train, loaders.val, loaders.normalize
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+
+    model = models.create(config.model, len(classes), config.pretrained)
+    frozen = models.freeze_stages(model, config.frozen_stages)
+    model.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    steps = len(train_loader)
+    lr_at = LrSchedule.from_config(config, steps)
+    chosen = Chosen(config.value)
+    # the metrics of every finished epoch, earlier attempts' too
+    done = restore(config, model, optimizer, chosen, loaders.generator)
+
+    report({"event": "start", "classes": classes, "device": str(device), "bf16": bf16,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "train_images": len(train_loader.dataset), "val_images": len(val_loader.dataset),
+            "loader_workers": loaders.num_workers})
+    if done:  # the orchestrator carries these epochs' values over, so the pruner sees the whole curve
+        report({"event": "resumed", "records": done})
+    with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf:
+        metrics = csv.DictWriter(mf, METRIC_FIELDS)
+        metrics.writeheader()
+        for record in done:
+            metrics.writerow({k: record[k] for k in METRIC_FIELDS})
+        print(f"trial {config.number}: {config.model} on {device} (bf16={bf16}), "
+              f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, {len(classes)} classes, "
+              f"params {json.dumps(config.params)}", file=log, flush=True)
+        first = len(done)  # the first epoch this process trains
+        if first:
+            print(f"Resumed after epoch {first} from {config.resume_from}", file=log, flush=True)
+        if share:
+            print(share.describe(), file=log, flush=True)
+        for epoch in range(first, config.epochs):
+            if fault == "slow" and epoch:
+                time.sleep(2.0)  # test hook: a window between epochs to strike in
+            if share and epoch > first and share.apply():
+                print(share.describe(), file=log, flush=True)
+            models.train_mode(model, frozen)
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            for step, (x, y) in enumerate(train_loader):
+                set_lr(optimizer, lr_at, epoch, epoch * steps + step)
+                lr = optimizer.param_groups[0]["lr"]  # the head's
+                x = normalize(x)
+                y = y.to(device, non_blocking=True)
+                loss = train_step(model, criterion, optimizer, x, y, bf16, config.batch_size, fault)
+                loss_sum += loss.detach() * len(y)
+                seen += len(y)
+                if epoch == first and step == 0:
+                    report({"event": "first_step"})
+                if share and share.maybe_apply():  # another worker started or ended
+                    print(share.describe(), file=log, flush=True)
+                if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+                    ms = (time.perf_counter() - start) / (step + 1) * 1000
+                    print(f"Epoch:[{epoch + 1:3d}/{config.epochs:3d}], step:[{step + 1:5d}/{steps:5d}], "
+                          f"loss:[{loss.item():.3f}/{loss_sum.item() / seen:.3f}], time:{ms:.1f} ms, "
+                          f"lr:{lr:.5f}", file=log, flush=True)
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                print(f"Epoch {epoch + 1}: non-finite loss ({train_loss}); stopping", file=log, flush=True)
+                report({"event": "nonfinite", "epoch": epoch + 1, "train_loss": train_loss})
+                return "stopped"
+            train_seconds = time.perf_counter() - start
+            val = evaluate(model, val_loader, normalize, bf16, len(classes))
+            record = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr,
+                      "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds}
+            metrics.writerow({k: record[k] for k in METRIC_FIELDS})
+            mf.flush()
+            print(epoch_line(record, ms), file=log, flush=True)
+            chosen.offer(epoch + 1, val[config.objective], model)
+            done.append(record)
+            saved_in = save_resume_state(out, model, optimizer, chosen, done, loaders.generator)
+            print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
+            if not report({"event": "epoch", **record, "resume_save_s": saved_in}):
+                print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
+                return "stopped"
+        print(f"Value: {config.objective} {chosen.value:.4f} of epoch {chosen.epoch} ({config.value} "
+              f"epoch); checkpoint.pth holds that epoch's weights", file=log, flush=True)
+    save_checkpoint(chosen.state or model.state_dict(), classes, config, fault)
+    report({"event": "value", "value": chosen.value, "epoch": chosen.epoch})
+    return "complete"
+
+
+def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or AdamW over the model's parameter groups (head at lr, the rest at lr x backbone_lr_mult)."""
+    groups = models.param_groups(model, config.scaled_lr, config.backbone_lr_mult)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.scaled_lr, momentum=config.momentum,
+                               nesterov=config.nesterov, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.scaled_lr, weight_decay=config.weight_decay)
+
+
+def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: "Chosen",
+            generator: torch.Generator) -> list[dict[str, Any]]:
+    """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics."""
+    if not config.resume_from:
+        return []
+    state = resume.load(Path(config.resume_from))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    chosen.value, chosen.epoch, chosen.state = state["chosen"]
+    resume.restore_rng(state["rng"], generator)
+    return state["metrics"]
+
+
+def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, bf16: bool, batch_size: int, fault: str | None) -> torch.Tensor:
+    """One optimizer step; returns the batch's loss. Out of memory becomes the trial's reason."""
+    try:
+        if fault in ("oom", "host_oom", "hang"):
+            raise_fault(fault)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        # the process exits next, which frees the memory; say why first
+        raise WorkerError(f"out of memory at batch_size={batch_size}") from None
+    return loss
+
+
+def epoch_line(record: dict[str, Any], ms: float) -> str:
+    return (f"Epoch {record['epoch']} done: {record['seconds']:.1f} s, {ms:.1f} ms/step, "
+            f"avg loss {record['train_loss']:.4f}, {record['images_per_s']:.0f} images/s, "
+            f"val acc {record['val_acc']:.4f}, balanced {record['val_balanced_acc']:.4f}, "
+            f"top5 {record['val_top5']:.4f}")
+
+
+def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: "Chosen",
+                      done: list[dict[str, Any]], generator: torch.Generator) -> float:
+    """resume.pt after an epoch (see resume.py); returns the seconds it took."""
+    saving = time.perf_counter()
+    resume.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "chosen": (chosen.value, chosen.epoch, chosen.state), "metrics": done,
+                      "rng": resume.rng_states(generator)})
+    return time.perf_counter() - saving
+
+
+class Chosen:
+    """The epoch whose objective is the trial's value: the last one, or the best (earliest on
+    ties); in `best` mode a CPU copy of that epoch's weights is kept for the checkpoint."""
+
+    def __init__(self, mode: str):
+        self.mode, self.value, self.epoch = mode, -math.inf, 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, value: float, model: nn.Module) -> None:
+        if self.mode == "last":
+            self.value, self.epoch = value, epoch
+        elif value > self.value:
+            self.value, self.epoch = value, epoch
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(state: dict[str, torch.Tensor], classes: list[str], config: TrialConfig,
+                    fault: str | None = None) -> None:
+    """checkpoint.pth (the orchestrator keeps it for the best trials only), written atomically."""
+    path = Path(config.trial_dir) / "checkpoint.pth"
+    tmp = path.with_suffix(".tmp")
+    try:
+        if fault == "disk_full":
+            raise_fault(fault)
+        torch.save({"state_dict": state, "classes": classes, "model": config.model}, tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WorkerError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def injected_fault(number: int) -> str | None:
+    """Test hook: SWEEPER_INJECT_FAULT=kind:trial (e.g. oom:1) makes that trial fail that way
+    (or, for `slow`, wait 2 s before each epoch after the first); read once per trial, so the
+    training loop only compares a local."""
+    kind, _, trial = os.environ.get("SWEEPER_INJECT_FAULT", "").partition(":")
+    return kind if trial == str(number) else None
+
+
+def raise_fault(kind: str) -> None:
+    if kind == "oom":
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    if kind == "host_oom":
+        raise MemoryError()
+    if kind == "hang":
+        time.sleep(3600)
+    if kind == "disk_full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _pipe_reporter(proto, replies) -> Report:
+    def report(event: dict[str, Any]) -> bool:
+        proto.write(json.dumps(event) + "\n")
+        proto.flush()
+        if event["event"] != "epoch":
+            return True
+        return replies.readline().strip() == "continue"
+
+    return report
+
+
+def die_with_parent() -> None:
+    """A worker whose orchestrator is gone (even by kill -9) must not run on as an orphan."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    def watch() -> None:  # elsewhere (and as a backstop): poll for re-parenting
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent()
+    config = TrialConfig.from_json(Path(argv[0]).read_text())
+    # Keep the real stdout for the protocol; anything else printed goes to stderr (the log).
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    report = _pipe_reporter(proto, sys.stdin)
+    try:
+        outcome = run_trial(config, report)
+        report({"event": outcome})
+        return 0
+    except SweeperError as exc:
+        report({"event": "fail", "reason": str(exc)})
+        return 1
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        reason = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            report({"event": "fail", "reason": reason.splitlines()[0][:500]})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
