@@ -17,7 +17,6 @@ from sqlalchemy.engine import make_url
 from sweeper.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
-LOCKED_ATTEMPTS = 10
 
 
 def redact(url: str) -> str:
@@ -35,11 +34,7 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url_.database)
 
 
-def _prepare_sqlite(url: str, create: bool) -> None:
-    """Check the file is a sound SQLite database (never resetting it); for a sweep, switch on
-    WAL, which lets readers (report, dashboard) work while sweeps write and persists in the file.
-    Read-only commands (create=False) leave the file's bytes as they are.
-    """
+def _check_sqlite_path(url: str, create: bool) -> None:
     path = sqlite_path(url)
     if path is None:
         return
@@ -48,44 +43,44 @@ def _prepare_sqlite(url: str, create: bool) -> None:
     if not path.exists() and not create:
         raise StorageError(f"study store {path} does not exist; run `sweeper run` first or pass "
                            "--storage URL")
-    # mode=rw/rwc through a URI: sqlite3 never truncates or rewrites an existing file here
-    uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
-    for attempt in range(LOCKED_ATTEMPTS):
-        try:
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
-                check = con.execute("PRAGMA quick_check").fetchone()[0]
-                if check != "ok":
-                    raise sqlite3.DatabaseError(check)
-                if create and con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    con.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            # busy, not damaged: another orchestrator is switching a fresh store to WAL (SQLite
-            # answers that at once, without waiting out the timeout)
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise StorageError(_damaged(path, exc)) from None
-            if attempt == LOCKED_ATTEMPTS - 1:
-                raise StorageError(f"study store {path} stayed locked by another process ({exc}); "
-                                   "try again when the other sweep has started") from None
-            time.sleep(min(0.05 * 2**attempt, 2.0))
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(_damaged(path, exc)) from None
 
 
-def _damaged(path: Path, exc: Exception) -> str:
-    return (f"study store {path} is damaged ({exc}); it was left untouched: "
-            "restore it from a backup, or pass --storage to use another file")
+def _prepare_sqlite(url: str, create: bool) -> None:
+    """Check the file is a sound SQLite database (never resetting it); for a sweep, switch on
+    WAL, which lets readers (report, dashboard) work while sweeps write and persists in the file.
+    Read-only commands (create=False) leave the file's bytes as they are. Called under the
+    store's init lock: SQLite refuses a WAL switch at once, unwaited, while another process
+    is making the same switch.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    try:
+        # mode=rw/rwc through a URI: sqlite3 never truncates or rewrites an existing file here
+        uri = f"file:{path.resolve()}?mode={'rwc' if create else 'rw'}"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            if create and con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"study store {path} is damaged ({exc}); it was left untouched: "
+                           "restore it from a backup, or pass --storage to use another file") from None
 
 
 def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     """Open the study store (creating it if `create`); problems become one StorageError."""
     try:
-        if make_url(url).get_backend_name() == "sqlite":
-            _prepare_sqlite(url, create)
-            engine_kwargs = {"connect_args": {"timeout": 30}}
-        else:
-            engine_kwargs = {"pool_pre_ping": True}
-        with _lock(url, "init"):  # two orchestrators creating one fresh schema would collide
+        sqlite = make_url(url).get_backend_name() == "sqlite"
+        if sqlite:
+            _check_sqlite_path(url, create)
+        # one process at a time: two orchestrators switching a fresh SQLite file to WAL, or
+        # creating one fresh schema, would collide
+        with _lock(url, "init"):
+            if sqlite:
+                _prepare_sqlite(url, create)
+            engine_kwargs = {"connect_args": {"timeout": 30}} if sqlite else {"pool_pre_ping": True}
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except StorageError:
         raise

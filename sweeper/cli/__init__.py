@@ -7,11 +7,24 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from sweeper.cli import data, predict, study, sweep
 from sweeper.cli.common import set_debug
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# `sweeper --help` lists the commands in the order a user meets them, across the groups
+HELP_ORDER = ("run", "recheck", "report", "best", "ensemble", "predict", "import", "studies",
+              "trials", "show", "data", "cache")
+
+
+class _InHelpOrder(TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: HELP_ORDER.index(n) if n in HELP_ORDER else len(HELP_ORDER))
+
+
+app = typer.Typer(cls=_InHelpOrder, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
                   help="Hyperparameter sweeps for fine-tuning image classifiers.")
 
 

@@ -2,7 +2,7 @@
 
 Rungs sit at min_resource * reduction_factor^k epochs, below max_resource. A trial that reaches
 a rung goes on at once if its value there is in the top 1/reduction_factor of all values
-recorded at that rung so far; otherwise its worker saves (every epoch is resumable, resume.py)
+recorded at that rung so far; otherwise its worker saves (every epoch is resumable, train/resume.py)
 and exits, and the trial waits, still RUNNING. The top 1/eta grows as more trials reach a
 rung, so a paused trial can become promotable later; the orchestrator resumes such a trial
 before it asks the sampler for a new one. Trials still paused when the budget is spent are

@@ -2,6 +2,7 @@
 defaults, parameters and conditions, augmentation policy sets, and the fully resolved
 TrialConfig that a worker trains.
 
-Imports only `search`, `errors` and the standard library (timm lazily, to resolve a model's
-normalisation), so the worker can read a TrialConfig without importing Optuna.
+Imports only `search` and `errors` from sweeper (plus PyYAML, and Optuna through `search`).
+`trial_config` and `knobs` import nothing heavy (timm lazily, to resolve a model's
+normalisation), so the worker reads a TrialConfig without importing Optuna.
 """

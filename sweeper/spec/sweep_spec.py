@@ -41,7 +41,7 @@ class DataSpec:
     root: Path | None = None  # ImageFolder root (absolute), or None for a built-in dataset
     builtin: str | None = None
     val_fraction: float = 0.2  # used when root has no val/ folder, and for built-ins
-    num_workers: int | str = "auto"  # loader processes per trial (loading.py)
+    num_workers: int | str = "auto"  # loader processes per trial (data/loading.py)
 
 
 @dataclass(frozen=True)

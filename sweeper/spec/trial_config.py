@@ -25,7 +25,7 @@ class TrialConfig:
     data_root: str | None
     data_builtin: str | None
     val_fraction: float
-    num_workers: int | str  # or auto (loading.py)
+    num_workers: int | str  # or auto (data/loading.py)
     data_cache: str  # the decoded dataset prepared by the orchestrator
     # knobs (see knobs.py)
     image_size: int

@@ -1,6 +1,6 @@
 """Epochs as a budget and as a record: trained, saved by pruning and pausing, and retrained.
 
-A retry that resumed after epoch k (resume.py) carries epochs 1..k over from the attempt it
+A retry that resumed after epoch k (train/resume.py) carries epochs 1..k over from the attempt it
 replaces: they were trained once, by that attempt, and count there.
 """
 

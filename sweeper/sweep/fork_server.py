@@ -79,9 +79,7 @@ def _send(conn: socket.socket, message: dict) -> None:
 
 
 def serve(fd: int) -> None:
-    from sweeper.train import (
-        worker,  # the heavy imports (torch, timm, torchvision), once
-    )
+    from sweeper.train import worker  # the heavy imports (torch, timm, torchvision), once
 
     worker.die_with_parent()
     conn = socket.socket(fileno=fd)

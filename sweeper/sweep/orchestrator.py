@@ -2,7 +2,7 @@
 (worker_handle.py) -> its epochs are relayed to the store and the pruner -> the outcome is told.
 
 The orchestrator is the only process that writes to the study store; workers speak JSON lines
-over pipes (see worker.py), read by one thread per worker into a single queue. Several
+over pipes (see train/worker.py), read by one thread per worker into a single queue. Several
 orchestrators (on one machine or many) may share a study: they share its trial budget through
 `store.budget_lock` and watch each other through heartbeats (recovery.py).
 """

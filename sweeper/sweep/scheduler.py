@@ -79,7 +79,7 @@ class SweepSource:
 
     def _resume_source(self, trial: optuna.Trial) -> str | None:
         """A retry of a trial that failed for reasons outside itself trains on after the last
-        epoch that attempt finished, instead of from epoch 0 (resume.py)."""
+        epoch that attempt finished, instead of from epoch 0 (train/resume.py)."""
         number = trial.user_attrs.get("retry_of")
         if number is None:
             return None

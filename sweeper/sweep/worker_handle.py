@@ -1,5 +1,5 @@
 """One trial's worker as the orchestrator sees it: where it runs, how it is started, and the
-pipes it talks over (worker.py is the other end)."""
+pipes it talks over (train/worker.py is the other end)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from sweeper.spec.trial_config import TrialConfig
 
 def mmpretrain_schedulers(config: TrialConfig, iters_per_epoch: int | None,
                           notes: list[str]) -> list[dict[str, Any]]:
-    """mmengine param schedulers that give mmcv's lr (see schedule.py) at every iteration."""
+    """mmengine param schedulers that give mmcv's lr (see train/schedule.py) at every iteration."""
     schedulers: list[dict[str, Any]] = []
     if config.warmup != "none":
         if config.warmup == "exp":
