@@ -15,6 +15,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
+PAUSED = "paused"  # user attribute: True while the trial waits at a rung (RUNNING, no worker)
+
 
 class AshaPruner(optuna.pruners.BasePruner):
     def __init__(self, min_resource: int = 1, reduction_factor: int = 3, max_resource: int | None = None):

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import optuna
 
 from sweeper.search.asha import AshaPruner
+from sweeper.search.multi_fidelity import MultiFidelitySampler
 
 
 class GridSampler(optuna.samplers.GridSampler):
@@ -55,6 +56,11 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
 
 # Options sweeper fills in itself; the user may not set them.
 _RESERVED = {"search_space", "wrapped_pruner", "constraints_func"}
+# Samplers that model the study's values, and so can see every epoch (multi_fidelity.py); on
+# by default. `n_min`: the trials an epoch needs before it is modelled (default: searched
+# dimensions + 1, as BOHB).
+MULTI_FIDELITY = ("tpe", "gp")
+_MULTI_FIDELITY_OPTIONS = ("multi_fidelity", "n_min")
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,14 @@ def parse_named(
         if wrapped is None:
             return None
     valid = [p for p in inspect.signature(registry[name]).parameters if p not in _RESERVED]
+    if registry is SAMPLERS and name in MULTI_FIDELITY:
+        valid += _MULTI_FIDELITY_OPTIONS
+        if not isinstance(options.get("multi_fidelity", True), bool):
+            problems.append((f"{path}.multi_fidelity", f"must be true or false, got {options['multi_fidelity']!r}"))
+        n_min = options.get("n_min", 2)
+        if not isinstance(n_min, int) or isinstance(n_min, bool) or n_min < 2:
+            problems.append((f"{path}.n_min", f"must be an integer >= 2 (trials an epoch needs before "
+                                              f"the sampler models it), got {n_min!r}"))
     for key in options:
         if key not in valid:
             problems.append((f"{path}.{key}", f"not an option of {name}; valid options: "
@@ -98,15 +112,23 @@ def parse_named(
     return Named(name, options, wrapped)
 
 
-def create_sampler(spec: Named, grid: Callable[[], dict[str, list[Any]]],
-                   seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """Build the sampler; `grid` supplies the search space that GridSampler needs."""
+def create_sampler(spec: Named, grid: Callable[[], dict[str, list[Any]]], seed_offset: int = 0,
+                   dimensions: int = 1) -> optuna.samplers.BaseSampler:
+    """Build the sampler; `grid` supplies the search space that GridSampler needs, `dimensions`
+    (the parameters searched) the multi-fidelity default n_min."""
     options = dict(spec.options)
     if options.get("seed") is not None:
         options["seed"] += seed_offset
     if spec.name == "grid":
         options["search_space"] = grid()
-    return SAMPLERS[spec.name](**options)
+    multi_fidelity = options.pop("multi_fidelity", True) and spec.name in MULTI_FIDELITY
+    n_min = options.pop("n_min", max(2, dimensions + 1))
+    if not multi_fidelity:
+        return SAMPLERS[spec.name](**options)
+    # the view holds >= n_min finished trials once an epoch is modelled, so the base models from
+    # there on (unless the user asked for a longer start-up)
+    options.setdefault("n_startup_trials", n_min)
+    return MultiFidelitySampler(SAMPLERS[spec.name](**options), n_min)
 
 
 def create_pruner(spec: Named) -> optuna.pruners.BasePruner:

@@ -6,6 +6,7 @@ import json
 
 import optuna
 
+from sweeper.search.multi_fidelity import MultiFidelitySampler
 from sweeper.spec.sweep_spec import SweepSpec
 
 N_SAMPLES = 3
@@ -26,11 +27,13 @@ def sample_configs(spec: SweepSpec, n: int = N_SAMPLES) -> list[dict]:
 
 def describe(spec: SweepSpec) -> str:
     s = spec.search
+    sampler = spec.sampler()
+    mf = f" (multi-fidelity, n_min {sampler.n_min})" if isinstance(sampler, MultiFidelitySampler) else ""
     lines = [
         f"study: {spec.study}   (dry run: nothing written)",
         f"data: {spec.data.root or 'builtin:' + str(spec.data.builtin)}",
         f"search: n_trials={s.n_trials} objective={s.objective} "
-        f"sampler={s.sampler.name}{s.sampler.options or ''} pruner={s.pruner.name}{s.pruner.options or ''}",
+        f"sampler={s.sampler.name}{s.sampler.options or ''}{mf} pruner={s.pruner.name}{s.pruner.options or ''}",
         "searched:",
     ]
     for p in spec.space.params:

@@ -68,7 +68,7 @@ class SweepSpec:
 
     def sampler(self, seed_offset: int = 0):
         """The sampler; `seed_offset` gives each run of a study its own seeded sequence."""
-        return create_sampler(self.search.sampler, self.space.grid, seed_offset)
+        return create_sampler(self.search.sampler, self.space.grid, seed_offset, len(self.space.params))
 
     def pruner(self):
         return create_pruner(self.search.pruner)

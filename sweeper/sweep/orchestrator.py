@@ -23,18 +23,13 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import store
-from sweeper.search.asha import AshaPruner
+from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep import epochs, recovery, worker_handle
 from sweeper.sweep.fork_server import Launcher
 from sweeper.sweep.progress import SweepProgress
-from sweeper.sweep.scheduler import (
-    PAUSED,
-    SweepSource,
-    TrialSource,
-    failing_if_unstarted,
-)
+from sweeper.sweep.scheduler import SweepSource, TrialSource, failing_if_unstarted
 from sweeper.sweep.worker_handle import Running, Slot
 from sweeper.train import resume
 

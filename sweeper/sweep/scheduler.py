@@ -15,13 +15,12 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import store
+from sweeper.search.asha import PAUSED
 from sweeper.search.strategies import GridSampler
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig, resolve
 from sweeper.sweep import recovery
 from sweeper.train import resume
-
-PAUSED = "paused"  # user attribute: True while asha has the trial waiting at a rung
 
 
 @contextlib.contextmanager
