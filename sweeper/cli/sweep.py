@@ -90,13 +90,15 @@ def run(
 def summary(study, objective: str, seconds: float, budget_epochs: int | None = None) -> str:
     from optuna.trial import TrialState
 
-    from sweeper.sweep import epochs
+    from sweeper.sweep import epochs, reserve
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     line = (f"study {study.study_name}: {len(trials)} trials "
             f"({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
             f"{count[TrialState.FAIL]} failed) after {seconds:.0f} s\n{epochs.summary(trials, budget_epochs)}")
+    for number in reserve.finished_by_reserve(trials):
+        line += f"\nthe budget's reserve finished trial {number}"
     if count[TrialState.COMPLETE]:
         best = study.best_trial
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())

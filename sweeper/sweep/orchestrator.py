@@ -13,6 +13,7 @@ import dataclasses
 import os
 import queue
 import signal
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from sweeper import store
 from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig
-from sweeper.sweep import epochs, recovery, worker_handle
+from sweeper.sweep import epochs, recovery, reserve, worker_handle
 from sweeper.sweep.fork_server import Launcher
 from sweeper.sweep.progress import SweepProgress
 from sweeper.sweep.scheduler import SweepSource, TrialSource, failing_if_unstarted
@@ -63,28 +64,53 @@ class Orchestrator:
         self.asha = study.pruner if isinstance(study.pruner, AshaPruner) and spec is not None else None
         self.paused: dict[int, Running] = {}  # by trial number: ASHA trials waiting for promotion
         self.budget_epochs = spec.search.budget_epochs if spec is not None else None
+        self.epoch_seconds: list[float] = []  # every epoch's, to turn the time left into epochs
 
-    def _out_of_budget(self) -> bool:
+    def _trials(self) -> list[optuna.trial.FrozenTrial]:
+        return store.retrying(lambda: self.study.get_trials(deepcopy=False))
+
+    def _out_of_budget(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
             return True
-        return self._epochs_spent()
+        return self._epochs_spent(trials)
 
-    def _epochs_spent(self) -> bool:
+    def _epochs_spent(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         """search.budget.epochs reached, counting every orchestrator's trials."""
-        if self.budget_epochs is None:
-            return False
-        return epochs.trained(store.retrying(lambda: self.study.get_trials(deepcopy=False))) >= self.budget_epochs
+        return self.budget_epochs is not None and epochs.trained(trials) >= self.budget_epochs
+
+    def _reserve(self, trials, deciding: int | None = None) -> reserve.Reserve | None:
+        """What the best unfinished trial still needs of the budget (reserve.py)."""
+        if self.spec is None or (self.budget_epochs is None and self.deadline is None):
+            return None
+        seconds_left = self.deadline - time.monotonic() if self.deadline is not None else None
+        per_epoch = statistics.median(self.epoch_seconds) if self.epoch_seconds else None
+        return reserve.tightest(trials, self.budget_epochs, seconds_left, per_epoch, deciding)
+
+    def _kept_for(self, run: Running) -> None:
+        if not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
+            store.retrying(lambda: run.trial.set_user_attr(reserve.FINISHED_BY_RESERVE, True))
+            self.progress.message(f"trial {run.trial.number}: the rest of the budget is kept to finish it")
 
     def _claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        if self._out_of_budget():
+        trials = self._trials()
+        if self._out_of_budget(trials):
+            return None
+        kept = self._reserve(trials)
+        if kept is not None and kept.room < 1:  # only the reserve's trial trains now
             return None
         return self.source.claim()
 
     def _promotable(self) -> Running | None:
-        """A paused trial now in the top 1/eta at its rung (higher rungs first), if any."""
-        if not self.paused or self._out_of_budget():
+        """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
+        at its rung (higher rungs first), while the budget has room for it."""
+        if not self.paused or self.interrupts:
             return None
-        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        trials = self._trials()
+        kept = self._reserve(trials)
+        if kept is not None and kept.room < 1:
+            return self.paused.pop(kept.trial) if kept.trial in self.paused else None
+        if self._out_of_budget(trials):
+            return None
         for run in sorted(self.paused.values(), key=lambda r: (-r.epochs_run, r.trial.number)):
             if self.asha.promotable(run.trial.number, run.epochs_run, trials):
                 return self.paused.pop(run.trial.number)
@@ -108,6 +134,9 @@ class Orchestrator:
             store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
             store.retrying(lambda: run.trial.set_user_attr(PAUSED, False))
         self.running[slot.index] = again
+        kept = self._reserve(self._trials())
+        if kept is not None and kept.trial == run.trial.number and kept.room < 1:
+            self._kept_for(run)
         self.progress.message(f"trial {run.trial.number}: promoted at rung {run.epochs_run}; resumed")
         self.progress.started(run.trial.number, slot.index, config.params, config.epochs)
 
@@ -169,19 +198,10 @@ class Orchestrator:
             run.last_value, run.epochs_run = value, event["epoch"]
             store.retrying(lambda: run.trial.report(value, event["epoch"]))
             self.progress.epoch(run.trial.number, event["epoch"], value)
+            self.epoch_seconds.append(event["seconds"])
             # a trial that trained every epoch is complete, whatever the pruner would say
-            final = event["epoch"] >= run.config.epochs
-            prune = not final and run.prunable and store.retrying(run.trial.should_prune)
-            if prune:
-                run.outcome = (TrialState.PRUNED, f"pruned after epoch {event['epoch']}")
-            elif not final and self._epochs_spent():
-                run.outcome = (TrialState.PRUNED, "epoch budget spent")
-                prune = True
-            elif (not final and self.asha and run.prunable and event["epoch"] in self.asha.rungs(run.config.epochs)
-                  and not self.asha.promotable(run.trial.number, event["epoch"],
-                                               store.retrying(lambda: self.study.get_trials(deepcopy=False)))):
-                run.pausing = True
-            run.reply("stop" if prune or run.pausing or self.interrupts else "continue")
+            stop = event["epoch"] < run.config.epochs and self._stops(run, event["epoch"])
+            run.reply("stop" if stop or self.interrupts else "continue")
             run.last_epoch = time.monotonic()
             run.report_seconds.append(run.last_epoch - run.last_event)
         elif kind == "nonfinite":
@@ -195,6 +215,29 @@ class Orchestrator:
             run.outcome = (TrialState.PRUNED, "stopped")
         elif kind == "fail":
             run.outcome = (TrialState.FAIL, event["reason"])
+
+    def _stops(self, run: Running, epoch: int) -> bool:
+        """After a non-final epoch: does the trial stop (outcome set) or pause (run.pausing)?"""
+        trials = self._trials()
+        kept = self._reserve(trials, deciding=run.trial.number)
+        mine = kept is not None and kept.trial == run.trial.number
+        if mine and kept.room < 1:  # the reserve trains it to its last epoch
+            self._kept_for(run)
+            return False
+        # the one trial the budget can still finish is not pruned while there is no answer
+        protected = mine and not any(t.state == TrialState.COMPLETE for t in trials)
+        if run.prunable and not protected and store.retrying(run.trial.should_prune):
+            run.outcome = (TrialState.PRUNED, f"pruned after epoch {epoch}")
+        elif kept is not None and not mine and kept.room < 1:
+            run.outcome = (TrialState.PRUNED, f"budget kept for trial {kept.trial}")
+        elif kept is None and self._epochs_spent(trials):
+            run.outcome = (TrialState.PRUNED, "epoch budget spent")
+        elif (self.asha and run.prunable and epoch in self.asha.rungs(run.config.epochs)
+              and not self.asha.promotable(run.trial.number, epoch, trials)):
+            run.pausing = True
+        else:
+            return False
+        return True
 
     def _finish(self, run: Running) -> None:
         """The worker has exited: record the outcome it announced, or why it died."""

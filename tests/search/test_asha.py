@@ -111,7 +111,9 @@ def test_the_epoch_budget_stops_two_orchestrators_within_one_epoch(colour_folder
     assert budget <= trained <= budget + 1
     assert not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     stopped = [t for t in final if t.state == TrialState.PRUNED]
-    assert all(t.user_attrs["reason"] == "epoch budget spent" for t in stopped)
+    # stopped by the budget, or to keep what the best unfinished trial needs (sweep/reserve.py)
+    assert all(t.user_attrs["reason"] == "epoch budget spent"
+               or t.user_attrs["reason"].startswith("budget kept for trial ") for t in stopped)
     assert f"of a budget of {budget}" in out
 
 

@@ -1,0 +1,83 @@
+"""A budget ends with an answer: the epochs the best unfinished trial still needs are kept back.
+
+asha pauses the first arrivals at each rung, and an epoch budget can run out before anything
+reached the last epoch: the sweep would end without a COMPLETE trial. So, before anything
+else trains an epoch, the orchestrator asks `plan` whether that epoch is free:
+
+- the candidate is the unfinished trial (training or paused, any orchestrator's) closest to its
+  last epoch, the better value at that epoch first: the one that rose highest through the
+  rungs. It is worth finishing while no trial is COMPLETE, or while it beats every COMPLETE
+  trial at the epoch it reached;
+- `room` = epochs left - what the candidate still needs - one epoch for every other trial
+  training now (an epoch that has started cannot be stopped).
+
+While `room` >= 1 the sweep goes on as usual. At `room` <= 0 nothing new starts, other trials
+stop at their next epoch ("epoch budget kept for trial N"), and the candidate is promoted (if
+paused) and trains to its last epoch: it is not paused, pruned or stopped by the budget, even
+when other orchestrators overshoot it. While no trial is COMPLETE the candidate is not pruned
+either, so a sweep whose budget covers one trial's epochs ends with at least one COMPLETE trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.search.multi_fidelity import is_paused
+from sweeper.sweep import epochs
+from sweeper.sweep.recovery import RECHECK_OF
+
+FINISHED_BY_RESERVE = "finished_by_reserve"  # user attribute: the reserve promoted or kept it going
+
+
+@dataclass(frozen=True)
+class Reserve:
+    trial: int  # the candidate's number
+    need: int  # epochs it still has to train
+    room: int  # epochs free for anything else (<= 0: only the candidate trains)
+
+
+def _reached(t: FrozenTrial) -> tuple[int, float]:
+    if not t.intermediate_values:
+        return 0, float("-inf")
+    last = max(t.intermediate_values)
+    return last, t.intermediate_values[last]
+
+
+def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None) -> Reserve | None:
+    """The reserve now, or None when no unfinished trial is worth finishing. `deciding`: the
+    trial whose next epoch is being decided (it is between epochs, so not counted as training)."""
+    unfinished = [t for t in trials if t.state == TrialState.RUNNING and "epochs" in t.user_attrs
+                  and RECHECK_OF not in t.user_attrs]
+    if not unfinished:
+        return None
+    candidate = max(unfinished, key=lambda t: (*_reached(t), -t.number))
+    reached, value = _reached(candidate)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete and not all(value > t.intermediate_values.get(reached, float("-inf")) for t in complete):
+        return None
+    need = candidate.user_attrs["epochs"] - reached
+    training = sum(1 for t in unfinished if not is_paused(t) and t.number not in (candidate.number, deciding))
+    return Reserve(candidate.number, need, budget - epochs.trained(trials) - need - training)
+
+
+def tightest(trials: Sequence[FrozenTrial], budget_epochs: int | None, seconds_left: float | None,
+             seconds_per_epoch: float | None, deciding: int | None = None) -> Reserve | None:
+    """The reserve under the epoch budget and under the time left (--timeout: as many epochs as
+    one slot can still train at the seconds an epoch has taken; slots beside the candidate's
+    run in parallel, so they are not counted against it), whichever leaves less room."""
+    plans = []
+    if budget_epochs is not None:
+        plans.append(plan(trials, budget_epochs, deciding))
+    if seconds_left is not None and seconds_per_epoch:
+        training = sum(1 for t in trials if t.state == TrialState.RUNNING and not is_paused(t)
+                       and t.number != deciding)
+        by_time = epochs.trained(trials) + int(max(0.0, seconds_left) // seconds_per_epoch) + training
+        plans.append(plan(trials, by_time, deciding))
+    return min((p for p in plans if p is not None), key=lambda p: p.room, default=None)
+
+
+def finished_by_reserve(trials: Sequence[FrozenTrial]) -> list[int]:
+    return [t.number for t in trials if t.user_attrs.get(FINISHED_BY_RESERVE)]

@@ -1,0 +1,73 @@
+"""A budget ends with an answer: the epochs the best unfinished trial needs are kept back."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+from processes import finish, start, trials
+
+from sweeper.search.asha import PAUSED
+from sweeper.sweep import reserve
+from sweeper.testing import tiny_space, write_space
+
+
+def trial(number, values, state=TrialState.RUNNING, epochs=8, **attrs):
+    t = create_trial(state=state, params={"lr": 0.1}, distributions={"lr": FloatDistribution(0.01, 1.0)},
+                     value=values[max(values)] if state == TrialState.COMPLETE else None,
+                     intermediate_values=values, user_attrs={"epochs": epochs, **attrs})
+    t.number = number
+    return t
+
+
+def test_the_candidate_is_the_trial_highest_through_the_rungs_and_room_is_what_is_left():
+    trials_now = [
+        trial(0, {1: 0.9}, paused=True),  # best at epoch 1, but only at epoch 1
+        trial(1, {1: 0.5, 2: 0.6, 3: 0.7}, paused=True),  # promoted once, paused at rung 3
+        trial(2, {1: 0.4, 2: 0.5, 3: 0.65}, paused=True),
+        trial(3, {1: 0.6}),  # training now
+        trial(4, {1: 0.2}, TrialState.PRUNED),
+    ]
+    # trained: 1 + 3 + 3 + 1 + 1 = 9; trial 1 needs 8 - 3 = 5; trial 3 is mid-epoch: 1 more
+    kept = reserve.plan(trials_now, budget=20)
+    assert (kept.trial, kept.need, kept.room) == (1, 5, 20 - 9 - 5 - 1)
+    # deciding trial 3's next epoch: it is between epochs, so nothing else is committed
+    assert reserve.plan(trials_now, budget=20, deciding=3).room == 20 - 9 - 5
+
+
+def test_no_reserve_for_a_trial_no_better_than_a_complete_one_at_its_epoch():
+    done = trial(5, {e: 0.1 * e for e in range(1, 9)}, TrialState.COMPLETE)  # 0.3 at epoch 3
+    worse = trial(1, {1: 0.1, 2: 0.2, 3: 0.25}, paused=True)
+    better = trial(2, {1: 0.1, 2: 0.2, 3: 0.35}, paused=True)
+    assert reserve.plan([done, worse], budget=40) is None
+    assert reserve.plan([done, worse, better], budget=40).trial == 2
+
+
+def test_paused_trials_are_not_counted_as_training():
+    a = trial(0, {1: 0.9, 2: 0.9, 3: 0.9})
+    paused = [trial(n, {1: 0.1}, **{PAUSED: True}) for n in range(1, 4)]
+    training = [trial(n, {1: 0.1}) for n in range(4, 6)]
+    assert reserve.plan([a, *paused], 20).room == 20 - 6 - 5
+    assert reserve.plan([a, *paused, *training], 20).room == 20 - 8 - 5 - 2
+
+
+@pytest.mark.slow
+def test_an_asha_budget_too_small_to_promote_still_ends_with_a_complete_trial(colour_folder, tmp_path):
+    # asha with one rung at epoch 1 (eta 3) pauses the first two arrivals; 4 epochs would
+    # otherwise go to three first epochs and one promoted second epoch: nothing complete
+    doc = tiny_space(colour_folder, study="kept", train={"epochs": 3, "batch_size": 8},
+                     search={"n_trials": 10, "sampler": {"name": "random", "seed": 0},
+                             "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3},
+                             "budget": {"epochs": 4}},
+                     space={"lr": [0.05, 1.0e-6, 2.0e-6]},
+                     enqueue=[{"lr": 1.0e-6}, {"lr": 0.05}, {"lr": 2.0e-6}])
+    code, out = finish(start(tmp_path, "--space", str(write_space(tmp_path / "space.yaml", doc))))
+    assert code == 0, out
+    final = trials(tmp_path, "kept")
+    complete = [t for t in final if t.state == TrialState.COMPLETE]
+    assert len(complete) == 1 and sum(len(t.intermediate_values) for t in final) == 4
+    # after two first epochs only 4 - 2 = 2 are left: exactly what the better of the two needs
+    best_first = max(final[:2], key=lambda t: t.intermediate_values[1])
+    assert complete[0].number == best_first.number
+    assert f"the budget's reserve finished trial {best_first.number}" in out
+    assert not [t for t in final if t.state == TrialState.RUNNING]
