@@ -60,6 +60,6 @@ def test_memory_quick_prints_one_and_four_workers():
 def test_search_quick_prints_every_side():
     lines = _quick("search.py")
     sides = [line.split("  ")[0] for line in lines[-6:-1]]
-    assert sides == ["grid (manual configurations)", "tpe + median", "tpe + hyperband", "tpe + asha",
-                     "tpe + 1-epoch"]
-    assert lines[-1].startswith("target (sweeper's best at 1/3 >= the grid's best): ")
+    assert sides == ["grid (manual configurations)", "tpe + asha (mf)", "tpe + asha (final)", "random + asha",
+                     "1-epoch"]
+    assert lines[-1].startswith("target (mf median at its budget > 1-epoch and random + asha medians")
