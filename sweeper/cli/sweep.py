@@ -47,6 +47,8 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show samples; write nothing.")] = False,
 ) -> None:
     """Create or resume a study and run trials until it holds n_trials finished ones."""
+    from optuna.trial import TrialState
+
     from sweeper import store
     from sweeper.spec.sweep_spec import load_spec
     from sweeper.sweep import orchestrator
@@ -85,6 +87,12 @@ def run(
         err("interrupted: the trials that were running are recorded FAIL (interrupted) and "
             "queued again; `sweeper run` again resumes the study")
         raise typer.Exit(130)
+    kept = spec.search.recheck
+    if kept is not None and any(t.state == TrialState.COMPLETE for t in the_study.get_trials(deepcopy=False)):
+        # search.recheck: inside the budget, which kept these epochs back from the search
+        if _recheck(the_study, kept.top, kept.seeds, slots, trials_dir, storage_url, options):
+            err("interrupted: `sweeper run` (or `sweeper recheck`) again trains the re-check runs still missing")
+            raise typer.Exit(130)
 
 
 def summary(study, objective: str, seconds: float, budget_epochs: int | None = None) -> str:
@@ -122,31 +130,43 @@ def recheck(
 ) -> None:
     """Retrain the best configurations with new seeds (every epoch, no pruning); rank by the mean."""
     from sweeper import store
-    from sweeper.analyze import recheck as rechecking
-    from sweeper.analyze.ranking import configurations
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
-    from sweeper.sweep.progress import make_progress
 
     gpu_ids = parse_gpus(gpus)
     the_study = open_study(study, storage)
+    slots = sweep_setup.make_slots(workers, gpu_ids)
+    # max_retry applies to `run` trials of dead orchestrators this one may recover; re-checks
+    # themselves are never queued again (the next recheck plans them)
+    options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)
+    interrupted = _recheck(the_study, top, seeds, slots, trials_dir, storage or store.DEFAULT_STORAGE, options)
+    if interrupted:
+        err("interrupted: `sweeper recheck` again trains the runs still missing")
+        raise typer.Exit(130)
+
+
+def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_url: str, options) -> bool:
+    """Retrain the `top` configurations with `seeds` new seeds, print the ranking by the mean;
+    True if interrupted."""
+    from sweeper.analyze import recheck as rechecking
+    from sweeper.analyze.ranking import configurations
+    from sweeper.sweep import orchestrator
+    from sweeper.sweep.progress import make_progress
+
+    study = the_study.study_name
     with progress_bar("decoding images") as callback:
         chosen, todo = rechecking.plan(the_study, top, seeds, trials_dir, callback)
     objective = the_study.user_attrs.get("objective", "value")
     runner = None
     if todo:
-        slots = sweep_setup.make_slots(workers, gpu_ids)
         start = time.monotonic()
         with make_progress(study, len(todo), objective) as progress:
             progress.message(f"re-checking {len(chosen)} configuration(s) (trials "
                              f"{', '.join(str(t.number) for t in chosen)}): {len(todo)} run(s) "
                              f"with new seeds on {len(slots)} worker(s)")
-            # max_retry applies to `run` trials of dead orchestrators this one may recover;
-            # re-checks themselves are never queued again (the next recheck plans them)
-            options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)
-            source = rechecking.RecheckSource(the_study, todo, trials_dir, heartbeat)
+            source = rechecking.RecheckSource(the_study, todo, trials_dir, options.heartbeat)
             runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
-                                               storage or store.DEFAULT_STORAGE, options, source)
+                                               storage_url, options, source)
             runner.run()
         done = f"{len(todo)} run(s) in {time.monotonic() - start:.0f} s"
     else:
@@ -159,9 +179,7 @@ def recheck(
             print(f"  #{rank} trial {c.first.number}: {c.describe(objective)}")
     if ranked:
         print(f"best configuration: trial {ranked[0].first.number} ({ranked[0].describe(objective)})")
-    if runner is not None and runner.interrupts:
-        err("interrupted: `sweeper recheck` again trains the runs still missing")
-        raise typer.Exit(130)
+    return runner is not None and bool(runner.interrupts)
 
 
 @app.command("import")

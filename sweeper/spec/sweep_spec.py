@@ -20,6 +20,7 @@ from sweeper.search.strategies import (
     create_sampler,
     parse_named,
 )
+from sweeper.spec.budget import Recheck, check_fits, parse_budget, parse_recheck, recheck_epochs
 from sweeper.spec.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS
 from sweeper.spec.policies import BUILTIN_POLICIES, OPERATIONS
 from sweeper.spec.space import CategoricalParam, FloatParam, SearchSpace
@@ -29,7 +30,7 @@ OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
 BUILTIN_DATASETS = ("digits",)
 TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue")
 DATA_KEYS = ("root", "builtin", "val_fraction", "num_workers")
-SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget")
+SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget", "recheck")
 VALUE_MODES = ("last", "best")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -53,6 +54,7 @@ class SearchSpec:
     objective: str = "val_acc"
     value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
     budget_epochs: int | None = None  # epochs trained across all trials before the sweep stops
+    recheck: Recheck | None = None  # the best configurations retrained with more seeds at the end
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,20 @@ class SweepSpec:
 
     def pruner(self):
         return create_pruner(self.search.pruner)
+
+    @property
+    def max_epochs(self) -> int:
+        """A trial's epochs (the most a searched `epochs` allows)."""
+        if "epochs" not in self.space.names:
+            return self.fixed["epochs"]
+        p = self.space["epochs"]
+        return max(p.choices) if hasattr(p, "choices") else p.high
+
+    @property
+    def search_budget_epochs(self) -> int | None:
+        """The epochs the search may train: the budget less the re-check planned at the end."""
+        s = self.search
+        return None if s.budget_epochs is None else s.budget_epochs - recheck_epochs(s.recheck, self.max_epochs)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -220,17 +236,8 @@ def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
             create_pruner(pruner)
         except ValueError as exc:
             problems.append(("search.pruner", str(exc)))
-    budget = raw.get("budget")
-    budget_epochs = None
-    if budget is not None:
-        if not isinstance(budget, dict) or set(budget) != {"epochs"}:
-            problems.append(("search.budget", f"must be {{epochs: N}}, got {budget!r}"))
-        elif not isinstance(budget["epochs"], int) or isinstance(budget["epochs"], bool) or budget["epochs"] < 1:
-            problems.append(("search.budget.epochs", f"must be an integer >= 1, got {budget['epochs']!r}"))
-        else:
-            budget_epochs = budget["epochs"]
     return SearchSpec(n, timeout, sampler or defaults.sampler, pruner or defaults.pruner, objective,
-                      value, budget_epochs)
+                      value, parse_budget(raw.get("budget"), problems), parse_recheck(raw.get("recheck"), problems))
 
 
 def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, problems: Problems) -> None:
@@ -371,6 +378,9 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
     _check_values(_knob_values(fixed, fixed_raw, space), policies, problems)
     enqueue = parse_enqueue(raw.get("enqueue"), space, problems)
     _check_strategies(search, space, problems)
+    if not problems:
+        spec = SweepSpec(study, data, fixed, space, search, policies, enqueue, source)
+        check_fits(search.budget_epochs, search.recheck, spec.max_epochs, problems)
     if problems:
         raise SpecError(source, problems)
     return SweepSpec(study, data, fixed, space, search, policies, enqueue, source)

@@ -63,7 +63,7 @@ class Orchestrator:
                                             options.heartbeat)
         self.asha = study.pruner if isinstance(study.pruner, AshaPruner) and spec is not None else None
         self.paused: dict[int, Running] = {}  # by trial number: ASHA trials waiting for promotion
-        self.budget_epochs = spec.search.budget_epochs if spec is not None else None
+        self.budget_epochs = spec.search_budget_epochs if spec is not None else None
         self.epoch_seconds: list[float] = []  # every epoch's, to turn the time left into epochs
 
     def _trials(self) -> list[optuna.trial.FrozenTrial]:

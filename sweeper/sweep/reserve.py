@@ -7,14 +7,14 @@ else trains an epoch, the orchestrator asks `plan` whether that epoch is free:
 - the candidate is the unfinished trial (training or paused, any orchestrator's) closest to its
   last epoch, the better value at that epoch first: the one that rose highest through the
   rungs. It is worth finishing while no trial is COMPLETE, or while it beats every COMPLETE
-  trial at the epoch it reached;
+  trial at the epoch it reached and still fits in the budget;
 - `room` = epochs left - what the candidate still needs - one epoch for every other trial
   training now (an epoch that has started cannot be stopped).
 
 While `room` >= 1 the sweep goes on as usual. At `room` <= 0 nothing new starts, other trials
 stop at their next epoch ("epoch budget kept for trial N"), and the candidate is promoted (if
-paused) and trains to its last epoch: it is not paused, pruned or stopped by the budget, even
-when other orchestrators overshoot it. While no trial is COMPLETE the candidate is not pruned
+paused) and trains to its last epoch: it is not paused, pruned or stopped by the budget (while
+there is no answer yet, even when other orchestrators overshoot the budget). While no trial is COMPLETE the candidate is not pruned
 either, so a sweep whose budget covers one trial's epochs ends with at least one COMPLETE trial.
 """
 
@@ -60,7 +60,10 @@ def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None
         return None
     need = candidate.user_attrs["epochs"] - reached
     training = sum(1 for t in unfinished if not is_paused(t) and t.number not in (candidate.number, deciding))
-    return Reserve(candidate.number, need, budget - epochs.trained(trials) - need - training)
+    room = budget - epochs.trained(trials) - need - training
+    if complete and room < 0:  # there is an answer: finish this one only inside the budget
+        return None
+    return Reserve(candidate.number, need, room)
 
 
 def tightest(trials: Sequence[FrozenTrial], budget_epochs: int | None, seconds_left: float | None,

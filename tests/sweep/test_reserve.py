@@ -71,3 +71,34 @@ def test_an_asha_budget_too_small_to_promote_still_ends_with_a_complete_trial(co
     assert complete[0].number == best_first.number
     assert f"the budget's reserve finished trial {best_first.number}" in out
     assert not [t for t in final if t.state == TrialState.RUNNING]
+
+
+def test_a_recheck_that_does_not_fit_the_budget_is_named(colour_folder):
+    from sweeper.errors import SpecError
+    from sweeper.spec.sweep_spec import parse_spec
+
+    doc = tiny_space(colour_folder, train={"epochs": 2},
+                     search={"budget": {"epochs": 5}, "recheck": {"top": 2, "seeds": 1}})
+    with pytest.raises(SpecError, match=r"search.recheck: re-checking 2 configuration\(s\) with 1 seed\(s\) "
+                                        r"takes 2 x 1 x 2 = 4 epochs of search.budget.epochs \(5\)"):
+        parse_spec(doc, "s")
+    assert parse_spec(doc, "s", {"budget_epochs": 6}).search_budget_epochs == 2
+
+
+@pytest.mark.slow
+def test_run_rechecks_its_winner_inside_the_epoch_budget(colour_folder, tmp_path):
+    doc = tiny_space(colour_folder, study="rc", train={"epochs": 2, "batch_size": 8},
+                     search={"n_trials": 10, "sampler": {"name": "random", "seed": 0}, "pruner": "none",
+                             "budget": {"epochs": 7}, "recheck": {"top": 1, "seeds": 2}})
+    code, out = finish(start(tmp_path, "--space", str(write_space(tmp_path / "space.yaml", doc))))
+    assert code == 0, out
+    final = trials(tmp_path, "rc")
+    rechecks = [t for t in final if "recheck_of" in t.user_attrs]
+    searched = [t for t in final if "recheck_of" not in t.user_attrs]
+    # 7 - 1 x 2 x 2 = 3 epochs for the search: one trial of 2, then one epoch of a second
+    assert sum(len(t.intermediate_values) for t in searched) == 3
+    assert len(rechecks) == 2 and all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 2
+                                      for t in rechecks)
+    winner = max((t for t in searched if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert {t.user_attrs["recheck_of"] for t in rechecks} == {winner.number}
+    assert f"best configuration: trial {winner.number} (val_acc mean " in out and "over 3 runs" in out
