@@ -51,6 +51,18 @@ def test_paused_trials_are_not_counted_as_training():
     assert reserve.plan([a, *paused, *training], 20).room == 20 - 8 - 5 - 2
 
 
+def test_a_timeout_is_a_budget_of_what_one_slot_can_still_train():
+    candidate = trial(0, {1: 0.9, 2: 0.9}, epochs=5, paused=True)  # needs 3 more epochs
+    other = trial(1, {1: 0.5}, epochs=5)  # training beside it, on another slot
+    # 35 s left at 10 s an epoch: 3 epochs on the candidate's slot, exactly what it needs
+    kept = reserve.tightest([candidate, other], None, seconds_left=35.0, seconds_per_epoch=10.0)
+    assert (kept.trial, kept.need, kept.room) == (0, 3, 0)
+    assert reserve.tightest([candidate, other], None, 45.0, 10.0).room == 1
+    # with an epoch budget too, the tighter of the two decides
+    assert reserve.tightest([candidate, other], 5, 45.0, 10.0).room == 5 - 3 - 3 - 1
+    assert reserve.tightest([candidate, other], None, 45.0, None) is None  # no epoch timed yet
+
+
 @pytest.mark.slow
 def test_an_asha_budget_too_small_to_promote_still_ends_with_a_complete_trial(colour_folder, tmp_path):
     # asha with one rung at epoch 1 (eta 3) pauses the first two arrivals; 4 epochs would
