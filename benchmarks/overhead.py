@@ -5,8 +5,8 @@
    pruner + reply), and last epoch -> tell (`finish_s`: checkpoint, worker exit, attributes);
    with the warm fork server (default) against a fresh interpreter per trial;
 2. `sweeper report` on a generated study of 1,000 trials (target <= 15 s);
-3. the sampler's time per trial (ask + suggest) at 1,000 trials, TPE and random as `run` builds
-   them.
+3. the sampler's time per trial (ask + suggest) at 1,000 trials, as `run` builds them: TPE
+   (multi-fidelity, the default), TPE on finished trials only, and random.
 
     python benchmarks/overhead.py             # about 3 minutes on a 2-core CPU
     python benchmarks/overhead.py --quick     # smaller: 3 one-epoch trials per sweep, a 100-trial study
@@ -70,7 +70,11 @@ def report_seconds(folder: Path, n: int) -> tuple[float, float]:
     return generated, took
 
 
-def sampler_ms(folder: Path, sampler: str, asks: int) -> float:
+SAMPLERS = {"tpe (multi-fidelity)": "tpe", "tpe (multi_fidelity: false)": {"name": "tpe", "multi_fidelity": False},
+            "random": "random"}
+
+
+def sampler_ms(folder: Path, sampler: str | dict, asks: int) -> float:
     """Mean ms of ask + suggest on the generated study (each asked trial is then told FAIL, so the
     history stays the same size)."""
     doc = tiny_space(None, study="big", search={"sampler": sampler}, space=SPACE)
@@ -103,7 +107,7 @@ def main() -> None:
         warm = sweep_costs(root / "warm", args.sweep_trials, args.epochs, True)
         cold = sweep_costs(root / "cold", args.sweep_trials, args.epochs, False)
         generated, report = report_seconds(root / "big", args.trials)
-        samplers = {name: sampler_ms(root / "big", name, 5) for name in ("tpe", "random")}
+        samplers = {label: sampler_ms(root / "big", sampler, 5) for label, sampler in SAMPLERS.items()}
     print(f"\n{os.cpu_count()} cores; per trial: median over trials 2..{args.sweep_trials} of a "
           f"sweep on built-in digits (resnet10t, 32 px, {args.epochs} epochs)")
     print(f"{'cost':<42} {'fork server':>12} {'fresh python':>13} {'ratio':>7}")
@@ -113,7 +117,7 @@ def main() -> None:
     print(f"\nstudy of {args.trials} trials (generated in {generated:.1f} s):")
     print(f"{'sweeper report':<42} {report:10.1f} s   (target <= 15 s)")
     for name, ms in samplers.items():
-        print(f"{'sampler ' + name + ': ask + suggest':<42} {ms:10.1f} ms per trial")
+        print(f"{name + ': ask + suggest':<42} {ms:10.1f} ms per trial")
 
 
 if __name__ == "__main__":

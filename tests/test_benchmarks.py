@@ -42,9 +42,10 @@ def test_overhead_quick_prints_trial_costs_report_time_and_sampler_time():
     lines = _quick("overhead.py")
     text = "\n".join(lines)
     for label in ("ask -> first step (s)", "epoch report round trip (ms)", "last epoch -> tell (s)",
-                  "sweeper report", "sampler tpe: ask + suggest", "sampler random: ask + suggest"):
+                  "sweeper report", "tpe (multi-fidelity): ask + suggest",
+                  "tpe (multi_fidelity: false): ask + suggest", "random: ask + suggest"):
         assert label in text, label
-    assert lines[-3].startswith("sweeper report") and lines[-3].rstrip().endswith("(target <= 15 s)")
+    assert lines[-4].startswith("sweeper report") and lines[-4].rstrip().endswith("(target <= 15 s)")
 
 
 @pytest.mark.slow
