@@ -95,22 +95,33 @@ def plan(study: optuna.Study, top: int, seeds: int, trials_root: Path,
 
 
 class RecheckSource:
-    """Hands out the planned runs, one new RUNNING trial each (never a queued trial of `run`)."""
+    """Hands out the planned runs, one new RUNNING trial each (never a queued trial of `run`);
+    a run another orchestrator has started since the plan was made is skipped."""
 
-    def __init__(self, study: optuna.Study, planned: list[Planned], trials_root: Path, heartbeat: float):
+    def __init__(self, study: optuna.Study, planned: list[Planned], trials_root: Path, heartbeat: float,
+                 storage_url: str):
         self.study, self.todo, self.trials_root, self.heartbeat = study, list(planned), trials_root, heartbeat
+        self.storage_url = storage_url
+
+    def _started(self) -> set[tuple[int, int]]:
+        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        return {(t.user_attrs.get(recovery.RECHECK_OF), t.user_attrs.get(RECHECK_SEED))
+                for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING)}
 
     def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        if not self.todo:
-            return None
-        p = self.todo.pop(0)
-        template = optuna.trial.create_trial(
-            state=TrialState.RUNNING, params=p.first.params, distributions=p.first.distributions,
-            user_attrs={recovery.RECHECK_OF: p.first.number, RECHECK_SEED: p.seed_index})
-        trial_id = store.retrying(lambda: self.study._storage.create_new_trial(
-            self.study._study_id, template_trial=template))
+        with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
+            started = self._started()
+            self.todo = [p for p in self.todo if (p.first.number, p.seed_index) not in started]
+            if not self.todo:
+                return None
+            p = self.todo.pop(0)
+            template = optuna.trial.create_trial(
+                state=TrialState.RUNNING, params=p.first.params, distributions=p.first.distributions,
+                user_attrs={recovery.RECHECK_OF: p.first.number, RECHECK_SEED: p.seed_index})
+            trial_id = store.retrying(lambda: self.study._storage.create_new_trial(
+                self.study._study_id, template_trial=template))
+            recovery.beat(self.study, trial_id, self.heartbeat)
         trial = optuna.Trial(self.study, trial_id)
-        recovery.beat(self.study, trial_id, self.heartbeat)
         config = dataclasses.replace(
             p.base, number=trial.number, seed=p.base.seed + p.seed_index,
             trial_dir=str((self.trials_root / self.study.study_name / str(trial.number)).resolve()))

@@ -88,7 +88,10 @@ def run(
             "queued again; `sweeper run` again resumes the study")
         raise typer.Exit(130)
     kept = spec.search.recheck
-    if kept is not None and any(t.state == TrialState.COMPLETE for t in the_study.get_trials(deepcopy=False)):
+    if kept is not None and runner.deadline is not None and time.monotonic() >= runner.deadline:
+        err(f"search.recheck not run: the timeout has passed (no trial starts after it); "
+            f"`sweeper recheck --study {spec.study} --top {kept.top} --seeds {kept.seeds}` runs it")
+    elif kept is not None and any(t.state == TrialState.COMPLETE for t in the_study.get_trials(deepcopy=False)):
         # search.recheck: inside the budget, which kept these epochs back from the search
         if _recheck(the_study, kept.top, kept.seeds, slots, trials_dir, storage_url, options):
             err("interrupted: `sweeper run` (or `sweeper recheck`) again trains the re-check runs still missing")
@@ -164,7 +167,7 @@ def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_u
             progress.message(f"re-checking {len(chosen)} configuration(s) (trials "
                              f"{', '.join(str(t.number) for t in chosen)}): {len(todo)} run(s) "
                              f"with new seeds on {len(slots)} worker(s)")
-            source = rechecking.RecheckSource(the_study, todo, trials_dir, options.heartbeat)
+            source = rechecking.RecheckSource(the_study, todo, trials_dir, options.heartbeat, storage_url)
             runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
                                                storage_url, options, source)
             runner.run()

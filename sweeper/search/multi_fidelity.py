@@ -23,6 +23,7 @@ from typing import Any, Container, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.search.asha import PAUSED
@@ -104,7 +105,16 @@ class MultiFidelitySampler(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._view = None
+        self._forget_search_space()
         self.base.before_trial(self.view_for(study, trial), trial)
+
+    def _forget_search_space(self) -> None:
+        """The base sampler's intersection search space is cached up to a trial number, for a
+        study whose finished trials stay finished; in a view a trial can turn COMPLETE (reached
+        the modelled epoch) after that cursor passed it, so it is computed afresh every ask."""
+        for name, value in vars(self.base).items():
+            if isinstance(value, IntersectionSearchSpace):
+                setattr(self.base, name, IntersectionSearchSpace(include_pruned=value._include_pruned))
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self.base.infer_relative_search_space(self.view_for(study, trial), trial)

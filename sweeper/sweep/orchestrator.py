@@ -13,7 +13,6 @@ import dataclasses
 import os
 import queue
 import signal
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -63,28 +62,10 @@ class Orchestrator:
                                             options.heartbeat)
         self.asha = study.pruner if isinstance(study.pruner, AshaPruner) and spec is not None else None
         self.paused: dict[int, Running] = {}  # by trial number: ASHA trials waiting for promotion
-        self.budget_epochs = spec.search_budget_epochs if spec is not None else None
-        self.epoch_seconds: list[float] = []  # every epoch's, to turn the time left into epochs
-
-    def _trials(self) -> list[optuna.trial.FrozenTrial]:
-        return store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        self.budget = reserve.Budget(spec, study, self.deadline)
 
     def _out_of_budget(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
-        if self.interrupts or (self.deadline is not None and time.monotonic() >= self.deadline):
-            return True
-        return self._epochs_spent(trials)
-
-    def _epochs_spent(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
-        """search.budget.epochs reached, counting every orchestrator's trials."""
-        return self.budget_epochs is not None and epochs.trained(trials) >= self.budget_epochs
-
-    def _reserve(self, trials, deciding: int | None = None) -> reserve.Reserve | None:
-        """What the best unfinished trial still needs of the budget (reserve.py)."""
-        if self.spec is None or (self.budget_epochs is None and self.deadline is None):
-            return None
-        seconds_left = self.deadline - time.monotonic() if self.deadline is not None else None
-        per_epoch = statistics.median(self.epoch_seconds) if self.epoch_seconds else None
-        return reserve.tightest(trials, self.budget_epochs, seconds_left, per_epoch, deciding)
+        return bool(self.interrupts) or self.budget.out(trials)
 
     def _kept_for(self, run: Running) -> None:
         if not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
@@ -92,10 +73,10 @@ class Orchestrator:
             self.progress.message(f"trial {run.trial.number}: the rest of the budget is kept to finish it")
 
     def _claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        trials = self._trials()
+        trials = self.budget.trials()
         if self._out_of_budget(trials):
             return None
-        kept = self._reserve(trials)
+        kept = self.budget.reserve(trials)
         if kept is not None and kept.room < 1:  # only the reserve's trial trains now
             return None
         return self.source.claim()
@@ -105,8 +86,8 @@ class Orchestrator:
         at its rung (higher rungs first), while the budget has room for it."""
         if not self.paused or self.interrupts:
             return None
-        trials = self._trials()
-        kept = self._reserve(trials)
+        trials = self.budget.trials()
+        kept = self.budget.reserve(trials)
         if kept is not None and kept.room < 1:
             return self.paused.pop(kept.trial) if kept.trial in self.paused else None
         if self._out_of_budget(trials):
@@ -115,6 +96,19 @@ class Orchestrator:
             if self.asha.promotable(run.trial.number, run.epochs_run, trials):
                 return self.paused.pop(run.trial.number)
         return None
+
+    def _last_chance(self) -> Running | None:
+        """The sweep is ending (n_trials reached, grid done) with no COMPLETE trial: the paused
+        trial highest through the rungs is finished rather than pruned (reserve.py)."""
+        trials = self.budget.trials()
+        if not self.paused or self.interrupts or any(t.state == TrialState.COMPLETE for t in trials):
+            return None
+        kept = reserve.plan(trials, budget=0)
+        if kept is None or kept.trial not in self.paused:
+            return None
+        run = self.paused.pop(kept.trial)
+        self._kept_for(run)
+        return run
 
     def _pause(self, run: Running) -> None:
         """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
@@ -134,7 +128,7 @@ class Orchestrator:
             store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
             store.retrying(lambda: run.trial.set_user_attr(PAUSED, False))
         self.running[slot.index] = again
-        kept = self._reserve(self._trials())
+        kept = self.budget.reserve(self.budget.trials())
         if kept is not None and kept.trial == run.trial.number and kept.room < 1:
             self._kept_for(run)
         self.progress.message(f"trial {run.trial.number}: promoted at rung {run.epochs_run}; resumed")
@@ -198,7 +192,7 @@ class Orchestrator:
             run.last_value, run.epochs_run = value, event["epoch"]
             store.retrying(lambda: run.trial.report(value, event["epoch"]))
             self.progress.epoch(run.trial.number, event["epoch"], value)
-            self.epoch_seconds.append(event["seconds"])
+            self.budget.epoch_seconds.append(event["seconds"])
             # a trial that trained every epoch is complete, whatever the pruner would say
             stop = event["epoch"] < run.config.epochs and self._stops(run, event["epoch"])
             run.reply("stop" if stop or self.interrupts else "continue")
@@ -218,8 +212,10 @@ class Orchestrator:
 
     def _stops(self, run: Running, epoch: int) -> bool:
         """After a non-final epoch: does the trial stop (outcome set) or pause (run.pausing)?"""
-        trials = self._trials()
-        kept = self._reserve(trials, deciding=run.trial.number)
+        if run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
+            return False  # the reserve took it: it trains to its last epoch
+        trials = self.budget.trials()
+        kept = self.budget.reserve(trials, deciding=run.trial.number)
         mine = kept is not None and kept.trial == run.trial.number
         if mine and kept.room < 1:  # the reserve trains it to its last epoch
             self._kept_for(run)
@@ -230,7 +226,7 @@ class Orchestrator:
             run.outcome = (TrialState.PRUNED, f"pruned after epoch {epoch}")
         elif kept is not None and not mine and kept.room < 1:
             run.outcome = (TrialState.PRUNED, f"budget kept for trial {kept.trial}")
-        elif kept is None and self._epochs_spent(trials):
+        elif self.budget.epochs_spent(trials):
             run.outcome = (TrialState.PRUNED, "epoch budget spent")
         elif (self.asha and run.prunable and epoch in self.asha.rungs(run.config.epochs)
               and not self.asha.promotable(run.trial.number, epoch, trials)):
@@ -369,6 +365,9 @@ class Orchestrator:
                     self._prune_paused()
                     return
                 elsewhere = self.source.running_elsewhere()
+                if not elsewhere and (last := self._last_chance()) is not None:
+                    self._resume_paused(self.slots[0], last)
+                    continue
                 if not elsewhere:
                     self._prune_paused()  # nothing promotable is left: the sweep is over
                     return

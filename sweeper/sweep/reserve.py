@@ -20,14 +20,20 @@ either, so a sweep whose budget covers one trial's epochs ends with at least one
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from sweeper import store
 
 from sweeper.search.multi_fidelity import is_paused
 from sweeper.sweep import epochs
 from sweeper.sweep.recovery import RECHECK_OF
+from sweeper.spec.sweep_spec import SweepSpec
 
 FINISHED_BY_RESERVE = "finished_by_reserve"  # user attribute: the reserve promoted or kept it going
 
@@ -46,9 +52,12 @@ def _reached(t: FrozenTrial) -> tuple[int, float]:
     return last, t.intermediate_values[last]
 
 
-def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None) -> Reserve | None:
+def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None,
+         in_parallel: bool = False) -> Reserve | None:
     """The reserve now, or None when no unfinished trial is worth finishing. `deciding`: the
-    trial whose next epoch is being decided (it is between epochs, so not counted as training)."""
+    trial whose next epoch is being decided (it is between epochs, so not counted as training);
+    `in_parallel`: the budget is the candidate's own slot's (time), so others' epochs do not
+    count against it."""
     unfinished = [t for t in trials if t.state == TrialState.RUNNING and "epochs" in t.user_attrs
                   and RECHECK_OF not in t.user_attrs]
     if not unfinished:
@@ -60,7 +69,7 @@ def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None
         return None
     need = candidate.user_attrs["epochs"] - reached
     training = sum(1 for t in unfinished if not is_paused(t) and t.number not in (candidate.number, deciding))
-    room = budget - epochs.trained(trials) - need - training
+    room = budget - epochs.trained(trials) - need - (0 if in_parallel else training)
     if complete and room < 0:  # there is an answer: finish this one only inside the budget
         return None
     return Reserve(candidate.number, need, room)
@@ -70,17 +79,53 @@ def tightest(trials: Sequence[FrozenTrial], budget_epochs: int | None, seconds_l
              seconds_per_epoch: float | None, deciding: int | None = None) -> Reserve | None:
     """The reserve under the epoch budget and under the time left (--timeout: as many epochs as
     one slot can still train at the seconds an epoch has taken; slots beside the candidate's
-    run in parallel, so they are not counted against it), whichever leaves less room."""
+    run in parallel, so they are not counted against it), whichever leaves less room. Where
+    the epoch budget keeps nothing (its candidate no longer fits), the time left cannot either."""
     plans = []
     if budget_epochs is not None:
         plans.append(plan(trials, budget_epochs, deciding))
+        if plans[0] is None:
+            return None
     if seconds_left is not None and seconds_per_epoch:
-        training = sum(1 for t in trials if t.state == TrialState.RUNNING and not is_paused(t)
-                       and t.number != deciding)
-        by_time = epochs.trained(trials) + int(max(0.0, seconds_left) // seconds_per_epoch) + training
-        plans.append(plan(trials, by_time, deciding))
+        by_time = epochs.trained(trials) + int(max(0.0, seconds_left) // seconds_per_epoch)
+        plans.append(plan(trials, by_time, deciding, in_parallel=True))
     return min((p for p in plans if p is not None), key=lambda p: p.room, default=None)
 
 
 def finished_by_reserve(trials: Sequence[FrozenTrial]) -> list[int]:
     return [t.number for t in trials if t.user_attrs.get(FINISHED_BY_RESERVE)]
+
+
+class Budget:
+    """One orchestrator's view of what the sweep may still spend: search.budget.epochs (less a
+    planned search.recheck) and the --timeout deadline, shared by every orchestrator through
+    the store."""
+
+    def __init__(self, spec: SweepSpec | None, study: optuna.Study, deadline: float | None):
+        self.study, self.deadline = study, deadline
+        self.epochs = spec.search_budget_epochs if spec is not None else None
+        self.own_recheck_share = spec is not None and spec.search.recheck is not None
+        self.active = spec is not None and (self.epochs is not None or deadline is not None)
+        self.epoch_seconds: list[float] = []  # every epoch's, to turn the time left into epochs
+
+    def trials(self) -> list[FrozenTrial]:
+        """The study's trials as the budget counts them: with search.recheck, the re-checks have
+        their own share of the budget (spec/budget.py) and are left out."""
+        trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
+        if self.own_recheck_share:
+            return [t for t in trials if RECHECK_OF not in t.user_attrs]
+        return trials
+
+    def epochs_spent(self, trials: Sequence[FrozenTrial]) -> bool:
+        """search.budget.epochs reached, counting every orchestrator's trials."""
+        return self.epochs is not None and epochs.trained(trials) >= self.epochs
+
+    def out(self, trials: Sequence[FrozenTrial]) -> bool:
+        return (self.deadline is not None and time.monotonic() >= self.deadline) or self.epochs_spent(trials)
+
+    def reserve(self, trials: Sequence[FrozenTrial], deciding: int | None = None) -> Reserve | None:
+        if not self.active:
+            return None
+        seconds_left = self.deadline - time.monotonic() if self.deadline is not None else None
+        per_epoch = statistics.median(self.epoch_seconds) if self.epoch_seconds else None
+        return tightest(trials, self.epochs, seconds_left, per_epoch, deciding)

@@ -128,3 +128,24 @@ def test_multi_fidelity_is_only_an_option_of_model_based_samplers():
 
     with pytest.raises(SpecError, match="search.sampler.multi_fidelity: not an option of random"):
         parse_spec(tiny_space(search={"sampler": {"name": "random", "multi_fidelity": True}}))
+
+
+@pytest.mark.parametrize("name", ["tpe", "gp"])
+def test_a_trial_that_joins_the_view_late_is_checked_against_the_search_space(tmp_path, name):
+    # trial 0 is paused with only `a`; trial 1 has `a` and a conditional `b`. Optuna caches the
+    # intersection search space up to a trial number; trial 0 turns COMPLETE in the view after
+    # that, and must still take `b` out of the space modelled jointly
+    sampler = create_sampler(Named(name, {"seed": 0, "n_min": 2}), dict)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", direction="maximize", sampler=sampler)
+    a = FloatDistribution(0, 1)
+    study.add_trial(create_trial(state=TrialState.RUNNING, params={"a": 0.5}, distributions={"a": a},
+                                 user_attrs={PAUSED: True}, intermediate_values={1: 0.3}))
+    for value in (0.4, 0.5):
+        trial = study.ask()
+        trial.suggest_float("a", 0, 1)
+        trial.suggest_float("b", 0, 1)
+        trial.report(value, 1)
+        study.tell(trial, value)
+    trial = study.ask()
+    assert 0 <= trial.suggest_float("a", 0, 1) <= 1 and 0 <= trial.suggest_float("b", 0, 1) <= 1
+    assert "b" not in (trial.relative_search_space or {})

@@ -59,7 +59,11 @@ def test_a_timeout_is_a_budget_of_what_one_slot_can_still_train():
     assert (kept.trial, kept.need, kept.room) == (0, 3, 0)
     assert reserve.tightest([candidate, other], None, 45.0, 10.0).room == 1
     # with an epoch budget too, the tighter of the two decides
-    assert reserve.tightest([candidate, other], 5, 45.0, 10.0).room == 5 - 3 - 3 - 1
+    assert reserve.tightest([candidate, other], 8, 45.0, 10.0).room == 8 - 3 - 3 - 1
+    # an epoch budget that no longer fits the candidate beside a COMPLETE trial keeps nothing,
+    # however much time is left
+    done = trial(2, {e: 0.1 for e in range(1, 6)}, TrialState.COMPLETE, epochs=5)
+    assert reserve.tightest([candidate, other, done], 8, 3600.0, 10.0) is None
     assert reserve.tightest([candidate, other], None, 45.0, None) is None  # no epoch timed yet
 
 
@@ -114,3 +118,20 @@ def test_run_rechecks_its_winner_inside_the_epoch_budget(colour_folder, tmp_path
     winner = max((t for t in searched if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert {t.user_attrs["recheck_of"] for t in rechecks} == {winner.number}
     assert f"best configuration: trial {winner.number} (val_acc mean " in out and "over 3 runs" in out
+
+
+@pytest.mark.slow
+def test_a_sweep_that_ends_with_every_trial_paused_finishes_the_best_one(colour_folder, tmp_path):
+    # two trials, both paused at rung 1 (top 1/3 of 1 or 2 is nobody): n_trials is reached with
+    # nothing COMPLETE; the one highest through the rungs is finished instead of pruned
+    doc = tiny_space(colour_folder, study="last", train={"epochs": 3, "batch_size": 8},
+                     search={"n_trials": 2, "sampler": {"name": "random", "seed": 0},
+                             "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3}},
+                     space={"lr": [0.05, 1.0e-6]}, enqueue=[{"lr": 1.0e-6}, {"lr": 0.05}])
+    code, out = finish(start(tmp_path, "--space", str(write_space(tmp_path / "space.yaml", doc))))
+    assert code == 0, out
+    first, second = trials(tmp_path, "last")
+    best, other = sorted((first, second), key=lambda t: -t.intermediate_values[1])
+    assert best.state == TrialState.COMPLETE and sorted(best.intermediate_values) == [1, 2, 3]
+    assert other.state == TrialState.PRUNED and other.user_attrs["reason"] == "not promoted at rung 1"
+    assert f"the budget's reserve finished trial {best.number}" in out
