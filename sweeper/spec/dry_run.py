@@ -33,7 +33,9 @@ def describe(spec: SweepSpec) -> str:
         f"study: {spec.study}   (dry run: nothing written)",
         f"data: {spec.data.root or 'builtin:' + str(spec.data.builtin)}",
         f"search: n_trials={s.n_trials} objective={s.objective} "
-        f"sampler={s.sampler.name}{s.sampler.options or ''}{mf} pruner={s.pruner.name}{s.pruner.options or ''}",
+        f"sampler={s.sampler.name}{s.sampler.options or ''}{mf} pruner={s.pruner.name}{s.pruner.options or ''}"
+        + (f" budget={s.budget_epochs} epochs" if s.budget_epochs else "")
+        + (f" recheck=top {s.recheck.top} x {s.recheck.seeds} seeds" if s.recheck else ""),
         "searched:",
     ]
     for p in spec.space.params:
