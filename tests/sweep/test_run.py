@@ -125,8 +125,8 @@ def test_dry_run_of_the_shipped_caltech_space_names_its_strategy(colour_folder):
     shipped = Path(__file__).resolve().parents[2] / "search_spaces" / "resnet.yaml"
     result = sweep(["--space", str(shipped), "--data", str(colour_folder), "--dry-run"])
     assert result.exit_code == 0, result.output
-    # six searched knobs: BOHB's n_min is dimensions + 1
-    assert "sampler=tpe{'seed': 0} (multi-fidelity, n_min 7) pruner=asha" in result.output
+    assert "sampler=random{'seed': 0} pruner=asha{'min_resource': 1, 'reduction_factor': 3, 'max_resource': 2}" \
+        in result.output
     assert "budget=300 epochs" in result.output
 
 
