@@ -4,7 +4,8 @@ Two CPU trainings that each take every core slow each other down far more than 2
 oversubscription: measured 20x on 2 cores), so each CPU worker registers itself in a host-wide
 folder (one file per process, named by pid and process start time, so a reused pid is not
 mistaken for a live worker) and uses cores / (live registered workers) threads, re-checked
-between steps. Files of killed workers are removed by whoever finds them dead.
+between steps. Files of killed workers are removed by whoever finds them dead. A GPU worker's file
+holds its GPU, so that `ensemble` and `predict` can take their share of that GPU's memory.
 """
 
 from __future__ import annotations
@@ -67,26 +68,39 @@ def pid_alive(pid: int) -> bool:
 class CpuShare:
     """This process's share of the host's cores while it is registered."""
 
-    def __init__(self, registry: Path | None = None, cores: int | None = None):
+    def __init__(self, registry: Path | None = None, cores: int | None = None, gpu: str | None = None):
         self.registry = registry or default_registry()
         self.cores = cores or host_cores()
         self.registry.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
         self.entry = self.registry / f"{pid}-{_start_time(pid) or '?'}"
-        self.entry.touch()
+        self.entry.write_text(gpu or "")
         self.threads = 0
         self.sharing = 1  # live workers at the last look
         self.last_look = 0.0
 
-    def workers(self) -> int:
-        """Live registered workers (this one included); dead ones' files are removed."""
-        live = 0
+    def live(self) -> list[Path]:
+        """The files of live registered workers (this one's included); dead ones' are removed."""
+        found = []
         for path in self.registry.iterdir():
             if _alive(path.name):
-                live += 1
+                found.append(path)
             else:
                 path.unlink(missing_ok=True)
-        return max(1, live)
+        return found
+
+    def workers(self) -> int:
+        return max(1, len(self.live()))
+
+    def on_gpu(self, gpu: str) -> int:
+        """Live workers (this one included) registered on that GPU."""
+        count = 0
+        for path in self.live():
+            try:
+                count += path.read_text() == gpu
+            except FileNotFoundError:
+                pass
+        return count
 
     def apply(self) -> int | None:
         """Set torch's threads to this process's share; returns the new count if it changed."""

@@ -22,10 +22,10 @@ from sweeper.data import datasets
 from sweeper.data.augment import Normalize, eval_transform
 from sweeper.errors import SpecError, StorageError
 from sweeper.spec.trial_config import TrialConfig
-from sweeper.sweep.orchestrator import CHECKPOINT
+from sweeper.sweep.checkpoints import CHECKPOINT
 from sweeper.sweep.recovery import IMPORTED
 from sweeper.train import model as models
-from sweeper.train.worker import pick_device, use_bf16
+from sweeper.train.device import Amp, precision_here
 
 METHODS = ("mean", "vote")
 TTA = ("none", "flip")
@@ -87,14 +87,14 @@ def best_member(trials: list[FrozenTrial], study: str) -> Member:
 
 @torch.no_grad()
 def probabilities(member: Member, images: Sequence[np.ndarray], tta: str = "none",
-                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                  progress: Callable[[int], None] | None = None,
+                  device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Class probabilities [N, C] of one member for decoded HWC uint8 images."""
-    device = pick_device()
     checkpoint = torch.load(member.checkpoint, map_location="cpu", weights_only=True)
     net = models.create(member.config.model, len(checkpoint["classes"]), False)
     net.load_state_dict(checkpoint["state_dict"])
     net.to(device, memory_format=torch.channels_last).eval()
-    bf16 = use_bf16(member.config.precision, device)
+    amp = Amp(precision_here(member.config.precision, device), device)
     transform = eval_transform(member.config.image_size)
     normalize = Normalize(member.config.mean, member.config.std, device)
     out = []
@@ -105,7 +105,7 @@ def probabilities(member: Member, images: Sequence[np.ndarray], tta: str = "none
         probs = 0
         for view in views:
             view = normalize(view)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with amp.autocast():
                 logits = net(view)
             probs = probs + logits.float().softmax(dim=1).cpu()
         out.append(probs / len(views))

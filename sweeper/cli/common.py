@@ -21,7 +21,7 @@ StorageOpt = Annotated[Optional[str], typer.Option(help="Study store URL (defaul
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 TrialsDirOpt = Annotated[Path, typer.Option(help="Where trial folders are.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="Trials at a time (default: one per GPU, else 1).")]
-GpusOpt = Annotated[Optional[str], typer.Option(help="GPU ids to use, e.g. 0,1.")]
+GpusOpt = Annotated[Optional[str], typer.Option(help="GPUs to use, numbered within CUDA_VISIBLE_DEVICES (0,1), or UUIDs / MIG ids; none: the CPU (default: every visible GPU, else the CPU).")]
 KeepCheckpointsOpt = Annotated[int, typer.Option(min=0, help="Best completed trials that keep checkpoint.pth.")]
 
 
@@ -47,15 +47,6 @@ def user_errors(command: Callable) -> Callable:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
-
-
-def parse_gpus(gpus: str | None) -> list[str] | None:
-    if gpus is None:
-        return None
-    ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    if not ids or not all(g.isdigit() for g in ids):
-        raise SpecError("--gpus", [("", f"must be GPU ids separated by commas, e.g. 0,1; got {gpus!r}")])
-    return ids
 
 
 def check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:

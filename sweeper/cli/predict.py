@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from sweeper.cli.common import (
+    GpusOpt,
     JsonOpt,
     StorageOpt,
     StudyOpt,
@@ -25,15 +26,29 @@ from sweeper.cli.common import (
 app = typer.Typer()
 
 
-def _member_probs(members, images, tta: str, label: str):
+def _device(gpus_text: str | None):
+    """`--gpus` as `run` takes it (checked the same way); the first GPU chosen is used, with its
+    share of memory beside the sweep workers training on it, else the CPU."""
+    from sweeper import gpus
+    from sweeper.cpu_share import CpuShare
+    from sweeper.train.device import in_process
+
+    chosen = gpus.choose(gpus_text)
+    if not chosen:
+        return in_process(None)
+    with CpuShare(gpu=chosen[0].token) as share:
+        neighbours = share.on_gpu(chosen[0].token) - 1
+    return in_process(chosen[0].token, neighbours)
+
+
+def _member_probs(members, images, tta: str, label: str, device):
     from sweeper.analyze import ensemble as ens
     from sweeper.cpu_share import CpuShare
-    from sweeper.train.worker import pick_device
 
     total = len(members) * len(images)
     # on CPU this process takes its share of the cores beside any sweep's workers
     with progress_bar(label, total) as callback, \
-            (CpuShare() if pick_device().type == "cpu" else contextlib.nullcontext()) as share:
+            (CpuShare() if device.type == "cpu" else contextlib.nullcontext()) as share:
         if share:
             share.apply()
         scored = 0
@@ -44,7 +59,7 @@ def _member_probs(members, images, tta: str, label: str):
             if callback:
                 callback(scored, total)
 
-        return [ens.probabilities(m, images, tta, advance) for m in members]
+        return [ens.probabilities(m, images, tta, advance, device) for m in members]
 
 
 @app.command()
@@ -55,17 +70,19 @@ def ensemble(
     method: Annotated[str, typer.Option(help="mean (average the class probabilities) | vote (majority of labels).")] = "mean",
     storage: StorageOpt = None,
     trials_dir: TrialsDirOpt = Path("trials"),
+    gpus: GpusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score the ensemble of the K best trials on the validation set, beside each member; saves it for `predict`."""
     from sweeper.analyze import ensemble as ens
 
     check_choice("--method", method, ens.METHODS)
+    device = _device(gpus)
     the_study = open_study(study, storage)
     members = ens.top_members(the_study.get_trials(deepcopy=False), top, study)
     classes = ens.check_classes(members)
     images, labels = ens.validation_set(members[0])
-    probs = _member_probs(members, images, "none", "scoring members")
+    probs = _member_probs(members, images, "none", "scoring members", device)
     result = {"study": study, **ens.evaluate(members, probs, labels, len(classes), method)}
     path = ens.saved_path(trials_dir, study)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +110,7 @@ def predict(
     tta: Annotated[str, typer.Option(help="none | flip (average with the mirrored image).")] = "none",
     storage: StorageOpt = None,
     trials_dir: TrialsDirOpt = Path("trials"),
+    gpus: GpusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Label every image of a folder with the best trial or a top-K ensemble; writes a CSV."""
@@ -102,6 +120,7 @@ def predict(
     from sweeper.errors import DataError
 
     check_choice("--tta", tta, ens.TTA)
+    device = _device(gpus)
     if not images.is_dir():
         raise DataError(f"--images {images} is not a folder; pass the folder of images to label")
     the_study = open_study(study, storage)
@@ -115,7 +134,8 @@ def predict(
     _, ok, bad = decoded[ens.decode_side(members[0])]
     probs = []
     for m in members:
-        probs += _member_probs([m], decoded[ens.decode_side(m)][0], tta, f"predicting (trial {m.trial.number})")
+        probs += _member_probs([m], decoded[ens.decode_side(m)][0], tta, f"predicting (trial {m.trial.number})",
+                               device)
     predicted, mean = ens.combine(probs, method)
     predicting.write_csv(out, images, ok, predicted, mean, classes)
     info = {"study": study, "members": [m.trial.number for m in members], "method": method, "tta": tta,

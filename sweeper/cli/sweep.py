@@ -18,7 +18,6 @@ from sweeper.cli.common import (
     WorkersOpt,
     err,
     open_study,
-    parse_gpus,
     print_json,
     progress_bar,
     user_errors,
@@ -58,8 +57,8 @@ def run(
     overrides = {"study": study, "data_root": str(data) if data else None,
                  "n_trials": n_trials, "timeout": timeout, "budget_epochs": budget_epochs}
     spec = load_spec(space, overrides)
-    gpu_ids = parse_gpus(gpus)
-    sweep_setup.check_data(spec)  # fail before writing anything
+    slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
+    sweep_setup.check_data(spec)
     if dry_run:
         from sweeper.spec.dry_run import describe
 
@@ -72,8 +71,7 @@ def run(
     optuna_storage = store.open_storage(storage_url)
     the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
     store.remember_space(the_study, space, spec)
-    slots = sweep_setup.make_slots(workers, gpu_ids)
-    where = ", ".join(f"GPU {s.gpu}" if s.gpu is not None else "CPU" for s in slots)
+    where = ", ".join(s.label for s in slots)
     start = time.monotonic()
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
@@ -136,9 +134,8 @@ def recheck(
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
 
-    gpu_ids = parse_gpus(gpus)
+    slots = sweep_setup.make_slots(workers, gpus)
     the_study = open_study(study, storage)
-    slots = sweep_setup.make_slots(workers, gpu_ids)
     # max_retry applies to `run` trials of dead orchestrators this one may recover; re-checks
     # themselves are never queued again (the next recheck plans them)
     options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)

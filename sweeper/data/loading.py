@@ -1,14 +1,20 @@
 """A trial's data loaders: the mapped cache -> augmented uint8 batches -> normalised on the device.
 
 `num_workers: auto` (the default) gives a GPU worker its share of the host's cores as loader
-processes (the cores divided by the sweeper workers registered on the host, every orchestrator's,
-cpu_share.py), so augmentation keeps the accelerator busy; on a CPU the cores already train
+processes: the cores divided by the slots its orchestrator runs on this host (SWEEPER_HOST_SLOTS,
+so trials that start together get equal shares), or by the sweeper workers registered on the
+host (cpu_share.py, every orchestrator's) when those are more. On a CPU the cores already train
 (each worker takes its share of threads), and loader processes would only take them away from
 the step, so augmentation runs in the worker between steps.
+
+Loader processes hand batches over through /dev/shm; Docker gives containers 64 MB of it, where
+eight loaders of large batches die with a bus error. The loaders are cut to what fits.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +26,9 @@ from sweeper.spec.trial_config import TrialConfig
 
 AUTO = "auto"
 MAX_AUTO_WORKERS = 8  # beyond this, loader processes mostly add start-up time and memory
+HOST_SLOTS_ENV = "SWEEPER_HOST_SLOTS"
+PREFETCH = 2  # DataLoader's prefetch_factor: batches each loader process holds ready
+SHM = "/dev/shm"
 
 
 def loader_workers(setting: int | str, device: torch.device, cores: int, host_workers: int) -> int:
@@ -30,6 +39,20 @@ def loader_workers(setting: int | str, device: torch.device, cores: int, host_wo
     if device.type == "cpu":
         return 0
     return max(1, min(MAX_AUTO_WORKERS, cores // max(1, host_workers)))
+
+
+def shm_cap(wanted: int, free_bytes: int | None, batch_bytes: int) -> int:
+    """Loader processes whose ready batches fit in half of /dev/shm's free space."""
+    if wanted == 0 or free_bytes is None:
+        return wanted
+    return min(wanted, int(free_bytes / 2 // (PREFETCH * batch_bytes)))
+
+
+def shm_free() -> int | None:
+    try:
+        return shutil.disk_usage(SHM).free
+    except OSError:  # no /dev/shm (not Linux): nothing to check
+        return None
 
 
 def drops_last_batch(train_images: int, batch_size: int) -> bool:
@@ -52,6 +75,7 @@ class Loaders:
     normalize: Normalize  # uint8 batch on the host -> the model's input on the device
     num_workers: int
     generator: torch.Generator  # orders the train data; saved and restored with a resume state
+    note: str | None = None  # why there are fewer loader processes than asked for
 
 
 def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> Loaders:
@@ -60,12 +84,23 @@ def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> 
         config.augment_ops, config.image_size, config.mean, config.num_ops, config.magnitude,
         config.magnitude_std))
     val_set = datasets.CachedImages(cache.val, eval_transform(config.image_size))
-    workers = loader_workers(config.num_workers, device, share.cores, share.workers())
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0)  # no re-fork of loader processes each epoch
+    host_workers = max(share.workers(), int(os.environ.get(HOST_SLOTS_ENV, "1")))
+    wanted = loader_workers(config.num_workers, device, share.cores, host_workers)
+    # uint8 batches: the larger of the train and val loaders' (see below)
+    batch_bytes = max(config.batch_size, 64) * 3 * config.image_size ** 2
+    free = shm_free()
+    workers = shm_cap(wanted, free, batch_bytes)
+    note = None
+    if workers < wanted:
+        note = (f"{SHM} has {free / 2**20:.0f} MiB free: {workers} loader process(es) instead of {wanted} "
+                f"(each holds {PREFETCH} batches of {batch_bytes / 2**20:.1f} MiB there); "
+                "`docker run --shm-size=8g` lifts this")
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                  prefetch_factor=PREFETCH if workers else None)  # no re-fork of loader processes each epoch
     generator = torch.Generator().manual_seed(config.seed)
     train = torch.utils.data.DataLoader(
         train_set, config.batch_size, shuffle=True, generator=generator,
         drop_last=drops_last_batch(len(train_set), config.batch_size), **common)
     val = torch.utils.data.DataLoader(val_set, max(config.batch_size, 64), **common)
-    return Loaders(cache.classes, train, val, Normalize(config.mean, config.std, device), workers, generator)
+    return Loaders(cache.classes, train, val, Normalize(config.mean, config.std, device), workers, generator,
+                   note)

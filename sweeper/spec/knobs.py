@@ -132,8 +132,9 @@ KNOBS: tuple[Knob, ...] = (
     _k("label_smoothing", "train.label_smoothing", 0.0, float_range(0, 1), "float",
        "cross-entropy label smoothing"),
     _k("seed", "train.seed", 0, int_at_least(0), "int", "random seed of the trial"),
-    _k("precision", "train.precision", "auto", one_of("auto", "bf16", "fp32"), "other",
-       "auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32"),
+    _k("precision", "train.precision", "auto", one_of("auto", "bf16", "fp16", "fp32"), "other",
+       "auto: bf16 autocast on GPUs from sm_80 and CPUs with native bf16, fp16 with a loss scaler on "
+       "older GPUs, else fp32"),
 )
 
 BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}

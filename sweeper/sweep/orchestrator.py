@@ -26,15 +26,13 @@ from sweeper import store
 from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig
-from sweeper.sweep import epochs, recovery, reserve, worker_handle
+from sweeper.sweep import checkpoints, epochs, recovery, reserve, worker_handle
 from sweeper.sweep.fork_server import Launcher
 from sweeper.sweep.progress import SweepProgress
 from sweeper.sweep.scheduler import SweepSource, TrialSource, failing_if_unstarted
+from sweeper.sweep.sharing import ALONE, Sharing
 from sweeper.sweep.worker_handle import Running, Slot
 from sweeper.train import resume
-
-CHECKPOINT = "checkpoint.pth"
-
 
 @dataclass(frozen=True)
 class Options:
@@ -63,6 +61,7 @@ class Orchestrator:
         self.asha = study.pruner if isinstance(study.pruner, AshaPruner) and spec is not None else None
         self.paused: dict[int, Running] = {}  # by trial number: ASHA trials waiting for promotion
         self.budget = reserve.Budget(spec, study, self.deadline)
+        self.sharing = Sharing()  # trials on one device; out-of-memory retried alone
 
     def _out_of_budget(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         return bool(self.interrupts) or self.budget.out(trials)
@@ -128,6 +127,7 @@ class Orchestrator:
             store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
             store.retrying(lambda: run.trial.set_user_attr(PAUSED, False))
         self.running[slot.index] = again
+        self.sharing.started(again, self.running)
         kept = self.budget.reserve(self.budget.trials())
         if kept is not None and kept.trial == run.trial.number and kept.room < 1:
             self._kept_for(run)
@@ -145,23 +145,29 @@ class Orchestrator:
         self.paused.clear()
 
     def _fail_paused(self, reason: str) -> None:
-        """Interrupted (or a bug): paused trials are failed and queued again; their retries resume."""
-        for run in list(self.paused.values()):
-            frozen = store.retrying(lambda: self.study._storage.get_trial(run.trial._trial_id))
-            store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason, self.options.max_retry))
+        """Interrupted (or a bug): paused trials (and a retry held back for its device) are failed
+        and queued again; their retries resume."""
+        waiting = [run.trial for run in self.paused.values()] + ([self.sharing.held.trial] if self.sharing.held else [])
+        for trial in waiting:
+            frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
+            store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason, self.options.max_retry,
+                                                             {ALONE: True} if trial.user_attrs.get(ALONE) else None))
         self.paused.clear()
+        self.sharing.held = None
 
     # --- launching ---------------------------------------------------------------------------
 
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
         with failing_if_unstarted(self.study, trial):
             run = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
-                                      asked=asked, prunable=recovery.RECHECK_OF not in trial.user_attrs)
+                                      asked=asked, prunable=recovery.RECHECK_OF not in trial.user_attrs,
+                                      alone=bool(trial.user_attrs.get(ALONE)))
             attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
                      "worker_pid": run.proc.pid, "host": os.uname().nodename}
             for key, value in attrs.items():
                 store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = run
+        self.sharing.started(run, self.running)
         self.progress.started(trial.number, slot.index, config.params, config.epochs)
 
     # --- relaying ----------------------------------------------------------------------------
@@ -170,8 +176,10 @@ class Orchestrator:
         kind = event["event"]
         run.last_event = time.monotonic()
         if kind == "start":
-            for key in ("classes", "device", "cuda_visible_devices", "train_images"):
+            for key in ("classes", "device", "precision", "cuda_visible_devices", "gpu_sharing", "train_images"):
                 store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
+            if event.get("loader_note"):
+                self.progress.note_once(event["loader_note"])
         elif kind == "first_step":  # ask -> first training step: what a trial pays to start
             startup = round(time.monotonic() - run.asked, 3)
             store.retrying(lambda: run.trial.set_user_attr("startup_s", startup))
@@ -244,6 +252,7 @@ class Orchestrator:
         state, reason = run.outcome or (TrialState.FAIL, run.exit_reason(code))
         if state == TrialState.COMPLETE and run.value is None:
             state, reason = TrialState.FAIL, "worker reported no value"
+        reason, retry_attrs = self.sharing.outcome(run, state == TrialState.FAIL, reason)
         trial = run.trial
         attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2),
                  "segments": _segments(run)}
@@ -260,7 +269,7 @@ class Orchestrator:
         if state == TrialState.FAIL and resume.resumable(reason):  # its retry resumes it
             frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
             store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason,
-                                                             self.options.max_retry))
+                                                             self.options.max_retry, retry_attrs))
         else:
             if state == TrialState.COMPLETE:
                 store.retrying(lambda: self.study.tell(trial, run.value[0]))
@@ -271,17 +280,7 @@ class Orchestrator:
         self.progress.finished(trial.number, state.name,
                                shown if state != TrialState.FAIL else None, reason)
         if state == TrialState.COMPLETE:
-            self._keep_best_checkpoints()
-
-    def _keep_best_checkpoints(self) -> None:
-        """Only the best `keep_checkpoints` completed trials keep their checkpoint file."""
-        done = store.retrying(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        trained = [t for t in done if recovery.IMPORTED not in t.user_attrs]  # imported: no weights
-        ranked = sorted(trained, key=lambda t: (-t.value, t.number))
-        for t in ranked[self.options.keep_checkpoints:]:
-            path = Path(t.user_attrs.get("trial_dir", "")) / CHECKPOINT
-            if t.user_attrs.get("trial_dir") and path.is_file():
-                path.unlink()
+            checkpoints.keep_best(self.study, self.options.keep_checkpoints)
 
     # --- interruption, time-outs, heartbeats --------------------------------------------------
 
@@ -311,9 +310,10 @@ class Orchestrator:
         if time.monotonic() - self.last_beat < self.options.heartbeat:
             return
         self.last_beat = time.monotonic()
-        for run in [*self.running.values(), *self.paused.values()]:
-            store.retrying(lambda: recovery.beat(self.study, run.trial._trial_id))
-        mine = {run.trial.number for run in self.running.values()} | set(self.paused)
+        held = [self.sharing.held.trial] if self.sharing.held else []
+        for trial in [run.trial for run in [*self.running.values(), *self.paused.values()]] + held:
+            store.retrying(lambda: recovery.beat(self.study, trial._trial_id))
+        mine = {run.trial.number for run in self.running.values()} | set(self.paused) | {t.number for t in held}
         lost = store.retrying(lambda: recovery.recover_stale(
             self.study, self.options.max_retry, self.options.heartbeat, mine))
         for number in lost:
@@ -353,10 +353,15 @@ class Orchestrator:
                 if slot.index in self.running:
                     continue
                 asked = time.monotonic()
-                if (promoted := self._promotable()) is not None:  # before any new trial
+                if not self.interrupts and (held := self.sharing.release(slot, self.running)):
+                    self._launch(slot, held.trial, held.config, held.asked)
+                elif not self.sharing.may_start(slot, self.running):
+                    continue  # its device is kept for a trial that trains alone
+                elif (promoted := self._promotable()) is not None:  # before any new trial
                     self._resume_paused(slot, promoted)
                 elif (claimed := self._claim()) is not None:
-                    self._launch(slot, *claimed, asked)
+                    if not self.sharing.hold(slot, *claimed, asked, self.running):
+                        self._launch(slot, *claimed, asked)
             if not self.running:
                 if self.interrupts:
                     self._fail_paused("interrupted")

@@ -58,6 +58,12 @@ class SweepProgress:
     def message(self, text: str) -> None:
         pass
 
+    def note_once(self, text: str) -> None:
+        """A message that several trials may have (e.g. a worker's loader note), shown once."""
+        if text not in self.__dict__.setdefault("_noted", set()):
+            self._noted.add(text)
+            self.message(text)
+
 
 class LineProgress(SweepProgress):
     """Quiet, parseable: `key=value` words, one line per trial event (no per-epoch noise)."""

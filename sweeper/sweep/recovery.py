@@ -43,7 +43,8 @@ def is_stale(trial: FrozenTrial, now: float, default_interval: float) -> bool:
     return now - last > STALE_BEATS * interval
 
 
-def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int) -> bool:
+def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int,
+                     retry_attrs: dict | None = None) -> bool:
     """Record the trial FAIL with `reason` and queue its params again if retries remain.
 
     Returns False when another orchestrator finished the trial first (then nothing is queued,
@@ -61,7 +62,8 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_r
     except UpdateFinishedTrialError:
         return False
     if requeue:
-        study.enqueue_trial(trial.params, user_attrs={RETRIES: retries + 1, "retry_of": trial.number})
+        study.enqueue_trial(trial.params, user_attrs={RETRIES: retries + 1, "retry_of": trial.number,
+                                                      **(retry_attrs or {})})
     return True
 
 

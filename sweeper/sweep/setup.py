@@ -31,14 +31,20 @@ def check_data(spec: SweepSpec) -> list[str]:
     return classes
 
 
-def make_slots(workers: int | None, gpus: list[str] | None) -> list[Slot]:
-    """`--workers K` slots, round-robin over `--gpus` (default: every visible GPU, else CPU)."""
-    if gpus is None:
-        import torch
+def make_slots(workers: int | None, gpus_text: str | None, spec: SweepSpec | None = None) -> list[Slot]:
+    """`--workers K` slots, round-robin over `--gpus` (default: every visible GPU, else the CPU),
+    each GPU checked first (gpus.py), as is the precision the sweep asks of them."""
+    from sweeper import gpus
 
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
-    k = workers or max(1, len(gpus))
-    return [Slot(i, gpus[i % len(gpus)] if gpus else None) for i in range(k)]
+    chosen = gpus.choose(gpus_text)
+    if spec is not None:
+        gpus.check_precision(_values(spec, "precision"), chosen)
+        if not chosen and "fp16" in _values(spec, "precision"):
+            print("warning: train.precision fp16 on the CPU: torch emulates it (about 5x slower than fp32 "
+                  "on a Xeon); fp16 is for GPUs below sm_80, auto picks bf16 or fp32 here", file=sys.stderr)
+    k = workers or max(1, len(chosen))
+    return [Slot(i, chosen[i % len(chosen)].token, chosen[i % len(chosen)].label) if chosen else Slot(i, None)
+            for i in range(k)]
 
 
 def _values(spec: SweepSpec, knob: str) -> list[Any]:

@@ -28,17 +28,25 @@ class Slot:
     """A place a worker runs: a GPU id (pinned through CUDA_VISIBLE_DEVICES) or the CPU."""
 
     index: int
-    gpu: str | None
+    gpu: str | None  # the worker's CUDA_VISIBLE_DEVICES (None: the CPU)
+    label: str = "CPU"
 
 
-def worker_env(slot: Slot, slots: list[Slot]) -> dict[str, str]:
+def worker_env(slot: Slot, slots: list[Slot], alone: bool = False) -> dict[str, str]:
+    """The worker's device (train/device.py), its share of a shared GPU and of the host's loaders."""
     env = dict(os.environ)
     if slot.gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        env["SWEEPER_DEVICE"] = "cuda"
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu  # the user's own token (gpus.py)
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        sharing = 1 if alone else sum(1 for s in slots if s.gpu == slot.gpu)
+        env["SWEEPER_GPU_SHARING"] = str(sharing)
     else:
+        env["SWEEPER_DEVICE"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
         cpu_workers = sum(1 for s in slots if s.gpu is None)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
+    env["SWEEPER_HOST_SLOTS"] = str(len(slots))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -63,6 +71,8 @@ class Running:
     report_seconds: list[float] = field(default_factory=list)  # handling each epoch's report
     resume_save_seconds: list[float] = field(default_factory=list)  # the worker writing resume.pt
     pausing: bool = False  # told to stop at an ASHA rung: the trial waits for promotion
+    alone: bool = False  # a retry that keeps its device to itself (sharing.py)
+    shared: bool = False  # another trial trained on its device while it ran
 
     def reply(self, text: str) -> None:
         try:
@@ -99,7 +109,8 @@ def start(launcher: Launcher, slot: Slot, slots: list[Slot], trial: optuna.Trial
     config.save()
     with open(out / "stderr.txt", "w") as err:
         # in a session of its own (see fork_server.Launcher): the orchestrator stops it on Ctrl-C
-        proc = launcher.launch(slot.index, out / "config.json", worker_env(slot, slots), err)
+        proc = launcher.launch(slot.index, out / "config.json", worker_env(slot, slots, state.get("alone", False)),
+                               err)
     threading.Thread(target=_relay, args=(slot.index, proc, events), daemon=True).start()
     return Running(trial, config, slot, proc, **state)
 

@@ -21,7 +21,8 @@ import torch
 RESUME = "resume.pt"
 # a trial that failed for reasons outside itself is resumed; one that failed for its own
 # (an exception, out of memory, a non-finite loss, a timeout) is not: it would fail again
-RESUMABLE = ("interrupted", "orchestrator lost", "worker killed by signal")
+# (and one that ran out of memory beside another trial is retried alone: sweep/sharing.py)
+RESUMABLE = ("interrupted", "orchestrator lost", "worker killed by signal", "out of memory while sharing")
 
 
 def resumable(reason: str | None) -> bool:

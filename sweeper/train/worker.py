@@ -30,8 +30,10 @@ from sweeper.data.augment import Normalize
 from sweeper.data.loading import make_loaders
 from sweeper.errors import SweeperError, WorkerError
 from sweeper.spec.trial_config import TrialConfig
+from sweeper.train import device as devices
 from sweeper.train import model as models
 from sweeper.train import resume
+from sweeper.train.device import Amp
 from sweeper.train.schedule import LrSchedule, set_lr
 
 Report = Callable[[dict[str, Any]], bool]  # an event -> True to go on training
@@ -40,16 +42,7 @@ METRIC_FIELDS = ["epoch", "train_loss", "val_acc", "val_balanced_acc", "val_top5
                  "seconds", "images_per_s"]
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+GPU_THREADS = 2  # a GPU worker's own threads: the step runs on the GPU, loaders take the cores
 
 
 def seed_everything(seed: int) -> None:
@@ -59,16 +52,15 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, normalize: Normalize, bf16: bool, num_classes: int) -> dict:
+def evaluate(model: nn.Module, loader, normalize: Normalize, amp: Amp, num_classes: int) -> dict:
     model.eval()
     k = min(5, num_classes)
     correct = correct_k = 0
     per_class_hits = torch.zeros(num_classes)
     per_class_total = torch.zeros(num_classes)
-    device = normalize.device
     for x, y in loader:
         x = normalize(x)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with amp.autocast():
             logits = model(x).float().cpu()
         top = logits.topk(k, dim=1).indices
         # argmax, not topk's first: bf16 logits tie often, and argmax breaks ties the same way
@@ -87,36 +79,56 @@ def evaluate(model: nn.Module, loader, normalize: Normalize, bf16: bool, num_cla
     }
 
 
+class Phase:
+    """What the worker is doing, for an out-of-memory reason wherever it happens."""
+
+    now = "start-up"
+
+
 def run_trial(config: TrialConfig, report: Report) -> str:
     """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
-    device = pick_device()
+    device = devices.pick_device()
     # every worker registers on the host (cpu_share.py): a GPU worker's loader processes take
     # its share of the cores; a CPU worker trains with its share of threads
-    share = CpuShare()
+    share = CpuShare(gpu=os.environ.get("CUDA_VISIBLE_DEVICES") if device.type == "cuda" else None)
+    phase = Phase()
     try:
         if device.type == "cpu":
             share.apply()
-        return _train(config, report, device, share)
+        else:
+            torch.set_num_threads(min(GPU_THREADS, share.cores))
+        return _train(config, report, device, share, phase)
+    except Exception as exc:
+        if not devices.is_out_of_memory(exc):
+            raise
+        # the process exits next, which frees the memory; say where and why first
+        raise WorkerError(f"out of memory in {phase.now} at batch_size={config.batch_size}: "
+                          f"{devices.first_line(exc)}") from None
     finally:
         share.close()
 
 
-def _train(config: TrialConfig, report: Report, device: torch.device, registered: CpuShare) -> str:
+def _train(config: TrialConfig, report: Report, device: torch.device, registered: CpuShare,
+           phase: Phase) -> str:
     share = registered if device.type == "cpu" else None  # threads are re-shared on a CPU only
     seed_everything(config.seed)
     fault = injected_fault(config.number)
-    bf16 = use_bf16(config.precision, device)
+    precision = devices.precision_here(config.precision, device)
+    amp = Amp(precision, device)
+    sharing = devices.apply_memory_share(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes
     out = Path(config.trial_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    phase.now = "loading data"
     loaders = make_loaders(config, device, registered)
     classes, train_loader, val_loader, normalize = loaders.classes, loaders.train, loaders.val, loaders.normalize
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
 
     model = models.create(config.model, len(classes), config.pretrained)
     frozen = models.freeze_stages(model, config.frozen_stages)
+    phase.now = "moving the model to the device"
     model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -124,12 +136,12 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     lr_at = LrSchedule.from_config(config, steps)
     chosen = Chosen(config.value)
     # the metrics of every finished epoch, earlier attempts' too
-    done = restore(config, model, optimizer, chosen, loaders.generator)
+    done = restore(config, model, optimizer, chosen, amp, loaders.generator)
 
-    report({"event": "start", "classes": classes, "device": str(device), "bf16": bf16,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    report({"event": "start", "classes": classes, "device": str(device), "precision": precision,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_sharing": sharing,
             "train_images": len(train_loader.dataset), "val_images": len(val_loader.dataset),
-            "loader_workers": loaders.num_workers})
+            "loader_workers": loaders.num_workers, "loader_note": loaders.note})
     if done:  # the orchestrator carries these epochs' values over, so the pruner sees the whole curve
         report({"event": "resumed", "records": done})
     with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf:
@@ -137,7 +149,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
         metrics.writeheader()
         for record in done:
             metrics.writerow({k: record[k] for k in METRIC_FIELDS})
-        print(f"trial {config.number}: {config.model} on {device} (bf16={bf16}), "
+        print(f"trial {config.number}: {config.model} on {device} ({precision}), "
               f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, {len(classes)} classes, "
               f"params {json.dumps(config.params)}", file=log, flush=True)
         first = len(done)  # the first epoch this process trains
@@ -145,12 +157,15 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             print(f"Resumed after epoch {first} from {config.resume_from}", file=log, flush=True)
         if share:
             print(share.describe(), file=log, flush=True)
+        if loaders.note:
+            print(loaders.note, file=log, flush=True)
         for epoch in range(first, config.epochs):
             if fault == "slow" and epoch:
                 time.sleep(2.0)  # test hook: a window between epochs to strike in
             if share and epoch > first and share.apply():
                 print(share.describe(), file=log, flush=True)
             models.train_mode(model, frozen)
+            phase.now = "training step"
             start = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             seen = 0
@@ -159,7 +174,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                 lr = optimizer.param_groups[0]["lr"]  # the head's
                 x = normalize(x)
                 y = y.to(device, non_blocking=True)
-                loss = train_step(model, criterion, optimizer, x, y, bf16, config.batch_size, fault)
+                loss = train_step(model, criterion, optimizer, amp, x, y, fault)
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
                 if epoch == first and step == 0:
@@ -177,7 +192,10 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                 report({"event": "nonfinite", "epoch": epoch + 1, "train_loss": train_loss})
                 return "stopped"
             train_seconds = time.perf_counter() - start
-            val = evaluate(model, val_loader, normalize, bf16, len(classes))
+            phase.now = "validation"
+            if fault == "oom_val":
+                raise_fault("oom")
+            val = evaluate(model, val_loader, normalize, amp, len(classes))
             record = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr,
                       "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds}
             metrics.writerow({k: record[k] for k in METRIC_FIELDS})
@@ -185,7 +203,8 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             print(epoch_line(record, ms), file=log, flush=True)
             chosen.offer(epoch + 1, val[config.objective], model)
             done.append(record)
-            saved_in = save_resume_state(out, model, optimizer, chosen, done, loaders.generator)
+            phase.now = "saving the resume state"
+            saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator)
             print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
             if not report({"event": "epoch", **record, "resume_save_s": saved_in}):
                 print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
@@ -207,7 +226,7 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: "Chosen",
-            generator: torch.Generator) -> list[dict[str, Any]]:
+            amp: Amp, generator: torch.Generator) -> list[dict[str, Any]]:
     """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics."""
     if not config.resume_from:
         return []
@@ -215,24 +234,19 @@ def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimi
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     chosen.value, chosen.epoch, chosen.state = state["chosen"]
+    amp.load_state_dict(state.get("scaler"))
     resume.restore_rng(state["rng"], generator)
     return state["metrics"]
 
 
-def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, bf16: bool, batch_size: int, fault: str | None) -> torch.Tensor:
-    """One optimizer step; returns the batch's loss. Out of memory becomes the trial's reason."""
-    try:
-        if fault in ("oom", "host_oom", "hang"):
-            raise_fault(fault)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    except (torch.cuda.OutOfMemoryError, MemoryError):
-        # the process exits next, which frees the memory; say why first
-        raise WorkerError(f"out of memory at batch_size={batch_size}") from None
+def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, amp: Amp,
+               x: torch.Tensor, y: torch.Tensor, fault: str | None) -> torch.Tensor:
+    """One optimizer step; returns the batch's loss."""
+    if fault in ("oom", "host_oom", "hang"):
+        raise_fault(fault)
+    with amp.autocast():
+        loss = criterion(model(x), y)
+    amp.step(loss, optimizer)
     return loss
 
 
@@ -244,11 +258,12 @@ def epoch_line(record: dict[str, Any], ms: float) -> str:
 
 
 def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: "Chosen",
-                      done: list[dict[str, Any]], generator: torch.Generator) -> float:
+                      amp: Amp, done: list[dict[str, Any]], generator: torch.Generator) -> float:
     """resume.pt after an epoch (see resume.py); returns the seconds it took."""
     saving = time.perf_counter()
     resume.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "chosen": (chosen.value, chosen.epoch, chosen.state), "metrics": done,
+                      "scaler": amp.state_dict(),
                       "rng": resume.rng_states(generator)})
     return time.perf_counter() - saving
 

@@ -155,16 +155,44 @@ def test_hung_worker_is_killed_after_the_trial_timeout(colour_folder, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["oom", "host_oom"])
-def test_out_of_memory_fails_the_trial_with_its_batch_size(colour_folder, tmp_path, fault):
+@pytest.mark.parametrize("fault, reason", [
+    ("oom", "out of memory in training step at batch_size=16: CUDA out of memory. Tried to allocate 2.00 GiB (injected)"),
+    ("host_oom", "out of memory in training step at batch_size=16: MemoryError"),
+    ("oom_val", "out of memory in validation at batch_size=16: CUDA out of memory. Tried to allocate 2.00 GiB (injected)")])
+def test_out_of_memory_fails_the_trial_with_where_and_its_batch_size(colour_folder, tmp_path, fault, reason):
     spec = space(tmp_path, colour_folder, "oom", search={"n_trials": 2, "sampler": "random",
                                                          "pruner": "none"})
     code, out = finish(start(tmp_path, "--space", spec, env={"SWEEPER_INJECT_FAULT": f"{fault}:0"}))
     assert code == 0, out
     oom, ok = trials(tmp_path, "oom")
     assert oom.state == TrialState.FAIL
-    assert oom.user_attrs["reason"] == "out of memory at batch_size=16"
+    assert oom.user_attrs["reason"] == reason
     assert ok.state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+def test_out_of_memory_beside_another_trial_is_retried_alone(colour_folder, tmp_path):
+    """Two slots share the host's memory (as trials share a GPU): trial 1's out-of-memory may be
+    its neighbour's doing, so it is retried once with the device to itself."""
+    spec = space(tmp_path, colour_folder, "shared", train={"epochs": 3, "batch_size": 8},
+                 search={"n_trials": 4, "sampler": "random", "pruner": "none"})
+    code, out = finish(start(tmp_path, "--space", spec, "--workers", "2", "--gpus", "none",
+                             env={"SWEEPER_INJECT_FAULT": "host_oom:1"}))
+    assert code == 0, out
+    found = trials(tmp_path, "shared")
+    first = found[1]
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["reason"] == ("out of memory while sharing the CPU host's memory with other trials, "
+                                          "retried alone: out of memory in training step at batch_size=8: MemoryError")
+    (retry,) = [t for t in found if t.user_attrs.get("retry_of") == 1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["alone"] is True
+    assert retry.params == first.params
+    # while the retry's worker trained, no other trial's did (it was held until its device was free)
+    (alone_from, alone_to), = retry.user_attrs["segments"]
+    for other in found:
+        for start_s, end_s in other.user_attrs.get("segments", []) if other.number != retry.number else []:
+            assert end_s <= alone_from or start_s >= alone_to, (other.number, start_s, end_s, alone_from, alone_to)
+    assert sum(t.state == TrialState.COMPLETE for t in found) == 4
 
 
 @pytest.mark.slow

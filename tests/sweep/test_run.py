@@ -178,16 +178,16 @@ def test_unreachable_hub_weights_stop_the_run_before_the_store(colour_folder, tm
 
 
 @pytest.mark.slow
-def test_workers_run_side_by_side_each_pinned_to_its_gpu(colour_folder, tmp_path, monkeypatch):
+def test_workers_run_side_by_side_on_the_cpu_when_told(colour_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = write_space(tmp_path / "space.yaml", tiny_space(colour_folder, study="pair"))
-    result = sweep(["--space", str(space), "--workers", "2", "--gpus", "0,1", "--n-trials", "2"])
+    result = sweep(["--space", str(space), "--workers", "2", "--gpus", "none", "--n-trials", "2"])
     assert result.exit_code == 0, result.output
     trials = trials_of("pair", tmp_path / "studies.db")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert sorted(t.user_attrs["slot"] for t in trials) == [0, 1]
-    assert sorted(t.user_attrs["cuda_visible_devices"] for t in trials) == ["0", "1"]
-    assert "workers=2 (GPU 0, GPU 1)" in result.output
+    assert [(t.user_attrs["cuda_visible_devices"], t.user_attrs["device"]) for t in trials] == [("", "cpu")] * 2
+    assert "workers=2 (CPU, CPU)" in result.output
 
 
 @pytest.mark.slow

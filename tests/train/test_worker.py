@@ -69,6 +69,7 @@ def test_tied_logits_predict_the_lowest_class_as_ensemble_and_predict_do():
     from torch import nn
 
     from sweeper.data.augment import Normalize
+    from sweeper.train.device import Amp
     from sweeper.train.worker import evaluate
 
     class Tied(nn.Module):  # every class equally likely: what bf16 logits often look like, in part
@@ -77,6 +78,7 @@ def test_tied_logits_predict_the_lowest_class_as_ensemble_and_predict_do():
 
     labels = torch.tensor([0, 1, 2, 3, 0, 3, 3, 0])
     loader = [(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), labels)]
-    metrics = evaluate(Tied(), loader, Normalize((0.5,) * 3, (0.5,) * 3, torch.device("cpu")), False, 4)
+    metrics = evaluate(Tied(), loader, Normalize((0.5,) * 3, (0.5,) * 3, torch.device("cpu")),
+                       Amp("fp32", torch.device("cpu")), 4)
     assert metrics["val_acc"] == (labels == 0).float().mean().item() == 3 / 8
     assert torch.zeros(8, 4).softmax(1).argmax(1).eq(0).all()  # the rule ensemble.combine uses

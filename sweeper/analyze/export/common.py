@@ -174,3 +174,12 @@ def data_sources(config: TrialConfig, files: SideFiles, root_key: str) -> tuple[
     return ({root_key: f"{root}/train"}, {root_key: f"{root}/val"},
             [f"the sweep split {root} by val_fraction={config.val_fraction}, which mmcls cannot "
              "read; put the split on disk as train/ and val/ folders"])
+
+
+def amp_notes(config: TrialConfig, notes: list[str]) -> str:
+    """The precision an export trains at: fp16 and bf16 as the trial set them; `auto` chose per
+    device, so the export keeps OpenMMLab's default (fp32) and says how to switch."""
+    if config.precision == "auto":
+        notes.append("the trial's precision was auto (bf16 on GPUs from sm_80 and bf16 CPUs, fp16 on "
+                     "older GPUs, else fp32); this config trains in fp32 unless you add mixed precision")
+    return config.precision

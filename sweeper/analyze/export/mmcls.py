@@ -41,6 +41,9 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
                           "warmup_ratio": config.warmup_ratio, "warmup_by_epoch": by_epoch})
     optimizer = common.optimizer(config)
     paramwise = optimizer.pop("paramwise_cfg", None)
+    precision = common.amp_notes(config, notes)
+    if precision == "bf16":
+        notes.append("mmcls 0.x trains in fp16 or fp32 only: the trial's bf16 is left out (fp32)")
     header = common.header(config, value, notes, "MMClassification 0.x: python tools/train.py THIS_FILE")
     return common.render_assignments(header, [
         ("model", {"type": "ImageClassifier", "backbone": backbone,
@@ -57,6 +60,8 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
         ("evaluation", {"interval": 1, "metric": "accuracy", "metric_options": {"topk": (1, min(5, len(classes)))}}),
         ("optimizer", {**optimizer, **({"paramwise_cfg": paramwise} if paramwise else {})}),
         ("optimizer_config", {"grad_clip": None}),
+        # Fp16OptimizerHook with a dynamic loss scale, what torch's GradScaler does
+        *([("fp16", {"loss_scale": "dynamic"})] if precision == "fp16" else []),
         ("lr_config", lr_config),
         ("runner", {"type": "EpochBasedRunner", "max_epochs": config.epochs}),
         ("checkpoint_config", {"interval": 1, "max_keep_ckpts": 3}),

@@ -90,6 +90,10 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
                                         "pipeline": test_pipeline},
                   "sampler": {"type": "DefaultSampler", "shuffle": False}}
     topk = (1, min(5, len(classes)))
+    # mmengine's AmpOptimWrapper: autocast at `dtype` (None: float16) with a dynamic loss scale
+    amp = {"fp16": {"type": "AmpOptimWrapper", "loss_scale": "dynamic"},
+           "bf16": {"type": "AmpOptimWrapper", "loss_scale": "dynamic", "dtype": "bfloat16"}}.get(
+        common.amp_notes(config, notes), {})
     header = common.header(config, value, notes, "MMPretrain 1.x: python tools/train.py THIS_FILE")
     return common.render_assignments(header, [
         ("default_scope", "mmpretrain"),
@@ -107,7 +111,7 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
         ("val_evaluator", {"type": "Accuracy", "topk": topk}),
         ("test_dataloader", val_loader),
         ("test_evaluator", {"type": "Accuracy", "topk": topk}),
-        ("optim_wrapper", {"optimizer": optimizer, **({"paramwise_cfg": paramwise} if paramwise else {})}),
+        ("optim_wrapper", {**amp, "optimizer": optimizer, **({"paramwise_cfg": paramwise} if paramwise else {})}),
         ("param_scheduler", schedulers),
         ("train_cfg", {"by_epoch": True, "max_epochs": config.epochs, "val_interval": 1}),
         ("val_cfg", {}),
