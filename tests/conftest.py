@@ -12,6 +12,27 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 from sweeper.testing import make_image_folder
 
 
+@pytest.fixture(autouse=True)
+def cpu_unless_gpu_marked(request, monkeypatch):
+    """Tests that expect CPU results (bit-exact twins, resume, re-scoring) stay on the CPU on a GPU
+    machine too; tests marked `gpu` see the machine's GPUs and skip where there are none."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setenv("SWEEPER_DEVICE", "cpu")
+        return
+    from sweeper import gpus
+
+    if not _machine_gpus(gpus):
+        pytest.skip("no usable GPU on this machine")
+
+
+def _machine_gpus(gpus, found=[]):  # noqa: B006 (asked once a session, in a subprocess)
+    if not found:
+        probe = gpus.probe()
+        found.append([g for g in probe.gpus if not g.problem] if probe.available else [])
+    return found[0]
+
+
 @pytest.fixture(scope="session")
 def colour_folder(tmp_path_factory):
     """Three easily told classes, 20 train / 10 val images each, mixed JPEG/PNG/gray/palette."""

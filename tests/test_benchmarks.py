@@ -64,3 +64,12 @@ def test_search_quick_prints_every_side():
     assert sides == ["grid (manual configurations)", "tpe + asha (mf)", "tpe + asha (final)", "random + asha",
                      "1-epoch"]
     assert lines[-1].startswith("target (mf median at its budget > 1-epoch and random + asha medians")
+
+
+def test_gpu_smoke_without_a_gpu_says_so():
+    """On a GPU machine it runs (benchmarks/README.md); here it refuses with the reason
+    (`--rehearse` runs its flow on the CPU, in about 2 minutes)."""
+    done = subprocess.run(["bash", "benchmarks/gpu_smoke.sh"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "PYTHON": sys.executable})
+    assert done.returncode == 2
+    assert done.stderr.startswith("gpu_smoke: no usable GPU: --gpus: ")
