@@ -137,3 +137,28 @@ def test_a_val_fraction_split_is_exported_as_the_file_lists_the_sweep_used(tmp_p
             assert parsed == items
             assert all(classes[label] in path for path, label in parsed)
         assert "cannot read" not in target.read_text()
+
+
+def test_fp16_and_bf16_are_exported_as_openmmlab_mixed_precision(tmp_path):
+    import inspect
+
+    import torch
+    from mmengine.optim import AmpOptimWrapper
+    from mmengine.registry import OPTIM_WRAPPERS
+
+    fp16 = _config(tmp_path, lr=0.1, precision="fp16")
+    # mmcls 0.x: configs/resnet/resnet50_8xb32-fp16-dynamic_in1k.py has fp16 = dict(loss_scale='dynamic')
+    assert _load(tmp_path, export.mmcls_config(fp16, CLASSES, 0.9)).fp16 == {"loss_scale": "dynamic"}
+    wrapper = _load(tmp_path, export.mmpretrain_config(fp16, CLASSES)).optim_wrapper
+    assert OPTIM_WRAPPERS.get(wrapper.type) is AmpOptimWrapper
+    accepted = inspect.signature(AmpOptimWrapper.__init__).parameters
+    assert {k for k in wrapper if k not in ("type", "optimizer", "paramwise_cfg")} <= set(accepted)
+    assert wrapper.loss_scale == "dynamic" and "dtype" not in wrapper  # mmengine's default: float16
+    bf16 = _config(tmp_path, lr=0.1, precision="bf16")
+    wrapper = _load(tmp_path, export.mmpretrain_config(bf16, CLASSES)).optim_wrapper
+    assert wrapper.type == "AmpOptimWrapper" and getattr(torch, wrapper.dtype) is torch.bfloat16
+    text = export.mmcls_config(bf16, CLASSES, 0.9)
+    assert "fp16" not in _load(tmp_path, text) and "mmcls 0.x trains in fp16 or fp32 only" in text
+    auto = _config(tmp_path, lr=0.1, precision="auto")  # precision auto: the export trains in fp32 and says so
+    text = export.mmpretrain_config(auto, CLASSES)
+    assert "type" not in _load(tmp_path, text).optim_wrapper and "precision was auto" in text
