@@ -37,7 +37,7 @@ from torchvision import transforms
 from sweeper.data import datasets
 from sweeper.spec.trial_config import IMAGENET_MEAN, IMAGENET_STD
 from sweeper.testing import make_image_folder, tiny_space, write_space
-from sweeper.train.worker import pick_device, use_bf16
+from sweeper.train.device import Amp, pick_device, precision_here
 
 
 def sweeper_rate(folder: Path, data: Path, args) -> float:
@@ -64,9 +64,10 @@ def _model(name: str, classes: int, device: torch.device, channels_last: bool) -
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
 
 
-def _timed_steps(model, batches, device, bf16: bool, channels_last: bool, warmup: int) -> float:
+def _timed_steps(model, batches, device, precision: str, channels_last: bool, warmup: int) -> float:
     """images/s over the batches after `warmup` (loading included, as a training loop sees it)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    amp = Amp(precision, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     seen, start = 0, None
     for i, (x, y) in enumerate(batches):
@@ -76,11 +77,9 @@ def _timed_steps(model, batches, device, bf16: bool, channels_last: bool, warmup
             seen, start = 0, time.perf_counter()
         x = x.to(device, non_blocking=True, memory_format=fmt)
         y = y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with amp.autocast():
             loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        amp.step(loss, opt)
         seen += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -102,14 +101,14 @@ def plain_rate(data: Path, args, device: torch.device, sweeper_step: bool) -> fl
     loader = torch.utils.data.DataLoader(folder, args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.plain_workers, pin_memory=device.type == "cuda",
                                          persistent_workers=args.plain_workers > 0)
-    bf16 = sweeper_step and use_bf16("auto", device)
+    precision = precision_here("auto", device) if sweeper_step else "fp32"
     model = _model(args.model, len(listing.classes), device, sweeper_step)
 
     def two_epochs():
         for _ in range(2):
             yield from loader
 
-    return _timed_steps(model, two_epochs(), device, bf16, sweeper_step, warmup=len(loader))
+    return _timed_steps(model, two_epochs(), device, precision, sweeper_step, warmup=len(loader))
 
 
 def model_rate(classes: int, steps: int, args, device: torch.device) -> float:
@@ -117,7 +116,7 @@ def model_rate(classes: int, steps: int, args, device: torch.device) -> float:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, classes, (args.batch,), device=device)
     model = _model(args.model, classes, device, True)
-    return _timed_steps(model, ((x, y) for _ in range(steps + 3)), device, use_bf16("auto", device), True, warmup=3)
+    return _timed_steps(model, ((x, y) for _ in range(steps + 3)), device, precision_here("auto", device), True, warmup=3)
 
 
 def main() -> None:
@@ -148,7 +147,7 @@ def main() -> None:
         listing = datasets.list_folder(data, 0.2)
         c = model_rate(len(listing.classes), max(5, len(listing.train) // args.batch), args, device)
     print(f"\n{args.model} at {args.size} px, batch {args.batch} on {device} ({os.cpu_count()} cores), "
-          f"bf16 step: {use_bf16('auto', device)}; training images/s")
+          f"sweeper's step in {precision_here('auto', device)}; training images/s")
     print(f"{'':<66} {'images/s':>9} {'a / this':>9}")
     for label, rate in ((f"(a)  sweeper's worker (real sweep, num_workers: {args.num_workers})", a),
                         (f"(b)  plain: ImageFolder + PIL + DataLoader({args.plain_workers} workers), fp32", b),

@@ -14,17 +14,21 @@ the wheel's architectures, a device a container hides).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweeper.errors import SpecError
 
 NONE = "none"
+MARKER = "SWEEPER_GPUS "  # the probe's answer line (anything else on stdout is not ours)
+PROBE_TIMEOUT = 120.0
 NO_GPU = "no NVIDIA GPU is visible (no /dev/nvidia* device, or CUDA_VISIBLE_DEVICES is empty)"
 # the oldest Linux driver each CUDA major release runs on (NVIDIA's CUDA compatibility guide,
 # minor-version compatibility): a wheel built for CUDA 13.x needs 580 or newer
@@ -62,6 +66,7 @@ class Probe:
     available: bool
     problem: str | None  # why torch cannot use CUDA (its own warning, first line)
     gpus: list[Gpu] = field(default_factory=list)
+    visible: str | None = None  # the CUDA_VISIBLE_DEVICES it ran under
 
 
 def visible_tokens(env: dict[str, str]) -> list[str] | None:
@@ -128,12 +133,17 @@ def probe(env: dict[str, str] | None = None) -> Probe:
 
         return Probe(torch.__version__, torch.version.cuda, torch.cuda.get_arch_list(), driver_version(),
                      False, NO_GPU)
-    done = subprocess.run([sys.executable, "-m", "sweeper.gpus"], env=env, capture_output=True, text=True,
-                          timeout=300)
-    if done.returncode != 0:
+    try:
+        done = subprocess.run([sys.executable, "-m", "sweeper.gpus"], env=env, capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise SpecError("--gpus", [("", f"CUDA did not answer within {PROBE_TIMEOUT:.0f} s (a hung driver? "
+                                         "`nvidia-smi` should answer at once); --gpus none trains on the CPU")]) from None
+    answer = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    if done.returncode != 0 or not answer:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SpecError("--gpus", [("", f"could not ask CUDA about this machine's GPUs: {tail}")])
-    return from_json(json.loads(done.stdout), env)
+    return from_json(json.loads(answer[0][len(MARKER):]), env)
 
 
 def from_json(found: dict, env: dict[str, str]) -> Probe:
@@ -141,7 +151,7 @@ def from_json(found: dict, env: dict[str, str]) -> Probe:
     tokens = visible_tokens(env)
     gpus = [Gpu(i, tokens[i] if tokens else str(i), g["name"], tuple(g["capability"]), g["memory"],
                 g["uuid"], g["problem"]) for i, g in enumerate(found["gpus"])]
-    return Probe(**{**found, "gpus": gpus})
+    return Probe(**{**found, "gpus": gpus}, visible=env.get("CUDA_VISIBLE_DEVICES"))
 
 
 def _probe_here() -> dict:
@@ -191,11 +201,18 @@ def choose(text: str | None, env: dict[str, str] | None = None) -> list[Gpu]:
         return []
     env = dict(os.environ if env is None else env)
     if requested is not None and not requested[0].isdigit():
-        found = probe({**env, "CUDA_VISIBLE_DEVICES": ",".join(requested)})
-        if found.available and len(found.gpus) < len(requested):
-            raise SpecError("--gpus", [("", f"CUDA finds no GPU {requested[len(found.gpus)]} (UUIDs and MIG ids "
-                                             "as `nvidia-smi -L` lists them)")])
-        return select([str(i) for i in range(len(requested))], found)
+        # one probe each: a process sees at most one MIG device, whatever the variable lists
+        with ThreadPoolExecutor() as pool:
+            each = list(pool.map(lambda token: probe({**env, "CUDA_VISIBLE_DEVICES": token}), requested))
+        for token, found in zip(requested, each):
+            if found.available and not found.gpus:
+                raise SpecError("--gpus", [("", f"CUDA finds no GPU {token} (UUIDs and MIG ids as "
+                                                 "`nvidia-smi -L` lists them)")])
+            if not found.available:
+                return select(["0"], found)  # raises with the reason
+        merged = Probe(**{**each[0].__dict__, "gpus": [dataclasses.replace(f.gpus[0], position=i)
+                                                       for i, f in enumerate(each)]})
+        return select([str(i) for i in range(len(requested))], merged)
     return select(requested, probe(env))
 
 
@@ -224,8 +241,8 @@ def select(requested: list[str] | None, found: Probe) -> list[Gpu]:
         gpu = found.gpus[int(ask)] if int(ask) < len(found.gpus) else None
         if gpu is None:
             raise SpecError("--gpus", [("", f"no visible GPU {ask}: this machine has {describe(found)}"
-                                             + (f" within CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}"
-                                                if "CUDA_VISIBLE_DEVICES" in os.environ else ""))])
+                                             + (f" within CUDA_VISIBLE_DEVICES={found.visible}"
+                                                if found.visible is not None else ""))])
         if not runs_on(gpu.capability, found.arch_list):
             raise SpecError("--gpus", [("", f"{gpu.label}: {wheel} has kernels for "
                                              f"{', '.join(found.arch_list)} only. Install a build for "
@@ -245,4 +262,4 @@ def check_precision(values: list[str], gpus: list[Gpu]) -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_probe_here()))
+    print(MARKER + json.dumps(_probe_here()))

@@ -94,7 +94,8 @@ def test_a_cpu_machine_trains_on_the_cpu_and_refuses_a_gpu():
 def test_the_probe_subprocess_answers_in_json():
     done = subprocess.run([sys.executable, "-m", "sweeper.gpus"], capture_output=True, text=True, check=True,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    found = json.loads(done.stdout)
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith(gpus.MARKER)]
+    found = json.loads(line[len(gpus.MARKER):])
     assert found["cuda"] == torch.version.cuda and found["arch_list"] == torch.cuda.get_arch_list()
     assert found["available"] is False and found["gpus"] == []
 

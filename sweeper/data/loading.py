@@ -41,11 +41,12 @@ def loader_workers(setting: int | str, device: torch.device, cores: int, host_wo
     return max(1, min(MAX_AUTO_WORKERS, cores // max(1, host_workers)))
 
 
-def shm_cap(wanted: int, free_bytes: int | None, batch_bytes: int) -> int:
-    """Loader processes whose ready batches fit in half of /dev/shm's free space."""
+def shm_cap(wanted: int, free_bytes: int | None, batch_bytes: int, host_workers: int = 1) -> int:
+    """Loader processes whose ready batches fit in this worker's share (of `host_workers`) of
+    half of /dev/shm's free space."""
     if wanted == 0 or free_bytes is None:
         return wanted
-    return min(wanted, int(free_bytes / 2 // (PREFETCH * batch_bytes)))
+    return min(wanted, int(free_bytes / 2 / host_workers // (PREFETCH * batch_bytes)))
 
 
 def shm_free() -> int | None:
@@ -89,7 +90,7 @@ def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> 
     # uint8 batches: the larger of the train and val loaders' (see below)
     batch_bytes = max(config.batch_size, 64) * 3 * config.image_size ** 2
     free = shm_free()
-    workers = shm_cap(wanted, free, batch_bytes)
+    workers = shm_cap(wanted, free, batch_bytes, host_workers)
     note = None
     if workers < wanted:
         note = (f"{SHM} has {free / 2**20:.0f} MiB free: {workers} loader process(es) instead of {wanted} "

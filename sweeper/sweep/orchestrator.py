@@ -80,18 +80,20 @@ class Orchestrator:
             return None
         return self.source.claim()
 
-    def _promotable(self) -> Running | None:
+    def _promotable(self, slot: Slot) -> Running | None:
         """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
-        at its rung (higher rungs first), while the budget has room for it."""
+        at its rung (higher rungs first), while the budget has room for it. One that trains
+        alone waits for a free device."""
         if not self.paused or self.interrupts:
             return None
         trials = self.budget.trials()
         kept = self.budget.reserve(trials)
+        free = [r for r in self.paused.values() if not self.sharing.busy_for(r.trial, slot, self.running)]
         if kept is not None and kept.room < 1:
-            return self.paused.pop(kept.trial) if kept.trial in self.paused else None
+            return self.paused.pop(kept.trial) if kept.trial in {r.trial.number for r in free} else None
         if self._out_of_budget(trials):
             return None
-        for run in sorted(self.paused.values(), key=lambda r: (-r.epochs_run, r.trial.number)):
+        for run in sorted(free, key=lambda r: (-r.epochs_run, r.trial.number)):
             if self.asha.promotable(run.trial.number, run.epochs_run, trials):
                 return self.paused.pop(run.trial.number)
         return None
@@ -111,7 +113,7 @@ class Orchestrator:
 
     def _pause(self, run: Running) -> None:
         """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
-        store.retrying(lambda: run.trial.set_user_attr("segments", _segments(run)))
+        store.retrying(lambda: run.trial.set_user_attr("segments", run.segments()))
         pauses = run.trial.user_attrs.get("pauses", []) + [run.epochs_run]
         store.retrying(lambda: run.trial.set_user_attr("pauses", pauses))
         store.retrying(lambda: run.trial.set_user_attr(PAUSED, True))
@@ -122,7 +124,8 @@ class Orchestrator:
         config = dataclasses.replace(run.config, resume_from=str(Path(run.config.trial_dir) / resume.RESUME))
         with failing_if_unstarted(self.study, run.trial):
             again = worker_handle.start(self.launcher, slot, self.slots, run.trial, config, self.events,
-                                        fresh=False, epochs_run=run.epochs_run, last_value=run.last_value)
+                                        fresh=False, epochs_run=run.epochs_run, last_value=run.last_value,
+                                        alone=run.alone)
             store.retrying(lambda: run.trial.set_user_attr("worker_pid", again.proc.pid))
             store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
             store.retrying(lambda: run.trial.set_user_attr(PAUSED, False))
@@ -145,15 +148,15 @@ class Orchestrator:
         self.paused.clear()
 
     def _fail_paused(self, reason: str) -> None:
-        """Interrupted (or a bug): paused trials (and a retry held back for its device) are failed
-        and queued again; their retries resume."""
-        waiting = [run.trial for run in self.paused.values()] + ([self.sharing.held.trial] if self.sharing.held else [])
-        for trial in waiting:
+        """Interrupted (or a bug): paused and held-back trials are failed, queued again, resumed."""
+        for trial in [run.trial for run in self.paused.values()] + self.sharing.held_trials():
             frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
-            store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason, self.options.max_retry,
-                                                             {ALONE: True} if trial.user_attrs.get(ALONE) else None))
+            never_started = trial.number not in self.paused  # a held retry: its retry is not used up
+            store.retrying(lambda: recovery.fail_and_requeue(
+                self.study, frozen, reason, self.options.max_retry,
+                {ALONE: True} if trial.user_attrs.get(ALONE) else None, free=never_started))
         self.paused.clear()
-        self.sharing.held = None
+        self.sharing.held.clear()
 
     # --- launching ---------------------------------------------------------------------------
 
@@ -252,10 +255,11 @@ class Orchestrator:
         state, reason = run.outcome or (TrialState.FAIL, run.exit_reason(code))
         if state == TrialState.COMPLETE and run.value is None:
             state, reason = TrialState.FAIL, "worker reported no value"
-        reason, retry_attrs = self.sharing.outcome(run, state == TrialState.FAIL, reason)
+        left = recovery.retries_left(run.trial.user_attrs, self.options.max_retry)
+        reason, retry_attrs = self.sharing.outcome(run, state == TrialState.FAIL, reason, left)
         trial = run.trial
         attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2),
-                 "segments": _segments(run)}
+                 "segments": run.segments()}
         if state == TrialState.COMPLETE:
             attrs["value_epoch"] = run.value[1]
         if run.report_seconds:  # what the sweep machinery costs a trial (benchmarks/overhead.py)
@@ -310,7 +314,7 @@ class Orchestrator:
         if time.monotonic() - self.last_beat < self.options.heartbeat:
             return
         self.last_beat = time.monotonic()
-        held = [self.sharing.held.trial] if self.sharing.held else []
+        held = self.sharing.held_trials()
         for trial in [run.trial for run in [*self.running.values(), *self.paused.values()]] + held:
             store.retrying(lambda: recovery.beat(self.study, trial._trial_id))
         mine = {run.trial.number for run in self.running.values()} | set(self.paused) | {t.number for t in held}
@@ -357,7 +361,7 @@ class Orchestrator:
                     self._launch(slot, held.trial, held.config, held.asked)
                 elif not self.sharing.may_start(slot, self.running):
                     continue  # its device is kept for a trial that trains alone
-                elif (promoted := self._promotable()) is not None:  # before any new trial
+                elif (promoted := self._promotable(slot)) is not None:  # before any new trial
                     self._resume_paused(slot, promoted)
                 elif (claimed := self._claim()) is not None:
                     if not self.sharing.hold(slot, *claimed, asked, self.running):
@@ -393,8 +397,3 @@ class Orchestrator:
                 else:
                     self._handle(run, event)
             self._check_timeouts()
-
-
-def _segments(run: Running) -> list[list[float]]:
-    """The stretches the trial's workers ran, this one's included (several when ASHA paused it)."""
-    return run.trial.user_attrs.get("segments", []) + [[run.started, time.time()]]

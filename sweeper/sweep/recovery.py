@@ -43,17 +43,22 @@ def is_stale(trial: FrozenTrial, now: float, default_interval: float) -> bool:
     return now - last > STALE_BEATS * interval
 
 
+def retries_left(attrs: dict, max_retry: int) -> bool:
+    return attrs.get(RETRIES, 0) < max_retry
+
+
 def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int,
-                     retry_attrs: dict | None = None) -> bool:
+                     retry_attrs: dict | None = None, free: bool = False) -> bool:
     """Record the trial FAIL with `reason` and queue its params again if retries remain.
 
     Returns False when another orchestrator finished the trial first (then nothing is queued,
-    so two orchestrators recovering the same trial do not queue it twice).
+    so two orchestrators recovering the same trial do not queue it twice). `free`: the trial never
+    started (a retry held back for its device), so queuing it again uses up no retry.
     """
     storage = study._storage
     retries = trial.user_attrs.get(RETRIES, 0)
     # a re-check is planned again by the next `sweeper recheck`, never queued for `run`
-    requeue = bool(trial.params) and retries < max_retry and RECHECK_OF not in trial.user_attrs
+    requeue = bool(trial.params) and (free or retries < max_retry) and RECHECK_OF not in trial.user_attrs
     try:
         storage.set_trial_user_attr(trial._trial_id, "reason", reason)
         storage.set_trial_user_attr(trial._trial_id, REQUEUED, requeue)
@@ -62,7 +67,7 @@ def fail_and_requeue(study: optuna.Study, trial: FrozenTrial, reason: str, max_r
     except UpdateFinishedTrialError:
         return False
     if requeue:
-        study.enqueue_trial(trial.params, user_attrs={RETRIES: retries + 1, "retry_of": trial.number,
+        study.enqueue_trial(trial.params, user_attrs={RETRIES: retries + (not free), "retry_of": trial.number,
                                                       **(retry_attrs or {})})
     return True
 

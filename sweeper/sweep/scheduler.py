@@ -82,8 +82,10 @@ class SweepSource:
         number = trial.user_attrs.get("retry_of")
         if number is None:
             return None
-        earlier = store.retrying(lambda: self.study.get_trials(deepcopy=False))
-        failed = next((t for t in earlier if t.number == number), None)
+        earlier = {t.number: t for t in store.retrying(lambda: self.study.get_trials(deepcopy=False))}
+        failed = earlier.get(number)
+        while failed is not None and "trial_dir" not in failed.user_attrs and "retry_of" in failed.user_attrs:
+            failed = earlier.get(failed.user_attrs["retry_of"])  # never started (held back): its own source
         if failed is None or not resume.resumable(failed.user_attrs.get("reason")):
             return None
         source = resume.source_of(failed.user_attrs.get("trial_dir"))

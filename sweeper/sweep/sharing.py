@@ -41,34 +41,38 @@ class Held:
 
 class Sharing:
     def __init__(self) -> None:
-        self.held: Held | None = None
+        self.held: dict[str, Held] = {}  # by device: at most one retry waits for each
 
     @staticmethod
     def _on(device: str, running: dict[int, Running]) -> list[Running]:
         return [r for r in running.values() if device_of(r.slot) == device]
 
+    def held_trials(self) -> list[optuna.Trial]:
+        return [h.trial for h in self.held.values()]
+
+    def busy_for(self, trial: optuna.Trial, slot: Slot, running: dict[int, Running]) -> bool:
+        """A trial that trains alone cannot start on this slot's device now."""
+        return bool(trial.user_attrs.get(ALONE)) and bool(self._on(device_of(slot), running))
+
     def may_start(self, slot: Slot, running: dict[int, Running]) -> bool:
         """A free slot may start a trial unless its device is kept for (or by) a trial alone."""
         device = device_of(slot)
-        held_here = self.held is not None and self.held.device == device
-        return not held_here and not any(r.alone for r in self._on(device, running))
+        return device not in self.held and not any(r.alone for r in self._on(device, running))
 
     def hold(self, slot: Slot, trial: optuna.Trial, config: Any, asked: float,
              running: dict[int, Running]) -> bool:
         """Keep a claimed alone-retry back while its slot's device is busy; True if held."""
-        device = device_of(slot)
-        if not trial.user_attrs.get(ALONE) or not self._on(device, running):
+        if not self.busy_for(trial, slot, running):
             return False
-        self.held = Held(device, trial, config, asked)
+        self.held[device_of(slot)] = Held(device_of(slot), trial, config, asked)
         return True
 
     def release(self, slot: Slot, running: dict[int, Running]) -> Held | None:
-        """The held retry, once its device has no trial training."""
-        held = self.held
-        if held is None or held.device != device_of(slot) or self._on(held.device, running):
+        """The retry held for this slot's device, once that device has no trial training."""
+        device = device_of(slot)
+        if device not in self.held or self._on(device, running):
             return None
-        self.held = None
-        return held
+        return self.held.pop(device)
 
     def started(self, run: Running, running: dict[int, Running]) -> None:
         """After a launch: every trial on that device has now shared it."""
@@ -78,14 +82,21 @@ class Sharing:
                 r.shared = True
 
     @staticmethod
-    def outcome(run: Running, failed: bool, reason: str | None) -> tuple[str | None, dict[str, Any] | None]:
-        """A trial's reason, and when it failed for lack of memory beside another trial, the
-        attributes of its retry alone."""
-        if not failed or not reason or not reason.startswith(OOM):
+    def outcome(run: Running, failed: bool, reason: str | None,
+                retries_left: bool) -> tuple[str | None, dict[str, Any] | None]:
+        """A trial's reason, and the attributes of its retry: a trial that ran alone keeps
+        training alone; one that ran out of memory while sharing (another trial on its device,
+        or its allocator capped at a share of the GPU) is retried alone."""
+        if not failed:
             return reason, None
+        alone = {ALONE: True} if run.alone else None
+        if not reason or not reason.startswith(OOM):
+            return reason, alone
         device = label(device_of(run.slot))
         if run.alone:
             return f"{reason} (alone on {device}, retried after an out-of-memory while sharing)", None
-        if run.shared:
+        if run.shared and retries_left:
             return f"{SHARED_OOM} {device} with other trials, retried alone: {reason}", {ALONE: True}
+        if run.shared:
+            return f"{reason} (while sharing {device}; no retries left)", None
         return reason, None

@@ -74,6 +74,10 @@ class Running:
     alone: bool = False  # a retry that keeps its device to itself (sharing.py)
     shared: bool = False  # another trial trained on its device while it ran
 
+    def segments(self) -> list[list[float]]:
+        """The stretches the trial's workers ran, this one's included (several when ASHA paused it)."""
+        return self.trial.user_attrs.get("segments", []) + [[self.started, time.time()]]
+
     def reply(self, text: str) -> None:
         try:
             self.proc.stdin.write(text + "\n")
@@ -107,12 +111,13 @@ def start(launcher: Launcher, slot: Slot, slots: list[Slot], trial: optuna.Trial
     if fresh and out.exists():  # left by an earlier study of the same name that was deleted
         shutil.rmtree(out)
     config.save()
+    env = worker_env(slot, slots, state.get("alone", False))
     with open(out / "stderr.txt", "w") as err:
         # in a session of its own (see fork_server.Launcher): the orchestrator stops it on Ctrl-C
-        proc = launcher.launch(slot.index, out / "config.json", worker_env(slot, slots, state.get("alone", False)),
-                               err)
+        proc = launcher.launch(slot.index, out / "config.json", env, err)
     threading.Thread(target=_relay, args=(slot.index, proc, events), daemon=True).start()
-    return Running(trial, config, slot, proc, **state)
+    # capped at a share of its GPU, a trial shares it even when no other trial runs there yet
+    return Running(trial, config, slot, proc, shared=env.get("SWEEPER_GPU_SHARING", "1") != "1", **state)
 
 
 def _relay(slot: int, proc, events: Events) -> None:

@@ -111,8 +111,9 @@ def apply_memory_share(device: torch.device, sharing: int | None = None) -> int:
     """Cap this process's allocator at its share of a GPU that other trials use too; returns
     how many share it."""
     sharing = sharing if sharing is not None else int(os.environ.get(SHARING_ENV, "1"))
-    if device.type == "cuda" and sharing > 1:
-        torch.cuda.set_per_process_memory_fraction(memory_fraction(sharing), device)
+    if device.type == "cuda" and sharing > 1:  # the call wants an index, not a bare "cuda"
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(memory_fraction(sharing), index)
     return sharing
 
 

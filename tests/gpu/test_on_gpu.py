@@ -62,7 +62,7 @@ def test_a_real_cuda_out_of_memory_is_recognised():
 
 def test_a_shared_gpu_caps_each_trials_memory():
     code = ("import torch; from sweeper.train import device as d\n"
-            "dev = torch.device('cuda', 0); d.apply_memory_share(dev, 4)\n"
+            "dev = d.pick_device(); d.apply_memory_share(dev, 4)\n"
             "total = torch.cuda.get_device_properties(0).total_memory\n"
             "try:\n    torch.empty(int(total * 0.3), dtype=torch.uint8, device=dev); print('allocated')\n"
             "except torch.OutOfMemoryError:\n    print('capped')")

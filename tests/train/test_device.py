@@ -102,6 +102,7 @@ def test_loader_processes_fit_in_dev_shm():
     assert loading.shm_cap(8, 64 * 2**20, batch) == 1
     assert loading.shm_cap(8, 8 * 2**30, batch) == 8
     assert loading.shm_cap(8, 16 * 2**20, batch) == 0  # augmentation then runs in the worker
+    assert loading.shm_cap(8, 64 * 2**20, batch, host_workers=4) == 0  # four trials share it
     # shares come from the slots the orchestrator runs, not who registered first
     assert loading.loader_workers("auto", torch.device("cuda"), 16, 4) == 4
     assert loading.loader_workers("auto", torch.device("cpu"), 16, 1) == 0
