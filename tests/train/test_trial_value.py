@@ -15,6 +15,7 @@ from sweeper.data.augment import Normalize, eval_transform
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.testing import tiny_space, write_space
 from sweeper.train import model as models
+from sweeper.train.device import Amp, precision_here
 from sweeper.train.worker import evaluate
 
 runner = CliRunner()
@@ -54,7 +55,9 @@ def _checkpoint_score(trial_dir, objective: str) -> float:
     net.load_state_dict(torch.load(trial_dir / "checkpoint.pth", weights_only=True)["state_dict"])
     loader = torch.utils.data.DataLoader(val, 64)
     return evaluate(net.to(memory_format=torch.channels_last), loader,
-                    Normalize(config.mean, config.std, torch.device("cpu")), False, len(d.classes))[objective]
+                    Normalize(config.mean, config.std, torch.device("cpu")),
+                    Amp(precision_here(config.precision, torch.device("cpu")), torch.device("cpu")),
+                    len(d.classes))[objective]
 
 
 @pytest.mark.slow
