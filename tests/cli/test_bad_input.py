@@ -149,6 +149,9 @@ def test_bad_run_input(colour_folder, tmp_path, monkeypatch, case, make, args, e
     (["ensemble", "--study", "existing"], "has 0 completed trial(s) trained by sweeper; --top 3 needs 3"),
     (["predict", "--study", "existing", "--images", "nowhere"], "--images nowhere is not a folder"),
     (["recheck", "--study", "existing"], "has no completed trial to re-check"),
+    (["recheck", "--study", "existing", "--gpus", "1"], "--gpus: torch 2.14.1"),
+    (["ensemble", "--study", "existing", "--gpus", "0"], "--gpus: torch 2.14.1"),
+    (["predict", "--study", "existing", "--images", ".", "--gpus", "GPU-8932f937"], "--gpus: torch 2.14.1"),
     (["run", "--space", "missing.yaml"], "missing.yaml: file not found"),
 ])
 def test_bad_study_commands(tmp_path, monkeypatch, command, expected):
