@@ -8,6 +8,7 @@ accuracy here is the accuracy its trial reported for the epoch its checkpoint ho
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
 from sweeper.analyze.ranking import configurations
+from sweeper.artifacts import TrialFiles
 from sweeper.data import datasets
 from sweeper.data.augment import Normalize, eval_transform
 from sweeper.errors import SpecError, StorageError
@@ -36,19 +38,23 @@ BATCH = 64
 class Member:
     trial: FrozenTrial
     config: TrialConfig
-    checkpoint: Path
+    files: TrialFiles  # where its checkpoint is read from: this machine, or the artifact store
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.files.where(self.trial)}: {CHECKPOINT}"
 
 
-def _member(trial: FrozenTrial) -> Member | str:
+def _member(trial: FrozenTrial, files: TrialFiles) -> Member | str:
     """The trial as a member, or why it cannot be one."""
     if IMPORTED in trial.user_attrs:
         return f"trial {trial.number} was imported and was never trained here"
-    folder = Path(trial.user_attrs.get("trial_dir", ""))
-    if not (folder / "config.json").is_file():
-        return f"trial {trial.number}'s folder {folder} is missing"
-    if not (folder / CHECKPOINT).is_file():
+    config = files.read(trial, "config.json")
+    if config is None:
+        return f"trial {trial.number}'s files ({files.where(trial)}) are missing"
+    if not files.has(trial, CHECKPOINT):
         return f"trial {trial.number} has no {CHECKPOINT}"
-    return Member(trial, TrialConfig.from_json((folder / "config.json").read_text()), folder / CHECKPOINT)
+    return Member(trial, TrialConfig.from_json(config.decode()), files)
 
 
 def _no_checkpoint(problems: list[str], study: str, k: int) -> StorageError:
@@ -58,27 +64,27 @@ def _no_checkpoint(problems: list[str], study: str, k: int) -> StorageError:
         f"`sweeper run` or `recheck` with --keep-checkpoints {max(k, 3) + 1} or more keeps more")
 
 
-def top_members(trials: list[FrozenTrial], k: int, study: str) -> list[Member]:
+def top_members(trials: list[FrozenTrial], k: int, study: str, files: TrialFiles) -> list[Member]:
     """The K best trials trained here (imported runs have no weights), by their own value."""
     trained = sorted((t for t in trials if t.state == TrialState.COMPLETE and IMPORTED not in t.user_attrs),
                      key=lambda t: (-t.value, t.number))
     if len(trained) < k:
         raise StorageError(f"study {study!r} has {len(trained)} completed trial(s) trained by "
                            f"sweeper; --top {k} needs {k}")
-    found = [_member(t) for t in trained[:k]]
+    found = [_member(t, files) for t in trained[:k]]
     problems = [m for m in found if isinstance(m, str)]
     if problems:
         raise _no_checkpoint(problems, study, k)
     return found
 
 
-def best_member(trials: list[FrozenTrial], study: str) -> Member:
+def best_member(trials: list[FrozenTrial], study: str, files: TrialFiles) -> Member:
     """The best configuration (by its mean over seeds), through its best run that kept weights."""
     ranked = configurations(trials)
     if not ranked:
         raise StorageError(f"study {study!r} has no completed trial yet; run `sweeper run` first")
     runs = sorted(ranked[0].runs, key=lambda t: (-t.value, t.number))
-    found = [_member(t) for t in runs]
+    found = [_member(t, files) for t in runs]
     usable = [m for m in found if not isinstance(m, str)]
     if not usable:
         raise _no_checkpoint([m for m in found if isinstance(m, str)], study, 1)
@@ -90,7 +96,10 @@ def probabilities(member: Member, images: Sequence[np.ndarray], tta: str = "none
                   progress: Callable[[int], None] | None = None,
                   device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Class probabilities [N, C] of one member for decoded HWC uint8 images."""
-    checkpoint = torch.load(member.checkpoint, map_location="cpu", weights_only=True)
+    data = member.files.read(member.trial, CHECKPOINT)
+    if data is None:  # removed since the members were chosen (another sweep's keep_best)
+        raise StorageError(f"trial {member.trial.number}'s {CHECKPOINT} is gone from {member.files.where(member.trial)}")
+    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     net = models.create(member.config.model, len(checkpoint["classes"]), False)
     net.load_state_dict(checkpoint["state_dict"])
     net.to(device, memory_format=torch.channels_last).eval()
@@ -141,13 +150,14 @@ def check_classes(members: list[Member]) -> list[str]:
     return classes[0]
 
 
-def validation_set(member: Member, progress=None) -> tuple[Sequence[np.ndarray], torch.Tensor]:
-    """The study's validation images, decoded as the sweep decoded them."""
+def validation_set(member: Member, trials_dir: Path, progress=None) -> tuple[Sequence[np.ndarray], torch.Tensor]:
+    """The study's validation images, decoded as the sweep decoded them (again, on a machine
+    that trained none of the members)."""
     cache = Path(member.config.data_cache)
     if not cache.is_file():
         cfg = member.config
         cache = datasets.prepare(cfg.data_root, cfg.data_builtin, cfg.val_fraction, cfg.image_size,
-                                 cache.parent, progress)
+                                 trials_dir / ".cache", progress)
     val = datasets.load(cache).val
     return val.images, torch.from_numpy(val.labels)
 

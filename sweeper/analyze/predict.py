@@ -15,12 +15,12 @@ COLUMNS = ["file", "class", "probability", "top5", "top5_probabilities"]
 
 
 def predictors(trials: list[FrozenTrial], top: int | None, study: str,
-               saved: Path) -> tuple[list[ens.Member], str]:
+               saved: Path, files) -> tuple[list[ens.Member], str]:
     """The best configuration alone, or the top-K ensemble with the method `ensemble` saved for
     exactly those members (else mean)."""
     if top is None or top == 1:
-        return [ens.best_member(trials, study)], "mean"
-    members = ens.top_members(trials, top, study)
+        return [ens.best_member(trials, study, files)], "mean"
+    members = ens.top_members(trials, top, study, files)
     described = json.loads(saved.read_text()) if saved.is_file() else {}
     same = [r["trial"] for r in described.get("members", [])] == [m.trial.number for m in members]
     return members, described["method"] if same else "mean"

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import store
 from sweeper.analyze.ranking import configurations
+from sweeper.artifacts import TrialFiles
 from sweeper.errors import StorageError
 from sweeper.spec.space import CategoricalParam
 from sweeper.spec.trial_config import TrialConfig
@@ -56,18 +57,20 @@ def _from_space(study: optuna.Study, first: FrozenTrial, trials_root: Path, prog
     return resolve(spec, first.number, values, trials_root, cache)
 
 
-def base_config(study: optuna.Study, first: FrozenTrial, trials_root: Path, progress=None) -> TrialConfig:
+def base_config(study: optuna.Study, first: FrozenTrial, trials_root: Path, files: TrialFiles,
+                progress=None) -> TrialConfig:
     """The configuration `first` trained with, its decoded dataset present."""
     from sweeper.data import datasets
 
-    path = Path(first.user_attrs.get("trial_dir", "")) / "config.json"
-    if first.user_attrs.get("trial_dir") and path.is_file():
-        config = TrialConfig.from_json(path.read_text())
-    elif IMPORTED in first.user_attrs:
+    if IMPORTED in first.user_attrs:
         return _from_space(study, first, trials_root, progress)
-    else:
-        raise StorageError(f"trial {first.number}'s config {path} is missing; was trials/ moved? "
-                           "(pass --trials-dir to where it is now)")
+    text = files.read(first, "config.json")
+    if text is None:
+        raise StorageError(f"trial {first.number}'s config.json is missing from {files.where(first)}; "
+                           "was trials/ moved? (pass --trials-dir to where it is now, or --artifacts)")
+    # a new run: not resuming what `first` resumed from, nor writing into its artifacts
+    config = dataclasses.replace(TrialConfig.from_json(text.decode()), resume_from=None,
+                                 artifacts=None, artifact_key=None)
     if not Path(config.data_cache).is_file():  # caches are shared and may have been cleaned
         cache = datasets.prepare(config.data_root, config.data_builtin, config.val_fraction,
                                  config.image_size, trials_root / ".cache", progress)
@@ -75,7 +78,7 @@ def base_config(study: optuna.Study, first: FrozenTrial, trials_root: Path, prog
     return config
 
 
-def plan(study: optuna.Study, top: int, seeds: int, trials_root: Path,
+def plan(study: optuna.Study, top: int, seeds: int, trials_root: Path, files: TrialFiles,
          progress=None) -> tuple[list[FrozenTrial], list[Planned]]:
     """The `top` configurations by first score, and the runs they still lack."""
     trials = store.retrying(lambda: study.get_trials(deepcopy=False))
@@ -89,7 +92,7 @@ def plan(study: optuna.Study, top: int, seeds: int, trials_root: Path,
     for first in chosen:
         missing = [k for k in range(1, seeds + 1) if (first.number, k) not in have]
         if missing:
-            base = base_config(study, first, trials_root, progress)
+            base = base_config(study, first, trials_root, files, progress)
             todo += [Planned(first, k, base) for k in missing]
     return chosen, todo
 

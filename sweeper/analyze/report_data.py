@@ -6,7 +6,6 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -14,6 +13,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analyze.ranking import Configuration, configurations, has_rechecks
+from sweeper.artifacts import TrialFiles
 from sweeper.sweep import epochs
 from sweeper.sweep.recovery import IMPORTED, RECHECK_OF
 
@@ -211,9 +211,9 @@ def value_source(trial: FrozenTrial, rule: str) -> str:
     return f"the {rule} epoch (epoch {epoch} of {trial.user_attrs.get('epochs_run', epoch)})"
 
 
-def trial_config_text(trial: FrozenTrial) -> str | None:
-    path = Path(trial.user_attrs.get("trial_dir", "")) / "config.json"
-    return path.read_text() if path.is_file() else None
+def trial_config_text(trial: FrozenTrial, files: TrialFiles = TrialFiles(None)) -> str | None:
+    data = files.read(trial, "config.json")
+    return data.decode() if data is not None else None
 
 
 def study_rows(storage) -> list[dict[str, Any]]:

@@ -64,7 +64,9 @@ class TrialConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation, from timm's pretrained config
     std: tuple[float, ...] = IMAGENET_STD
     schedule_preset: str | None = None  # 1x/2x/20e, expanded into schedule/milestones/warmup
-    resume_from: str | None = None  # an earlier attempt's resume.pt: train on after its last epoch
+    resume_from: str | None = None  # an earlier attempt's resume.pt (or artifact:<id>): train on after its last epoch
+    artifacts: str | None = None  # the artifact store every file is uploaded to (artifacts.py)
+    artifact_key: str | None = None  # this trial's files there are <key>-<filename>
 
     @property
     def scaled_lr(self) -> float:

@@ -7,18 +7,27 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from sweeper import store
+from sweeper import artifacts, store
 from sweeper.sweep import recovery
 
 CHECKPOINT = "checkpoint.pth"
 
 
-def keep_best(study: optuna.Study, keep: int) -> None:
-    """Only the best `keep` completed trials keep their checkpoint file."""
+def keep_best(study: optuna.Study, keep: int, artifact_store: artifacts.ArtifactStore | None = None) -> None:
+    """Only the best `keep` completed trials keep their checkpoint file (and its copy in the
+    artifact store; its artifact meta stays, as Optuna cannot remove one)."""
     done = store.retrying(lambda: study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     trained = [t for t in done if recovery.IMPORTED not in t.user_attrs]  # imported: no weights
     ranked = sorted(trained, key=lambda t: (-t.value, t.number))
-    for t in ranked[keep:]:
+    for i, t in enumerate(ranked[keep:]):
         path = Path(t.user_attrs.get("trial_dir", "")) / CHECKPOINT
         if t.user_attrs.get("trial_dir") and path.is_file():
             path.unlink()
+        stored = artifacts.recorded(t.system_attrs).get(CHECKPOINT)
+        # each completion pushes one trial out of the top `keep`; a few below it covers several
+        # orchestrators completing at once, without asking the store about every trial each time
+        if artifact_store is not None and stored and i < 4:
+            try:
+                artifact_store.remove(stored)
+            except artifacts.Unreachable:
+                pass  # removed by the next trial to complete

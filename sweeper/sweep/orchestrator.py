@@ -22,13 +22,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeper import store
+from sweeper import artifacts, store
+from sweeper.artifacts import ArtifactStore
 from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep import checkpoints, epochs, recovery, reserve, worker_handle
 from sweeper.sweep.fork_server import Launcher
 from sweeper.sweep.progress import SweepProgress
+from sweeper.sweep.promotion import Promotions, Waiting
 from sweeper.sweep.scheduler import SweepSource, TrialSource, failing_if_unstarted
 from sweeper.sweep.sharing import ALONE, Sharing
 from sweeper.sweep.worker_handle import Running, Slot
@@ -46,7 +48,7 @@ class Orchestrator:
     def __init__(self, spec: SweepSpec | None, study: optuna.Study, slots: list[Slot], data_cache: Path,
                  progress: SweepProgress, trials_root: Path = Path("trials"),
                  storage_url: str = store.DEFAULT_STORAGE, options: Options = Options(),
-                 source: "TrialSource | None" = None):
+                 source: "TrialSource | None" = None, artifact_store: ArtifactStore | None = None):
         self.spec, self.study, self.slots = spec, study, slots
         self.data_cache, self.progress, self.trials_root = data_cache, progress, trials_root
         self.storage_url, self.options = storage_url, options
@@ -56,20 +58,23 @@ class Orchestrator:
         self.deadline = time.monotonic() + timeout if timeout else None
         self.interrupts = 0
         self.last_beat = 0.0
+        self.artifact_store = artifact_store  # trials' files go there too (artifacts.py)
         self.source = source or SweepSource(spec, study, data_cache, trials_root, storage_url,
-                                            options.heartbeat)
+                                            options.heartbeat, artifact_store)
         self.asha = study.pruner if isinstance(study.pruner, AshaPruner) and spec is not None else None
-        self.paused: dict[int, Running] = {}  # by trial number: ASHA trials waiting for promotion
+        # asha's paused trials are the study's, not this process's: any orchestrator promotes them
+        self.promotions = Promotions(study, storage_url, trials_root, data_cache, artifact_store,
+                                     options.heartbeat, self.asha)
         self.budget = reserve.Budget(spec, study, self.deadline)
         self.sharing = Sharing()  # trials on one device; out-of-memory retried alone
 
     def _out_of_budget(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         return bool(self.interrupts) or self.budget.out(trials)
 
-    def _kept_for(self, run: Running) -> None:
-        if not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
-            store.retrying(lambda: run.trial.set_user_attr(reserve.FINISHED_BY_RESERVE, True))
-            self.progress.message(f"trial {run.trial.number}: the rest of the budget is kept to finish it")
+    def _kept_for(self, trial: optuna.Trial) -> None:
+        if not trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
+            store.retrying(lambda: trial.set_user_attr(reserve.FINISHED_BY_RESERVE, True))
+            self.progress.message(f"trial {trial.number}: the rest of the budget is kept to finish it")
 
     def _claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
         trials = self.budget.trials()
@@ -80,93 +85,82 @@ class Orchestrator:
             return None
         return self.source.claim()
 
-    def _promotable(self, slot: Slot) -> Running | None:
-        """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
-        at its rung (higher rungs first), while the budget has room for it. One that trains
-        alone waits for a free device."""
-        if not self.paused or self.interrupts:
+    def _promotable(self, slot: Slot) -> Waiting | None:
+        """A paused trial to promote now (promotion.py); one that trains alone waits for a free device."""
+        if not self.asha or self.interrupts:
             return None
         trials = self.budget.trials()
-        kept = self.budget.reserve(trials)
-        free = [r for r in self.paused.values() if not self.sharing.busy_for(r.trial, slot, self.running)]
-        if kept is not None and kept.room < 1:
-            return self.paused.pop(kept.trial) if kept.trial in {r.trial.number for r in free} else None
-        if self._out_of_budget(trials):
-            return None
-        for run in sorted(free, key=lambda r: (-r.epochs_run, r.trial.number)):
-            if self.asha.promotable(run.trial.number, run.epochs_run, trials):
-                return self.paused.pop(run.trial.number)
-        return None
+        return self.promotions.choose(trials, self.budget.reserve(trials), self._out_of_budget(trials),
+                                      lambda t: not self.sharing.busy_for(t, slot, self.running))
 
-    def _last_chance(self) -> Running | None:
-        """The sweep is ending (n_trials reached, grid done) with no COMPLETE trial: the paused
-        trial highest through the rungs is finished rather than pruned (reserve.py)."""
+    def _last_chance(self) -> Waiting | None:
         trials = self.budget.trials()
-        if not self.paused or self.interrupts or any(t.state == TrialState.COMPLETE for t in trials):
+        if not self.asha or self.interrupts or (chosen := self.promotions.last_chance(trials)) is None:
             return None
-        kept = reserve.plan(trials, budget=0)
-        if kept is None or kept.trial not in self.paused:
-            return None
-        run = self.paused.pop(kept.trial)
-        self._kept_for(run)
-        return run
+        self._kept_for(optuna.Trial(self.study, chosen.trial._trial_id))
+        return chosen
 
     def _pause(self, run: Running) -> None:
         """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
         store.retrying(lambda: run.trial.set_user_attr("segments", run.segments()))
         pauses = run.trial.user_attrs.get("pauses", []) + [run.epochs_run]
         store.retrying(lambda: run.trial.set_user_attr("pauses", pauses))
-        store.retrying(lambda: run.trial.set_user_attr(PAUSED, True))
-        self.paused[run.trial.number] = run
+        store.retrying(lambda: run.trial.set_user_attr(PAUSED, True))  # now any orchestrator's
         self.progress.finished(run.trial.number, "PAUSED", run.last_value, f"paused at rung {run.epochs_run}")
 
-    def _resume_paused(self, slot: Slot, run: Running) -> None:
-        config = dataclasses.replace(run.config, resume_from=str(Path(run.config.trial_dir) / resume.RESUME))
-        with failing_if_unstarted(self.study, run.trial):
-            again = worker_handle.start(self.launcher, slot, self.slots, run.trial, config, self.events,
-                                        fresh=False, epochs_run=run.epochs_run, last_value=run.last_value,
-                                        alone=run.alone)
-            store.retrying(lambda: run.trial.set_user_attr("worker_pid", again.proc.pid))
-            store.retrying(lambda: run.trial.set_user_attr("slot", slot.index))
-            store.retrying(lambda: run.trial.set_user_attr(PAUSED, False))
+    def _resume_paused(self, slot: Slot, waiting: Waiting) -> None:
+        trial = optuna.Trial(self.study, waiting.trial._trial_id)
+        with failing_if_unstarted(self.study, trial):
+            config = self.promotions.config(waiting.trial)
+            again = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
+                                        fresh=False, epochs_run=waiting.epochs_run,
+                                        last_value=waiting.last_value, alone=waiting.alone)
+            for key, value in {"worker_pid": again.proc.pid, "slot": slot.index,
+                               "host": os.uname().nodename}.items():
+                store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = again
         self.sharing.started(again, self.running)
         kept = self.budget.reserve(self.budget.trials())
-        if kept is not None and kept.trial == run.trial.number and kept.room < 1:
-            self._kept_for(run)
-        self.progress.message(f"trial {run.trial.number}: promoted at rung {run.epochs_run}; resumed")
-        self.progress.started(run.trial.number, slot.index, config.params, config.epochs)
+        if kept is not None and kept.trial == trial.number and kept.room < 1:
+            self._kept_for(trial)
+        self.progress.message(f"trial {trial.number}: promoted at rung {waiting.epochs_run}; resumed")
+        self.progress.started(trial.number, slot.index, config.params, config.epochs)
 
     def _prune_paused(self) -> None:
         """The budget is spent: trials still paused were never promoted."""
-        for run in list(self.paused.values()):
-            store.retrying(lambda: run.trial.set_user_attr("reason", f"not promoted at rung {run.epochs_run}"))
-            store.retrying(lambda: run.trial.set_user_attr("epochs_run", run.epochs_run))
-            store.retrying(lambda: self.study.tell(run.trial, state=TrialState.PRUNED))
-            resume.discard(run.config.trial_dir, None)
-            self.progress.finished(run.trial.number, "PRUNED", run.last_value, f"not promoted at rung {run.epochs_run}")
-        self.paused.clear()
+        for w in self.promotions.waiting(self.budget.trials()) if self.asha else []:
+            if self.promotions.prune(w.trial, w.epochs_run):
+                self.progress.finished(w.trial.number, "PRUNED", w.last_value, f"not promoted at rung {w.epochs_run}")
 
-    def _fail_paused(self, reason: str) -> None:
-        """Interrupted (or a bug): paused and held-back trials are failed, queued again, resumed."""
-        for trial in [run.trial for run in self.paused.values()] + self.sharing.held_trials():
+    def _fail_held(self, reason: str) -> None:
+        """Interrupted (or a bug): retries held back for their device are failed and queued again
+        (paused trials stay paused in the store: the next `sweeper run` promotes them)."""
+        for trial in self.sharing.held_trials():
             frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
-            never_started = trial.number not in self.paused  # a held retry: its retry is not used up
             store.retrying(lambda: recovery.fail_and_requeue(
                 self.study, frozen, reason, self.options.max_retry,
-                {ALONE: True} if trial.user_attrs.get(ALONE) else None, free=never_started))
-        self.paused.clear()
+                {ALONE: True} if trial.user_attrs.get(ALONE) else None, free=True))
         self.sharing.held.clear()
+
+    def _discard(self, run: Running) -> None:
+        try:
+            resume.discard(run.config.trial_dir, run.config.resume_from, self.artifact_store, run.config.artifact_key)
+        except artifacts.Unreachable as exc:
+            self.progress.message(f"trial {run.trial.number}: its resume state stays in the store: {exc}")
 
     # --- launching ---------------------------------------------------------------------------
 
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
+        stored = self.artifact_store is not None  # each attempt under a key of its own
+        config = dataclasses.replace(config, artifacts=self.artifact_store.url if stored else None,
+                                     artifact_key=artifacts.new_key() if stored else None)
         with failing_if_unstarted(self.study, trial):
             run = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
                                       asked=asked, prunable=recovery.RECHECK_OF not in trial.user_attrs,
                                       alone=bool(trial.user_attrs.get(ALONE)))
             attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
-                     "worker_pid": run.proc.pid, "host": os.uname().nodename}
+                     "worker_pid": run.proc.pid, "host": os.uname().nodename,
+                     artifacts.KEY: config.artifact_key, "resumed_from": config.resume_from}
             for key, value in attrs.items():
                 store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = run
@@ -199,6 +193,8 @@ class Orchestrator:
             self.progress.epoch(run.trial.number, run.epochs_run, run.last_value)
         elif kind == "epoch":
             run.resume_save_seconds.append(event.get("resume_save_s", 0.0))
+            run.upload_seconds.append(event.get("upload_s", 0.0))
+            run.record_stored(self.study, event.get("stored", []))
             value = event[run.config.objective]
             run.last_value, run.epochs_run = value, event["epoch"]
             store.retrying(lambda: run.trial.report(value, event["epoch"]))
@@ -209,6 +205,8 @@ class Orchestrator:
             run.reply("stop" if stop or self.interrupts else "continue")
             run.last_epoch = time.monotonic()
             run.report_seconds.append(run.last_epoch - run.last_event)
+        elif kind == "stored":
+            run.record_stored(self.study, event["files"])
         elif kind == "nonfinite":
             run.epochs_run = event["epoch"]
             run.outcome = (TrialState.PRUNED, "non-finite loss")
@@ -229,7 +227,7 @@ class Orchestrator:
         kept = self.budget.reserve(trials, deciding=run.trial.number)
         mine = kept is not None and kept.trial == run.trial.number
         if mine and kept.room < 1:  # the reserve trains it to its last epoch
-            self._kept_for(run)
+            self._kept_for(run.trial)
             return False
         # the one trial the budget can still finish is not pruned while there is no answer
         protected = mine and not any(t.state == TrialState.COMPLETE for t in trials)
@@ -266,6 +264,8 @@ class Orchestrator:
             attrs["report_ms"] = round(1000 * sum(run.report_seconds) / len(run.report_seconds), 2)
             attrs["finish_s"] = round(time.monotonic() - run.last_epoch, 3)  # last epoch -> tell
             attrs["resume_save_s"] = round(sum(run.resume_save_seconds) / len(run.resume_save_seconds), 3)
+            if self.artifact_store is not None:  # in the background, beside the next epoch
+                attrs["upload_s"] = round(sum(run.upload_seconds) / len(run.upload_seconds), 3)
         if reason:
             attrs["reason"] = reason
         for key, value in attrs.items():
@@ -279,12 +279,12 @@ class Orchestrator:
                 store.retrying(lambda: self.study.tell(trial, run.value[0]))
             else:
                 store.retrying(lambda: self.study.tell(trial, state=state))
-            resume.discard(run.config.trial_dir, run.config.resume_from)
+            self._discard(run)
         shown = run.value[0] if state == TrialState.COMPLETE else run.last_value
         self.progress.finished(trial.number, state.name,
                                shown if state != TrialState.FAIL else None, reason)
         if state == TrialState.COMPLETE:
-            checkpoints.keep_best(self.study, self.options.keep_checkpoints)
+            checkpoints.keep_best(self.study, self.options.keep_checkpoints, self.artifact_store)
 
     # --- interruption, time-outs, heartbeats --------------------------------------------------
 
@@ -315,9 +315,9 @@ class Orchestrator:
             return
         self.last_beat = time.monotonic()
         held = self.sharing.held_trials()
-        for trial in [run.trial for run in [*self.running.values(), *self.paused.values()]] + held:
+        for trial in [run.trial for run in self.running.values()] + held:
             store.retrying(lambda: recovery.beat(self.study, trial._trial_id))
-        mine = {run.trial.number for run in self.running.values()} | set(self.paused) | {t.number for t in held}
+        mine = {run.trial.number for run in self.running.values()} | {t.number for t in held}
         lost = store.retrying(lambda: recovery.recover_stale(
             self.study, self.options.max_retry, self.options.heartbeat, mine))
         for number in lost:
@@ -342,7 +342,7 @@ class Orchestrator:
                 run.pausing = False
                 self._finish(run)
             self.running.clear()
-            self._fail_paused("orchestrator error")
+            self._fail_held("orchestrator error")
             raise
         finally:
             self.launcher.close()
@@ -368,10 +368,11 @@ class Orchestrator:
                         self._launch(slot, *claimed, asked)
             if not self.running:
                 if self.interrupts:
-                    self._fail_paused("interrupted")
+                    self._fail_held("interrupted")
                     return
                 if self.deadline and time.monotonic() >= self.deadline:
-                    self._prune_paused()
+                    if not self.source.running_elsewhere():
+                        self._prune_paused()
                     return
                 elsewhere = self.source.running_elsewhere()
                 if not elsewhere and (last := self._last_chance()) is not None:

@@ -34,8 +34,8 @@ def beat(study: optuna.Study, trial_id: int, interval: float | None = None) -> N
 
 
 def is_stale(trial: FrozenTrial, now: float, default_interval: float) -> bool:
-    if trial.state != TrialState.RUNNING:
-        return False
+    if trial.state != TrialState.RUNNING or trial.user_attrs.get("paused"):
+        return False  # a paused trial has no owner to lose (promotion.py)
     interval = trial.user_attrs.get(INTERVAL, default_interval)
     last = trial.user_attrs.get(HEARTBEAT)
     if last is None:  # died between ask() and its first heartbeat

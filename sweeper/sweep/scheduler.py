@@ -49,9 +49,9 @@ class SweepSource:
     orchestrator through `store.budget_lock`) allows."""
 
     def __init__(self, spec: SweepSpec, study: optuna.Study, data_cache: Path, trials_root: Path,
-                 storage_url: str, heartbeat: float):
+                 storage_url: str, heartbeat: float, artifact_store=None):
         self.spec, self.study, self.data_cache, self.trials_root = spec, study, data_cache, trials_root
-        self.storage_url, self.heartbeat = storage_url, heartbeat
+        self.storage_url, self.heartbeat, self.artifact_store = storage_url, heartbeat, artifact_store
 
     def _counts(self) -> tuple[int, int, int]:
         """(finished, running, of those running: paused by asha)"""
@@ -88,10 +88,9 @@ class SweepSource:
             failed = earlier.get(failed.user_attrs["retry_of"])  # never started (held back): its own source
         if failed is None or not resume.resumable(failed.user_attrs.get("reason")):
             return None
-        source = resume.source_of(failed.user_attrs.get("trial_dir"))
-        return str(source) if source else None
+        return resume.source_of(failed, self.artifact_store)
 
     def running_elsewhere(self) -> int:
-        """Trials training now (paused ones wait for their own orchestrator, not for this one)."""
+        """Trials training now (paused ones have no worker: whoever is free promotes them)."""
         finished, running, paused = self._counts()
         return 0 if finished >= self.spec.search.n_trials else running - paused

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweeper import artifacts, store
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep.fork_server import ForkedWorker, Launcher
 
@@ -70,6 +71,8 @@ class Running:
     last_epoch: float | None = None  # when the latest epoch's report arrived
     report_seconds: list[float] = field(default_factory=list)  # handling each epoch's report
     resume_save_seconds: list[float] = field(default_factory=list)  # the worker writing resume.pt
+    upload_seconds: list[float] = field(default_factory=list)  # its uploads, beside the next epoch
+    recorded: set[str] = field(default_factory=set)  # stored files whose artifact metas are recorded
     pausing: bool = False  # told to stop at an ASHA rung: the trial waits for promotion
     alone: bool = False  # a retry that keeps its device to itself (sharing.py)
     shared: bool = False  # another trial trained on its device while it ran
@@ -77,6 +80,15 @@ class Running:
     def segments(self) -> list[list[float]]:
         """The stretches the trial's workers ran, this one's included (several when ASHA paused it)."""
         return self.trial.user_attrs.get("segments", []) + [[self.started, time.time()]]
+
+    def record_stored(self, study: optuna.Study, files: list[str]) -> None:
+        """Record files the worker stored as Optuna artifacts of the trial (not the resume state:
+        transient, it is found by the trial's key)."""
+        for name in files:
+            if name != artifacts.RESUME and name not in self.recorded:
+                key, value = artifacts.meta(self.config.artifact_key, name)
+                store.retrying(lambda: study._storage.set_trial_system_attr(self.trial._trial_id, key, value))
+                self.recorded.add(name)
 
     def reply(self, text: str) -> None:
         try:

@@ -10,6 +10,7 @@ metrics an uninterrupted one would have (exactly, on a CPU with num_workers: 0).
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -18,11 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from sweeper import artifacts
+from sweeper.errors import WorkerError
+from sweeper.train.uploads import UNREACHABLE
+
 RESUME = "resume.pt"
+ARTIFACT = "artifact:"  # a resume source in the artifact store: artifact:<id>
 # a trial that failed for reasons outside itself is resumed; one that failed for its own
 # (an exception, out of memory, a non-finite loss, a timeout) is not: it would fail again
 # (and one that ran out of memory beside another trial is retried alone: sweep/sharing.py)
-RESUMABLE = ("interrupted", "orchestrator lost", "worker killed by signal", "out of memory while sharing")
+RESUMABLE = ("interrupted", "orchestrator lost", "worker killed by signal", "out of memory while sharing",
+             UNREACHABLE)
 
 
 def resumable(reason: str | None) -> bool:
@@ -51,29 +58,54 @@ def save(folder: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)  # a kill mid-write leaves the previous epoch's state intact
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(source: str, artifacts_url: str | None = None) -> dict[str, Any]:
+    """A resume state from a file, or from the artifact store (artifact:<id>)."""
     # weights_only=False: the file holds RNG states (tuples, NumPy arrays) that sweeper wrote itself
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if not source.startswith(ARTIFACT):
+        return torch.load(Path(source), map_location="cpu", weights_only=False)
+    ident = source[len(ARTIFACT):]
+    try:
+        data = artifacts.open_store(artifacts_url).get(ident)
+    except artifacts.Unreachable as exc:
+        raise WorkerError(f"{UNREACHABLE}: {exc}") from None
+    if data is None:
+        raise WorkerError(f"resume state {ident} is no longer in the artifact store {artifacts_url}")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
-def source_of(trial_dir: str | None) -> Path | None:
+def source_of(failed, store: "artifacts.ArtifactStore | None" = None) -> str | None:
     """Where a failed attempt's retry resumes from: its own latest state, else (it died before
-    finishing an epoch of its own) the state it was resumed from."""
-    if not trial_dir:
+    finishing an epoch of its own) the state it was resumed from. With an artifact store, the
+    store's copies, so that any machine can carry on."""
+    attrs = failed.user_attrs
+    if store is not None and attrs.get(artifacts.KEY):
+        own = artifacts.artifact_id(attrs[artifacts.KEY], RESUME)
+        if store.exists(own):
+            return ARTIFACT + own
+        earlier = attrs.get("resumed_from") or ""
+        return earlier if earlier.startswith(ARTIFACT) and store.exists(earlier[len(ARTIFACT):]) else None
+    if not attrs.get("trial_dir"):
         return None
-    own = Path(trial_dir) / RESUME
+    own = Path(attrs["trial_dir"]) / RESUME
     if own.is_file():
-        return own
-    config = Path(trial_dir) / "config.json"
+        return str(own)
+    config = Path(attrs["trial_dir"]) / "config.json"
     if config.is_file():
         earlier = json.loads(config.read_text()).get("resume_from")
         if earlier and Path(earlier).is_file():
-            return Path(earlier)
+            return earlier
     return None
 
 
-def discard(trial_dir: str, resumed_from: str | None) -> None:
+def discard(trial_dir: str, resumed_from: str | None, store: "artifacts.ArtifactStore | None" = None,
+            key: str | None = None) -> None:
     """A trial that ended for good needs no resume state, nor the one it was resumed from."""
     (Path(trial_dir) / RESUME).unlink(missing_ok=True)
-    if resumed_from:
+    if resumed_from and not resumed_from.startswith(ARTIFACT):
         Path(resumed_from).unlink(missing_ok=True)
+    if store is not None:
+        gone = [artifacts.artifact_id(key, RESUME)] if key else []
+        if resumed_from and resumed_from.startswith(ARTIFACT):
+            gone.append(resumed_from[len(ARTIFACT):])
+        for ident in gone:
+            store.remove(ident)

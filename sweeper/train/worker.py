@@ -35,6 +35,7 @@ from sweeper.train import model as models
 from sweeper.train import resume
 from sweeper.train.device import Amp
 from sweeper.train.schedule import LrSchedule, set_lr
+from sweeper.train.uploads import Uploads
 
 Report = Callable[[dict[str, Any]], bool]  # an event -> True to go on training
 LOG_EVERY = 20  # steps between log lines, as in the user's mmcls logs
@@ -87,6 +88,27 @@ class Phase:
 
 def run_trial(config: TrialConfig, report: Report) -> str:
     """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
+    uploads = Uploads(config.artifacts, config.artifact_key, Path(config.trial_dir))
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # Ctrl-C on the sweep: the last finished epoch's state reaches the store first
+        signal.signal(signal.SIGTERM, lambda *_: uploads.drain_and_exit(128 + signal.SIGTERM))
+    try:
+        outcome = _run_trial(config, report, uploads)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            uploads.drain(timeout=30)  # a resumable failure resumes after the last finished epoch
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if uploads.store is not None:  # a paused or finished trial's files are stored before it says so
+        uploads.submit("metrics.csv", "log.txt")  # with the lines written after the last epoch
+        uploads.drain()
+        report({"event": "stored", "files": uploads.done})
+    return outcome
+
+
+def _run_trial(config: TrialConfig, report: Report, uploads: Uploads) -> str:
     device = devices.pick_device()
     # every worker registers on the host (cpu_share.py): a GPU worker's loader processes take
     # its share of the cores; a CPU worker trains with its share of threads
@@ -97,7 +119,7 @@ def run_trial(config: TrialConfig, report: Report) -> str:
             share.apply()
         else:
             torch.set_num_threads(min(GPU_THREADS, share.cores))
-        return _train(config, report, device, share, phase)
+        return _train(config, report, device, share, phase, uploads)
     except Exception as exc:
         if not devices.is_out_of_memory(exc):
             raise
@@ -109,7 +131,7 @@ def run_trial(config: TrialConfig, report: Report) -> str:
 
 
 def _train(config: TrialConfig, report: Report, device: torch.device, registered: CpuShare,
-           phase: Phase) -> str:
+           phase: Phase, uploads: Uploads) -> str:
     share = registered if device.type == "cpu" else None  # threads are re-shared on a CPU only
     seed_everything(config.seed)
     fault = injected_fault(config.number)
@@ -125,6 +147,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     loaders = make_loaders(config, device, registered)
     classes, train_loader, val_loader, normalize = loaders.classes, loaders.train, loaders.val, loaders.normalize
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    uploads.submit("config.json", "classes.txt")
 
     model = models.create(config.model, len(classes), config.pretrained)
     frozen = models.freeze_stages(model, config.frozen_stages)
@@ -206,12 +229,16 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             phase.now = "saving the resume state"
             saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator)
             print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
-            if not report({"event": "epoch", **record, "resume_save_s": saved_in}):
+            uploads.check()  # the previous epoch's uploads, which overlapped this one
+            uploads.submit(resume.RESUME, "metrics.csv", "log.txt")
+            if not report({"event": "epoch", **record, "resume_save_s": saved_in,
+                           "upload_s": uploads.took(), "stored": list(uploads.done)}):
                 print(f"Stopped by the orchestrator after epoch {epoch + 1} (pruned)", file=log, flush=True)
                 return "stopped"
         print(f"Value: {config.objective} {chosen.value:.4f} of epoch {chosen.epoch} ({config.value} "
               f"epoch); checkpoint.pth holds that epoch's weights", file=log, flush=True)
     save_checkpoint(chosen.state or model.state_dict(), classes, config, fault)
+    uploads.submit("checkpoint.pth", "metrics.csv", "log.txt")
     report({"event": "value", "value": chosen.value, "epoch": chosen.epoch})
     return "complete"
 
@@ -230,7 +257,7 @@ def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimi
     """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics."""
     if not config.resume_from:
         return []
-    state = resume.load(Path(config.resume_from))
+    state = resume.load(config.resume_from, config.artifacts)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     chosen.value, chosen.epoch, chosen.state = state["chosen"]

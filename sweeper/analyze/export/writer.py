@@ -106,20 +106,21 @@ def _split_lists(config: TrialConfig) -> dict | None:
     return {"train": rel(listing.train), "val": rel(listing.val)}
 
 
-def export_trial(trial, study: str, export: str, fmt: str | None) -> tuple[str, list[Path]]:
+def export_trial(trial, study: str, export: str, fmt: str | None, files) -> tuple[str, list[Path]]:
     """`best --export`: the trial's saved config written to a file, or into a folder (a path that
     is one or ends in /) under its OpenMMLab name. Returns the format and the paths written."""
     from sweeper.errors import StorageError
     from sweeper.sweep.recovery import IMPORTED
 
-    config_path = Path(trial.user_attrs.get("trial_dir") or "") / "config.json"
     if imported := trial.user_attrs.get(IMPORTED):
         raise StorageError(f"trial {trial.number} was imported from {imported}, so sweeper has "
                            f"no trained config to export; `sweeper recheck --study {study}` "
                            "trains it (then export again)")
-    if not config_path.is_file():
-        raise StorageError(f"the best trial's config {config_path} is missing; was trials/ moved?")
-    config = TrialConfig.from_json(config_path.read_text())
+    text = files.read(trial, "config.json")
+    if text is None:
+        raise StorageError(f"the best trial's config.json is missing from {files.where(trial)}; "
+                           "was trials/ moved? (or pass --artifacts where the sweep stored it)")
+    config = TrialConfig.from_json(text.decode())
     is_dir = Path(export).is_dir() or export.endswith(("/", "\\"))
     fmt = fmt or (guess_format(Path(export)) if not is_dir else "mmcls")
     target = Path(export) / default_filename(config, fmt) if is_dir else Path(export)

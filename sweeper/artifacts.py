@@ -1,0 +1,285 @@
+"""The artifact store: what trials leave, in one place that every machine of a study can reach.
+
+Without `--artifacts` (or SWEEPER_ARTIFACTS) nothing is stored beyond each machine's `trials/`
+folder. With it, a folder (Optuna's FileSystemArtifactStore, e.g. on NFS) or `s3://bucket/prefix`
+(Optuna's Boto3ArtifactStore; endpoint and credentials from boto3's usual sources, such as
+AWS_ENDPOINT_URL) holds each trial's latest resume state, its checkpoint, metrics.csv,
+config.json, classes.txt and log, and the study's split lists.
+
+Each trial gets a key (a random hex string, user attribute `artifact_key`); its files are the
+artifacts `<key>-<hex code of the filename>`, overwritten in place, so the store holds one copy of each. The study
+records the lasting ones as Optuna artifact metas (trial system attributes `artifacts:<id>`, which
+optuna-dashboard lists); the resume state is transient and found by its key alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mimetypes
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable, TypeVar
+from urllib.parse import urlparse
+
+from sweeper.errors import StorageError
+
+ENV = "SWEEPER_ARTIFACTS"
+PATIENCE_ENV = "SWEEPER_ARTIFACT_PATIENCE"  # seconds of retrying an unreachable store (default 60)
+META_PREFIX = "artifacts:"  # optuna.artifacts' own attribute prefix, so optuna-dashboard lists them
+KEY = "artifact_key"  # trial user attribute
+RESUME = "resume.pt"
+SPLIT = "split.json"
+T = TypeVar("T")
+
+
+class Unreachable(StorageError):
+    """The store did not answer within its patience (or refused: no such bucket, no access)."""
+
+
+def redact(text: str) -> str:
+    """Hide credentials that an error from boto3 or a URL could carry."""
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
+        if secret := os.environ.get(name):
+            text = text.replace(secret, "***")
+    return re.sub(r"//[^/@\s]+:[^/@\s]+@", "//***:***@", text)
+
+
+class _AtomicFolder:
+    """FileSystemArtifactStore, with writes that a kill cannot leave half done (the resume state
+    is overwritten after every epoch)."""
+
+    def __init__(self, base: Path):
+        from optuna.artifacts import FileSystemArtifactStore
+
+        self.inner, self.base = FileSystemArtifactStore(base), base
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self.inner.open_reader(artifact_id)
+
+    def write(self, artifact_id: str, body: BinaryIO) -> None:
+        tmp = self.base / f".{artifact_id}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as out:
+            shutil.copyfileobj(body, out)
+        os.replace(tmp, self.base / artifact_id)
+
+    def remove(self, artifact_id: str) -> None:
+        self.inner.remove(artifact_id)
+
+
+class _UnderPrefix:
+    """s3://bucket/prefix: Boto3ArtifactStore keys under the prefix."""
+
+    def __init__(self, inner, prefix: str):
+        self.inner, self.prefix = inner, prefix
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self.inner.open_reader(self.prefix + artifact_id)
+
+    def write(self, artifact_id: str, body: BinaryIO) -> None:
+        self.inner.write(self.prefix + artifact_id, body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.inner.remove(self.prefix + artifact_id)
+
+
+def _refused(exc: Exception) -> bool:
+    """An answer that waiting will not change (no such bucket, access denied), unlike a dropped
+    connection or a busy server."""
+    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return isinstance(exc, PermissionError) or (status is not None and 400 <= status < 500
+                                                and status not in (408, 429))
+
+
+class ArtifactStore:
+    """One artifact store, retried with backoff while it does not answer."""
+
+    def __init__(self, url: str, backend, patience: float | None = None):
+        self.url, self.backend = url, backend
+        self.patience = patience if patience is not None else float(os.environ.get(PATIENCE_ENV, 60))
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        deadline, delay = time.monotonic() + self.patience, 0.2
+        while True:
+            try:
+                return fn()
+            except (ArtifactNotFound, FileNotFoundError):
+                raise
+            except Exception as exc:
+                if _refused(exc) or time.monotonic() + delay > deadline:
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise Unreachable(redact(f"artifact store {self.url} unreachable ({what}): {reason}")) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def put(self, artifact_id: str, path: Path) -> None:
+        def write() -> None:
+            with open(path, "rb") as body:
+                self.backend.write(artifact_id, body)
+        self._retrying(f"writing {artifact_id}", write)
+
+    def put_bytes(self, artifact_id: str, data: bytes) -> None:
+        self._retrying(f"writing {artifact_id}", lambda: self.backend.write(artifact_id, io.BytesIO(data)))
+
+    def get(self, artifact_id: str) -> bytes | None:
+        """The artifact's bytes, or None when the store has no such artifact."""
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        def read() -> bytes:
+            reader = self.backend.open_reader(artifact_id)
+            try:
+                return reader.read()
+            finally:
+                reader.close()
+        try:
+            return self._retrying(f"reading {artifact_id}", read)
+        except (ArtifactNotFound, FileNotFoundError):
+            return None
+
+    def exists(self, artifact_id: str) -> bool:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:  # opened, not read: S3 streams the body
+            self._retrying(f"reading {artifact_id}", lambda: self.backend.open_reader(artifact_id).close())
+            return True
+        except (ArtifactNotFound, FileNotFoundError):
+            return False
+
+    def remove(self, artifact_id: str) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            self._retrying(f"removing {artifact_id}", lambda: self.backend.remove(artifact_id))
+        except (ArtifactNotFound, FileNotFoundError):
+            pass
+
+    def check(self) -> None:
+        """Write, read back and remove a probe: a store that cannot is refused before any work."""
+        probe = f"sweeper-probe-{uuid.uuid4().hex}"
+        try:
+            self.put_bytes(probe, b"ok")
+            if self.get(probe) != b"ok":
+                raise Unreachable(f"artifact store {self.url}: a probe written there did not read back")
+            self.remove(probe)
+        except Unreachable as exc:
+            raise StorageError(f"--artifacts: {exc}; check the folder or bucket, the endpoint "
+                               "(AWS_ENDPOINT_URL) and credentials") from None
+
+
+def open_store(url: str, patience: float | None = None) -> ArtifactStore:
+    """A folder path or s3://bucket/prefix; a malformed URL or missing folder is a StorageError."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"--artifacts {url}: no bucket; use s3://bucket/prefix")
+        try:
+            import boto3
+            from optuna.artifacts import Boto3ArtifactStore
+        except ImportError:
+            raise StorageError("--artifacts s3://...: boto3 is not installed; "
+                               "pip install 'sweeper[s3]' (or pip install boto3)") from None
+        prefix = parsed.path.strip("/")
+        backend = Boto3ArtifactStore(parsed.netloc, client=boto3.client("s3"))
+        return ArtifactStore(url, _UnderPrefix(backend, f"{prefix}/" if prefix else ""), patience)
+    if parsed.scheme not in ("", "file"):
+        raise StorageError(f"--artifacts {url}: use a folder path or s3://bucket/prefix")
+    folder = Path(parsed.path if parsed.scheme == "file" else url).expanduser().resolve()
+    if not folder.is_dir():
+        raise StorageError(f"--artifacts: folder {folder} does not exist; create it (on a disk "
+                           "every machine of the study mounts) or pass another")
+    return ArtifactStore(str(folder), _AtomicFolder(folder), patience)
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex
+
+
+def artifact_id(key: str, filename: str) -> str:
+    """`<key>-<hex of the filename>`: optuna-dashboard serves only ids of hex digits and dashes."""
+    return f"{key}-{hashlib.sha1(filename.encode()).hexdigest()[:12]}"
+
+
+def meta(key: str, filename: str) -> tuple[str, str]:
+    """The system attribute that records one stored file as an Optuna artifact."""
+    guess, encoding = mimetypes.guess_type(filename)
+    ident = artifact_id(key, filename)
+    return META_PREFIX + ident, json.dumps({"artifact_id": ident, "filename": filename,
+                                            "mimetype": guess or "application/octet-stream",
+                                            "encoding": encoding})
+
+
+def recorded(system_attrs: dict) -> dict[str, str]:
+    """{filename: artifact id} of the artifacts a trial's (or study's) metas record."""
+    out = {}
+    for name, value in system_attrs.items():
+        if name.startswith(META_PREFIX):
+            found = json.loads(value)
+            out[found["filename"]] = found["artifact_id"]
+    return out
+
+
+def url_for(option: str | None, recorded_url: str | None = None) -> str | None:
+    """The store to use: the option, else SWEEPER_ARTIFACTS, else the one the study recorded."""
+    return option or os.environ.get(ENV) or recorded_url
+
+
+class TrialFiles:
+    """What a trial left, read from the artifact store where the study recorded it there, else
+    from the trial's folder on this machine. The store is opened at the first read."""
+
+    def __init__(self, url: str | None):
+        self.url, self._store = url, None
+
+    @property
+    def store(self) -> ArtifactStore | None:
+        if self._store is None and self.url:
+            self._store = open_store(self.url)
+        return self._store
+
+    def _stored(self, trial, filename: str) -> str | None:
+        """The artifact id of a file the study recorded in a store this reader can open."""
+        stored = recorded(trial.system_attrs).get(filename)
+        return stored if stored is not None and self.url else None
+
+    def read(self, trial, filename: str) -> bytes | None:
+        if (stored := self._stored(trial, filename)) is not None:
+            try:
+                return self.store.get(stored)
+            except Unreachable as exc:
+                raise StorageError(str(exc)) from None
+        folder = trial.user_attrs.get("trial_dir")
+        path = Path(folder) / filename if folder else None
+        if path is not None and path.is_file():
+            return path.read_bytes()
+        if recorded(trial.system_attrs).get(filename):
+            raise StorageError(f"trial {trial.number}'s {filename} is in an artifact store; pass "
+                               f"--artifacts URL (or set {ENV}) to read it")
+        return None
+
+    def has(self, trial, filename: str) -> bool:
+        if (stored := self._stored(trial, filename)) is not None:
+            try:
+                return self.store.exists(stored)
+            except Unreachable as exc:
+                raise StorageError(str(exc)) from None
+        folder = trial.user_attrs.get("trial_dir")
+        return bool(folder) and (Path(folder) / filename).is_file()
+
+    def where(self, trial) -> str:
+        """Where the trial's files are, in words."""
+        if recorded(trial.system_attrs) and self.url:
+            return f"artifact store {redact(self.url)}, key {trial.user_attrs.get(KEY)}"
+        return f"folder {trial.user_attrs.get('trial_dir')}"
+
+
+def for_study(study, option: str | None) -> TrialFiles:
+    """The reader for a study's trials: --artifacts, else SWEEPER_ARTIFACTS, else the store the
+    study's sweeps recorded."""
+    return TrialFiles(url_for(option, study.user_attrs.get("artifacts")))

@@ -1,0 +1,130 @@
+"""asha's paused trials, shared by every orchestrator of the study.
+
+A paused trial is RUNNING with user attribute `paused` in the store and no worker, heartbeat
+or owner: its state is its resume file (or, with an artifact store, the store's copy). Any
+orchestrator that can read that state may promote it, and promoting is a claim made under the
+study's budget lock, like asking for a new trial: whoever flips `paused` first trains it. So a
+paused trial outlives the orchestrator that paused it, and a free slot anywhere promotes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper import artifacts, store
+from sweeper.artifacts import ArtifactStore
+from sweeper.errors import StorageError
+from sweeper.search.asha import PAUSED, AshaPruner
+from sweeper.search.multi_fidelity import is_paused
+from sweeper.spec.trial_config import TrialConfig
+from sweeper.sweep import recovery, reserve
+from sweeper.sweep.reserve import Reserve
+from sweeper.train import resume
+
+
+@dataclasses.dataclass(frozen=True)
+class Waiting:
+    """A paused trial as it waits: its number, the rung it reached and its value there."""
+
+    trial: FrozenTrial
+    epochs_run: int
+    last_value: float | None
+    alone: bool
+
+
+class Promotions:
+    def __init__(self, study: optuna.Study, storage_url: str, trials_root: Path, data_cache: Path,
+                 artifact_store: ArtifactStore | None, heartbeat: float, asha: AshaPruner | None):
+        self.study, self.storage_url, self.trials_root = study, storage_url, trials_root
+        self.data_cache, self.artifact_store, self.heartbeat = data_cache, artifact_store, heartbeat
+        self.asha = asha
+
+    def _resumable_here(self, trial: FrozenTrial) -> bool:
+        if self.artifact_store is not None and trial.user_attrs.get(artifacts.KEY):
+            return True  # the worker stored its state before it exited
+        return (Path(trial.user_attrs.get("trial_dir", "/nonexistent")) / resume.RESUME).is_file()
+
+    def waiting(self, trials: list[FrozenTrial]) -> list[Waiting]:
+        """The study's paused trials whose state this orchestrator can read."""
+        out = []
+        for t in trials:
+            if is_paused(t) and recovery.RECHECK_OF not in t.user_attrs and self._resumable_here(t):
+                rung = t.user_attrs.get("pauses", [0])[-1]
+                out.append(Waiting(t, rung, t.intermediate_values.get(rung), bool(t.user_attrs.get("alone"))))
+        return out
+
+    def choose(self, trials: list[FrozenTrial], kept: Reserve | None, out_of_budget: bool,
+               free: Callable[[FrozenTrial], bool]) -> Waiting | None:
+        """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
+        at its rung (higher rungs first), while the budget has room for it. Claimed: None when
+        another orchestrator took it first."""
+        waiting = [w for w in self.waiting(trials) if free(w.trial)]
+        if not waiting:
+            return None
+        if kept is not None and kept.room < 1:
+            chosen = next((w for w in waiting if w.trial.number == kept.trial), None)
+        elif out_of_budget:
+            return None
+        else:
+            chosen = next((w for w in sorted(waiting, key=lambda w: (-w.epochs_run, w.trial.number))
+                           if self.asha.promotable(w.trial.number, w.epochs_run, trials)), None)
+        return chosen if chosen is not None and self.claim(chosen.trial) else None
+
+    def last_chance(self, trials: list[FrozenTrial]) -> Waiting | None:
+        """The sweep is ending (n_trials reached, grid done) with no COMPLETE trial: the paused
+        trial highest through the rungs is finished rather than pruned (reserve.py)."""
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            return None
+        kept = reserve.plan(trials, budget=0)
+        chosen = next((w for w in self.waiting(trials) if kept and w.trial.number == kept.trial), None)
+        return chosen if chosen is not None and self.claim(chosen.trial) else None
+
+    def claim(self, trial: FrozenTrial) -> bool:
+        """Take a paused trial for this orchestrator; False when another took it first."""
+        with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
+            now = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
+            if now.state != TrialState.RUNNING or not now.user_attrs.get(PAUSED):
+                return False
+            store.retrying(lambda: self.study._storage.set_trial_user_attr(trial._trial_id, PAUSED, False))
+            store.retrying(lambda: recovery.beat(self.study, trial._trial_id, self.heartbeat))
+        return True
+
+    def config(self, trial: FrozenTrial) -> TrialConfig:
+        """The paused trial's configuration, resuming from its saved state, on this machine."""
+        here = self.trials_root / self.study.study_name / str(trial.number)
+        key = trial.user_attrs.get(artifacts.KEY)
+        if self.artifact_store is not None and key:
+            text = self.artifact_store.get(artifacts.artifact_id(key, "config.json"))
+            if text is None:
+                raise StorageError(f"trial {trial.number}'s config.json is missing from the artifact "
+                                   f"store {self.artifact_store.url}")
+            config = TrialConfig.from_json(text.decode())
+            source = resume.ARTIFACT + artifacts.artifact_id(key, resume.RESUME)
+        else:
+            folder = Path(trial.user_attrs["trial_dir"])
+            config = TrialConfig.from_json((folder / "config.json").read_text())
+            source, here = str(folder / resume.RESUME), folder
+        return dataclasses.replace(config, trial_dir=str(here.resolve()), data_cache=str(self.data_cache),
+                                   resume_from=source)
+
+    def prune(self, trial: FrozenTrial, epochs_run: int) -> bool:
+        """The sweep is over and the trial was never promoted: PRUNED, its state dropped."""
+        if not self.claim(trial):
+            return False
+        reason = f"not promoted at rung {epochs_run}"
+        live = optuna.Trial(self.study, trial._trial_id)
+        store.retrying(lambda: live.set_user_attr("reason", reason))
+        store.retrying(lambda: live.set_user_attr("epochs_run", epochs_run))
+        store.retrying(lambda: self.study.tell(live, state=TrialState.PRUNED))
+        folder = trial.user_attrs.get("trial_dir")
+        if folder and (Path(folder) / resume.RESUME).is_file():
+            resume.discard(folder, None)
+        key = trial.user_attrs.get(artifacts.KEY)
+        if self.artifact_store is not None and key:
+            self.artifact_store.remove(artifacts.artifact_id(key, resume.RESUME))
+        return True

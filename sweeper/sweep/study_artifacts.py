@@ -1,0 +1,68 @@
+"""A sweep joining a study with an artifact store: which store the study uses, and its split.
+
+The study records its store's URL (user attribute `artifacts`), so later commands on any machine
+find trials' files without being told, and its split lists (a study artifact): a machine whose
+copy of the data splits differently would train and score on other images, so it is refused
+before any trial starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+
+from sweeper import artifacts, store
+from sweeper.artifacts import ArtifactStore
+from sweeper.data import datasets
+from sweeper.errors import DataError
+
+
+def open_for_run(option: str | None) -> ArtifactStore | None:
+    """The store `run`/`recheck` uploads to (option, else SWEEPER_ARTIFACTS), checked writable."""
+    url = artifacts.url_for(option)
+    if not url:
+        return None
+    found = artifacts.open_store(url)
+    found.check()
+    return found
+
+
+def join(study: optuna.Study, found: ArtifactStore | None) -> ArtifactStore | None:
+    """Record the store in the study (the first one used), or use the one the study recorded
+    when none was given; returns the store this sweep uploads to."""
+    recorded = study.user_attrs.get("artifacts")
+    if found is None and recorded:
+        found = artifacts.open_store(recorded)
+        found.check()
+    if found is not None and not recorded:
+        store.retrying(lambda: study.set_user_attr("artifacts", found.url))
+    if found is not None and not study.user_attrs.get(artifacts.KEY):
+        key = artifacts.new_key()
+        store.retrying(lambda: study.set_user_attr(artifacts.KEY, key))
+    return found
+
+
+def share_split(study: optuna.Study, found: ArtifactStore, cache: Path) -> None:
+    """Store the study's split lists once; refuse a machine whose data splits differently."""
+    local = datasets.split_path(cache)
+    if not local.is_file():  # a built-in dataset: the same everywhere
+        return
+    mine = json.loads(local.read_text())
+    key = store.retrying(lambda: study._storage.get_study_user_attrs(study._study_id))[artifacts.KEY]
+    ident = artifacts.artifact_id(key, artifacts.SPLIT)
+    recorded = artifacts.recorded(store.retrying(lambda: study._storage.get_study_system_attrs(study._study_id)))
+    if artifacts.SPLIT in recorded:
+        theirs = found.get(recorded[artifacts.SPLIT])
+        if theirs is not None:
+            theirs = json.loads(theirs)
+            differ = [part for part in ("classes", "train", "val") if theirs[part] != mine[part]]
+            if differ:
+                raise DataError(f"the data here ({mine['root']}) splits differently from study "
+                                f"{study.study_name!r}'s ({theirs['root']}): its {', '.join(differ)} "
+                                "lists differ; give this machine the same images (--data)")
+            return
+    found.put(ident, local)
+    name, value = artifacts.meta(key, artifacts.SPLIT)
+    store.retrying(lambda: study._storage.set_study_system_attr(study._study_id, name, value))
