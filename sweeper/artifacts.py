@@ -103,16 +103,18 @@ class ArtifactStore:
         self.url, self.backend = url, backend
         self.patience = patience if patience is not None else float(os.environ.get(PATIENCE_ENV, 60))
 
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+    def _retrying(self, what: str, fn: Callable[[], T], reading: bool = False) -> T:
+        """fn(), retried with backoff; reading: a missing artifact is an answer, not a failure
+        (when writing, a missing folder is the store's fault)."""
         from optuna.artifacts.exceptions import ArtifactNotFound
 
         deadline, delay = time.monotonic() + self.patience, 0.2
         while True:
             try:
                 return fn()
-            except (ArtifactNotFound, FileNotFoundError):
-                raise
             except Exception as exc:
+                if reading and isinstance(exc, (ArtifactNotFound, FileNotFoundError)):
+                    raise
                 if _refused(exc) or time.monotonic() + delay > deadline:
                     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     raise Unreachable(redact(f"artifact store {self.url} unreachable ({what}): {reason}")) from None
@@ -120,10 +122,8 @@ class ArtifactStore:
                 delay = min(delay * 2, 10.0)
 
     def put(self, artifact_id: str, path: Path) -> None:
-        def write() -> None:
-            with open(path, "rb") as body:
-                self.backend.write(artifact_id, body)
-        self._retrying(f"writing {artifact_id}", write)
+        data = path.read_bytes()  # a missing local file is the caller's, not the store's
+        self.put_bytes(artifact_id, data)
 
     def put_bytes(self, artifact_id: str, data: bytes) -> None:
         self._retrying(f"writing {artifact_id}", lambda: self.backend.write(artifact_id, io.BytesIO(data)))
@@ -139,7 +139,7 @@ class ArtifactStore:
             finally:
                 reader.close()
         try:
-            return self._retrying(f"reading {artifact_id}", read)
+            return self._retrying(f"reading {artifact_id}", read, reading=True)
         except (ArtifactNotFound, FileNotFoundError):
             return None
 
@@ -147,7 +147,7 @@ class ArtifactStore:
         from optuna.artifacts.exceptions import ArtifactNotFound
 
         try:  # opened, not read: S3 streams the body
-            self._retrying(f"reading {artifact_id}", lambda: self.backend.open_reader(artifact_id).close())
+            self._retrying(f"reading {artifact_id}", lambda: self.backend.open_reader(artifact_id).close(), True)
             return True
         except (ArtifactNotFound, FileNotFoundError):
             return False
@@ -156,7 +156,7 @@ class ArtifactStore:
         from optuna.artifacts.exceptions import ArtifactNotFound
 
         try:
-            self._retrying(f"removing {artifact_id}", lambda: self.backend.remove(artifact_id))
+            self._retrying(f"removing {artifact_id}", lambda: self.backend.remove(artifact_id), True)
         except (ArtifactNotFound, FileNotFoundError):
             pass
 

@@ -22,6 +22,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 TrialsDirOpt = Annotated[Path, typer.Option(help="Where trial folders are.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="Trials at a time (default: one per GPU, else 1).")]
 GpusOpt = Annotated[Optional[str], typer.Option(help="GPUs to use, numbered within CUDA_VISIBLE_DEVICES (0,1), or UUIDs / MIG ids; none: the CPU (default: every visible GPU, else the CPU).")]
+ArtifactsOpt = Annotated[Optional[str], typer.Option(help="Artifact store the study's trials left their files in: a folder or s3://bucket/prefix (default: $SWEEPER_ARTIFACTS, else the one the study's sweeps used, else each trial's folder here).")]
 KeepCheckpointsOpt = Annotated[int, typer.Option(min=0, help="Best completed trials that keep checkpoint.pth.")]
 
 
@@ -70,11 +71,20 @@ def progress_bar(label: str, total: int | None = None) -> Iterator[Callable[[int
 def open_study(study: str, storage: str | None):
     """An existing study by name; a bad name, a missing store or study is an `Error:`."""
     from sweeper import store
+    from sweeper.cli.paths import check_storage
     from sweeper.spec.sweep_spec import validate_study_name
 
     if (problem := validate_study_name(study)) is not None:
         raise SpecError("--study", [("", problem)])
+    check_storage(storage, write=False)
     return store.load_study(store.open_storage(storage or store.DEFAULT_STORAGE, create=False), study)
+
+
+def trial_files(study, artifacts_url: str | None):
+    """Where the study's trials' files are read from (artifacts.py)."""
+    from sweeper import artifacts
+
+    return artifacts.for_study(study, artifacts_url)
 
 
 def print_json(value: Any) -> None:

@@ -16,6 +16,7 @@ from sweeper.cli.common import (
     progress_bar,
     user_errors,
 )
+from sweeper.cli.paths import check_output_dir, check_output_file
 from sweeper.errors import SpecError
 
 app = typer.Typer()
@@ -45,6 +46,10 @@ def data_inspect(
     if path is not None and not path.is_dir():
         raise SpecError(str(path), [("", "is not a folder; give the image folder (train/<class>/ and "
                                          "val/<class>/, or <class>/ folders)")])
+    if out is not None:
+        check_output_file("--out", out)
+    else:  # the default, trials/inspect/<dataset>.html
+        check_output_dir("--out", Path("trials") / "inspect")
     if builtin is not None:
         check_choice("--builtin", builtin, BUILTIN_DATASETS)
         result = inspection.inspect_builtin(builtin, val_fraction)
@@ -97,6 +102,7 @@ def cache_clean(
     """Remove stale, broken, partial and old-format caches (with --all, every cache)."""
     from sweeper.data import caches
 
+    check_output_dir("--trials-dir", trials_dir / ".cache")
     removed = [e for e in caches.entries(trials_dir / ".cache") if all_ or e.state != caches.CURRENT]
     for e in removed:
         caches.remove(e)

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from sweeper.cli.common import (
+    ArtifactsOpt,
     GpusOpt,
     JsonOpt,
     StorageOpt,
@@ -20,8 +21,10 @@ from sweeper.cli.common import (
     open_study,
     print_json,
     progress_bar,
+    trial_files,
     user_errors,
 )
+from sweeper.cli.paths import check_output_dir, check_output_file
 
 app = typer.Typer()
 
@@ -70,6 +73,7 @@ def ensemble(
     method: Annotated[str, typer.Option(help="mean (average the class probabilities) | vote (majority of labels).")] = "mean",
     storage: StorageOpt = None,
     trials_dir: TrialsDirOpt = Path("trials"),
+    artifacts: ArtifactsOpt = None,
     gpus: GpusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -77,11 +81,13 @@ def ensemble(
     from sweeper.analyze import ensemble as ens
 
     check_choice("--method", method, ens.METHODS)
+    check_output_dir("--trials-dir", trials_dir)  # ensemble.json goes in <trials-dir>/<study>/
     device = _device(gpus)
     the_study = open_study(study, storage)
-    members = ens.top_members(the_study.get_trials(deepcopy=False), top, study)
+    files = trial_files(the_study, artifacts)
+    members = ens.top_members(the_study.get_trials(deepcopy=False), top, study, files)
     classes = ens.check_classes(members)
-    images, labels = ens.validation_set(members[0])
+    images, labels = ens.validation_set(members[0], trials_dir)
     probs = _member_probs(members, images, "none", "scoring members", device)
     result = {"study": study, **ens.evaluate(members, probs, labels, len(classes), method)}
     path = ens.saved_path(trials_dir, study)
@@ -110,6 +116,7 @@ def predict(
     tta: Annotated[str, typer.Option(help="none | flip (average with the mirrored image).")] = "none",
     storage: StorageOpt = None,
     trials_dir: TrialsDirOpt = Path("trials"),
+    artifacts: ArtifactsOpt = None,
     gpus: GpusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -120,12 +127,13 @@ def predict(
     from sweeper.errors import DataError
 
     check_choice("--tta", tta, ens.TTA)
+    check_output_file("--out", out)
     device = _device(gpus)
     if not images.is_dir():
         raise DataError(f"--images {images} is not a folder; pass the folder of images to label")
     the_study = open_study(study, storage)
     members, method = predicting.predictors(the_study.get_trials(deepcopy=False), top, study,
-                                            ens.saved_path(trials_dir, study))
+                                            ens.saved_path(trials_dir, study), trial_files(the_study, artifacts))
     classes = ens.check_classes(members)
     paths = ens.list_images(images)
     if not paths:

@@ -9,13 +9,21 @@ from typing import Annotated, Optional
 import typer
 
 from sweeper.cli.common import (
+    ArtifactsOpt,
     JsonOpt,
     StorageOpt,
     StudyOpt,
     check_choice,
     open_study,
     print_json,
+    trial_files,
     user_errors,
+)
+from sweeper.cli.paths import (
+    check_export,
+    check_output_dir,
+    check_output_file,
+    check_storage,
 )
 
 app = typer.Typer()
@@ -31,6 +39,10 @@ def report(
     """Write a self-contained HTML report (importances, curves, ...) and trials.csv."""
     from sweeper.analyze.report import write_report
 
+    if out is not None:
+        check_output_file("--out", out, out.parent / "trials.csv")
+    else:  # the default, trials/<study>/report.html; open_study checks the name first
+        check_output_dir("--out", Path("trials"))
     the_study = open_study(study, storage)
     html_path, csv_path, data = write_report(the_study, out or Path("trials") / study / "report.html")
     c = data.counts
@@ -58,6 +70,7 @@ def best(
     export: Annotated[Optional[str], typer.Option(help="Write the best trial's config here (a file, or a folder ending in /).")] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="mmcls | mmpretrain | yaml (default: by suffix).")] = None,
     by: Annotated[str, typer.Option("--by", help="mean: configurations by their mean over re-check seeds; first: by their first score.")] = "mean",
+    artifacts: ArtifactsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the best configuration; with --export, write it as an mmcls/mmpretrain config or YAML space."""
@@ -65,6 +78,8 @@ def best(
     from sweeper.analyze.report_data import value_source
     from sweeper.sweep.recovery import IMPORTED
 
+    if export is not None:
+        check_export("--export", export)
     the_study = open_study(study, storage)
     if format is not None:
         check_choice("--format", format, exporter.FORMATS)
@@ -73,6 +88,7 @@ def best(
     rule = the_study.user_attrs.get("value", "last")
     objective = the_study.user_attrs.get("objective", "value")
     imported = trial.user_attrs.get(IMPORTED)
+    files = trial_files(the_study, artifacts)
     info = {"trial": trial.number, "value": trial.value, "value_rule": rule,
             "value_epoch": trial.user_attrs.get("value_epoch"), "params": trial.params,
             "epochs": trial.user_attrs.get("epochs_run"), "trial_dir": trial.user_attrs.get("trial_dir"),
@@ -80,14 +96,14 @@ def best(
             "runs": config_rank.count, "lucky": config_rank.lucky,
             "run_trials": [t.number for t in config_rank.runs], "imported": imported}
     if export is not None:
-        fmt, paths = exporter.export_trial(trial, study, export, format)
+        fmt, paths = exporter.export_trial(trial, study, export, format, files)
         info["exported"] = {"path": str(paths[0]), "format": fmt, "files": [str(p) for p in paths[1:]]}
     if as_json:
         print_json(info)
         return
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
     where = (f"imported from {imported} (line {trial.user_attrs.get('import_line')})" if imported
-             else f"folder: {info['trial_dir']}")
+             else f"files: {files.where(trial)}")
     if config_rank.count > 1:
         head = f"best configuration: trial {trial.number}, {config_rank.describe(objective)}"
         if by == "first":
@@ -108,6 +124,7 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     from sweeper import store
     from sweeper.analyze.report_data import study_rows
 
+    check_storage(storage, write=False)
     rows = study_rows(store.open_storage(storage or store.DEFAULT_STORAGE, create=False))
     if as_json:
         print_json(rows)
@@ -156,6 +173,7 @@ def show(
     trial: Annotated[int, typer.Option("--trial", help="Trial number.")],
     storage: StorageOpt = None,
     lines: Annotated[int, typer.Option(help="Log lines to show.")] = 15,
+    artifacts: ArtifactsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One trial: its state, the resolved config and the tail of its log."""
@@ -168,9 +186,10 @@ def show(
         raise StorageError(f"study {study!r} has no trial {trial} "
                            f"(trials 0-{len(the_study.trials) - 1})")
     t = found[0]
-    config = trial_config_text(t)
-    log_path = Path(t.user_attrs.get("trial_dir", "")) / "log.txt"
-    log_tail = log_path.read_text().splitlines()[-lines:] if log_path.is_file() else []
+    files = trial_files(the_study, artifacts)
+    config = trial_config_text(t, files)
+    log = files.read(t, "log.txt")
+    log_tail = log.decode(errors="replace").splitlines()[-lines:] if log is not None else []
     info = {"trial": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "intermediate_values": t.intermediate_values, "user_attrs": t.user_attrs,
             "config": json.loads(config) if config else None, "log_tail": log_tail}
@@ -180,7 +199,8 @@ def show(
     reason = t.user_attrs.get("reason")
     print(f"trial {t.number}: {t.state.name}" + (f" {t.value:.4f}" if t.value is not None else "")
           + (f" ({reason})" if reason else ""))
-    print(f"config ({t.user_attrs.get('trial_dir')}/config.json):")
+    print(f"files: {files.where(t)}")
+    print("config (config.json):")
     print(config or "  (missing)")
-    print(f"log ({log_path}, last {len(log_tail)} lines):")
+    print(f"log (log.txt, last {len(log_tail)} lines):")
     print("\n".join(log_tail) or "  (missing)")

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from sweeper.cli.common import (
+    ArtifactsOpt,
     GpusOpt,
     JsonOpt,
     KeepCheckpointsOpt,
@@ -22,6 +23,7 @@ from sweeper.cli.common import (
     progress_bar,
     user_errors,
 )
+from sweeper.cli.paths import check_output_dir, check_storage
 
 app = typer.Typer()
 
@@ -39,6 +41,7 @@ def run(
     workers: WorkersOpt = None,
     gpus: GpusOpt = None,
     trials_dir: Annotated[Path, typer.Option(help="Where trial folders go.")] = Path("trials"),
+    artifacts: Annotated[Optional[str], typer.Option(help="Artifact store for what trials leave, so any machine can resume or read them: a folder (e.g. on NFS) or s3://bucket/prefix (default: $SWEEPER_ARTIFACTS, else the one the study uses, else trials/ only).")] = None,
     max_retry: Annotated[int, typer.Option(min=0, help="Times a lost or interrupted trial is queued again.")] = 1,
     trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a trial that reports nothing (start-up included) for this many seconds.")] = None,
     keep_checkpoints: KeepCheckpointsOpt = 3,
@@ -52,11 +55,14 @@ def run(
     from sweeper.spec.sweep_spec import load_spec
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
+    from sweeper.sweep import study_artifacts
     from sweeper.sweep.progress import make_progress
 
     overrides = {"study": study, "data_root": str(data) if data else None,
                  "n_trials": n_trials, "timeout": timeout, "budget_epochs": budget_epochs}
     spec = load_spec(space, overrides)
+    check_storage(storage, write=True)
+    check_output_dir("--trials-dir", trials_dir)
     slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
     sweep_setup.check_data(spec)
     if dry_run:
@@ -64,6 +70,7 @@ def run(
 
         print(describe(spec))
         return
+    artifact_store = study_artifacts.open_for_run(artifacts)  # checked before any work
     sweep_setup.prefetch_hub_weights(spec)
     storage_url = storage or store.DEFAULT_STORAGE
     with progress_bar("decoding images") as callback:
@@ -71,14 +78,19 @@ def run(
     optuna_storage = store.open_storage(storage_url)
     the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
     store.remember_space(the_study, space, spec)
+    artifact_store = study_artifacts.join(the_study, artifact_store)
+    if artifact_store is not None:
+        study_artifacts.share_split(the_study, artifact_store, cache)
     where = ", ".join(s.label for s in slots)
     start = time.monotonic()
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
         options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat)
+        if artifact_store is not None:
+            progress.message(f"artifacts: {artifact_store.url}")
         runner = orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir,
-                                           storage_url, options)
+                                           storage_url, options, artifact_store=artifact_store)
         runner.run()
     print(summary(the_study, spec.search.objective, time.monotonic() - start, spec.search.budget_epochs))
     if runner.interrupts:
@@ -91,7 +103,7 @@ def run(
             f"`sweeper recheck --study {spec.study} --top {kept.top} --seeds {kept.seeds}` runs it")
     elif kept is not None and any(t.state == TrialState.COMPLETE for t in the_study.get_trials(deepcopy=False)):
         # search.recheck: inside the budget, which kept these epochs back from the search
-        if _recheck(the_study, kept.top, kept.seeds, slots, trials_dir, storage_url, options):
+        if _recheck(the_study, kept.top, kept.seeds, slots, trials_dir, storage_url, options, artifact_store):
             err("interrupted: `sweeper run` (or `sweeper recheck`) again trains the re-check runs still missing")
             raise typer.Exit(130)
 
@@ -127,35 +139,45 @@ def recheck(
     trials_dir: TrialsDirOpt = Path("trials"),
     trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a run that reports nothing for this many seconds.")] = None,
     keep_checkpoints: KeepCheckpointsOpt = 3,
+    artifacts: ArtifactsOpt = None,
     heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True)] = 10.0,
 ) -> None:
     """Retrain the best configurations with new seeds (every epoch, no pruning); rank by the mean."""
     from sweeper import store
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
+    from sweeper.sweep import study_artifacts
 
+    check_storage(storage, write=True)
+    check_output_dir("--trials-dir", trials_dir)
     slots = sweep_setup.make_slots(workers, gpus)
+    artifact_store = study_artifacts.open_for_run(artifacts)
     the_study = open_study(study, storage)
+    artifact_store = study_artifacts.join(the_study, artifact_store)
     # max_retry applies to `run` trials of dead orchestrators this one may recover; re-checks
     # themselves are never queued again (the next recheck plans them)
     options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)
-    interrupted = _recheck(the_study, top, seeds, slots, trials_dir, storage or store.DEFAULT_STORAGE, options)
+    interrupted = _recheck(the_study, top, seeds, slots, trials_dir, storage or store.DEFAULT_STORAGE, options,
+                           artifact_store)
     if interrupted:
         err("interrupted: `sweeper recheck` again trains the runs still missing")
         raise typer.Exit(130)
 
 
-def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_url: str, options) -> bool:
+def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_url: str, options,
+             artifact_store=None) -> bool:
     """Retrain the `top` configurations with `seeds` new seeds, print the ranking by the mean;
     True if interrupted."""
     from sweeper.analyze import recheck as rechecking
     from sweeper.analyze.ranking import configurations
+    from sweeper.artifacts import TrialFiles
     from sweeper.sweep import orchestrator
     from sweeper.sweep.progress import make_progress
 
     study = the_study.study_name
     with progress_bar("decoding images") as callback:
-        chosen, todo = rechecking.plan(the_study, top, seeds, trials_dir, callback)
+        files = TrialFiles(artifact_store.url if artifact_store else the_study.user_attrs.get("artifacts"))
+        chosen, todo = rechecking.plan(the_study, top, seeds, trials_dir, files, callback)
     objective = the_study.user_attrs.get("objective", "value")
     runner = None
     if todo:
@@ -166,7 +188,7 @@ def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_u
                              f"with new seeds on {len(slots)} worker(s)")
             source = rechecking.RecheckSource(the_study, todo, trials_dir, options.heartbeat, storage_url)
             runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
-                                               storage_url, options, source)
+                                               storage_url, options, source, artifact_store)
             runner.run()
         done = f"{len(todo)} run(s) in {time.monotonic() - start:.0f} s"
     else:
@@ -197,6 +219,7 @@ def import_results(
     from sweeper.sweep import importer
 
     spec = load_spec(space, {"study": study})
+    check_storage(storage, write=True)
     added, skipped = importer.import_file(spec, space, from_, storage or store.DEFAULT_STORAGE)
     if as_json:
         print_json({"study": study, "imported": added,

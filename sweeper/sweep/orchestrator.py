@@ -128,7 +128,7 @@ class Orchestrator:
 
     def _prune_paused(self) -> None:
         """The budget is spent: trials still paused were never promoted."""
-        for w in self.promotions.waiting(self.budget.trials()) if self.asha else []:
+        for w in self.promotions.waiting(self.budget.trials(), anywhere=True) if self.asha else []:
             if self.promotions.prune(w.trial, w.epochs_run):
                 self.progress.finished(w.trial.number, "PRUNED", w.last_value, f"not promoted at rung {w.epochs_run}")
 

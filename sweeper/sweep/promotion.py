@@ -49,11 +49,11 @@ class Promotions:
             return True  # the worker stored its state before it exited
         return (Path(trial.user_attrs.get("trial_dir", "/nonexistent")) / resume.RESUME).is_file()
 
-    def waiting(self, trials: list[FrozenTrial]) -> list[Waiting]:
-        """The study's paused trials whose state this orchestrator can read."""
+    def waiting(self, trials: list[FrozenTrial], anywhere: bool = False) -> list[Waiting]:
+        """The study's paused trials whose state this orchestrator can read (`anywhere`: all)."""
         out = []
         for t in trials:
-            if is_paused(t) and recovery.RECHECK_OF not in t.user_attrs and self._resumable_here(t):
+            if is_paused(t) and recovery.RECHECK_OF not in t.user_attrs and (anywhere or self._resumable_here(t)):
                 rung = t.user_attrs.get("pauses", [0])[-1]
                 out.append(Waiting(t, rung, t.intermediate_values.get(rung), bool(t.user_attrs.get("alone"))))
         return out
@@ -105,6 +105,10 @@ class Promotions:
                                    f"store {self.artifact_store.url}")
             config = TrialConfig.from_json(text.decode())
             source = resume.ARTIFACT + artifacts.artifact_id(key, resume.RESUME)
+            log = here / "log.txt"
+            if not log.exists() and (earlier := self.artifact_store.get(artifacts.artifact_id(key, "log.txt"))):
+                here.mkdir(parents=True, exist_ok=True)
+                log.write_bytes(earlier)  # the log goes on where the machine that paused it left it
         else:
             folder = Path(trial.user_attrs["trial_dir"])
             config = TrialConfig.from_json((folder / "config.json").read_text())

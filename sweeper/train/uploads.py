@@ -53,9 +53,9 @@ class Uploads:
                 self.store.put(artifacts.artifact_id(self.key, name), self.folder / name)
             except artifacts.Unreachable as exc:
                 failure = str(exc)
-            except FileNotFoundError:  # not written yet (a trial that failed early): nothing to store
+            except FileNotFoundError:  # the local file is not written yet (a trial that failed early)
                 failure, name = None, None
-            except OSError as exc:  # the local file: a full disk, not the store
+            except OSError as exc:  # reading the local file
                 failure = f"could not upload {name}: {exc}"
             else:
                 failure = None

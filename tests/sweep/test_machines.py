@@ -1,0 +1,211 @@
+"""One study on several machines: orchestrators with a trials dir each (standing in for machines)
+share a study store and an artifact store (a folder, or a real S3-compatible server). A machine
+is lost with kill -9 and its trials dir deleted; another carries on from the artifact store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import stores
+from optuna.trial import TrialState
+from processes import alive, finish, start, trials, wait_for
+
+from sweeper.testing import tiny_space, write_space
+
+DATA = {"image_size": 16, "num_workers": 0}  # num_workers 0: resumed trials match bit for bit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_s3_server():
+    yield
+    stores.stop_server()
+
+
+def sweeper(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "sweeper", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def lose_machine(proc: subprocess.Popen, trials_dir: Path, worker_pids: list[int]) -> None:
+    """kill -9 the orchestrator (its workers die with it), then its disk."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_for(lambda: not any(alive(p) for p in worker_pids), timeout=20, what="its workers to exit")
+    shutil.rmtree(trials_dir)
+
+
+def metas(trial: optuna.trial.FrozenTrial, storage: str) -> dict[str, str]:
+    """{filename: artifact id}, as Optuna's own API lists a trial's artifacts."""
+    found = optuna.artifacts.get_all_artifact_meta(trial, storage=optuna.storages.get_storage(storage))
+    return {m.filename: m.artifact_id for m in found}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_a_trial_lost_with_its_machine_resumes_on_another_with_uninterrupted_metrics(
+        kind, colour_folder, tmp_path, monkeypatch):
+    url = stores.make(kind, tmp_path, monkeypatch)
+    doc = tiny_space(colour_folder, study="moved", data=DATA, train={"epochs": 8, "batch_size": 8},
+                     search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
+    spec = str(write_space(tmp_path / "space.yaml", doc))
+    reference = tmp_path / "reference"  # the same trial, never interrupted, on a machine of its own
+    reference.mkdir()
+    code, out = finish(start(reference, "--space", spec))
+    assert code == 0, out
+    (uninterrupted,) = trials(reference, "moved")
+
+    # machine A: 2 s between epochs (a test hook), so it can be lost mid-trial
+    a = start(tmp_path, "--space", spec, "--trials-dir", "machine-a", "--artifacts", url, "--heartbeat", "0.5",
+              env={"SWEEPER_INJECT_FAULT": "slow:0"})
+    victim = wait_for(lambda: next((t for t in trials(tmp_path, "moved") if len(t.intermediate_values) >= 3), None),
+                      what="three epochs on machine A")
+    lose_machine(a, tmp_path / "machine-a", [victim.user_attrs["worker_pid"]])
+
+    # machine B is told nothing about the artifact store when it is a folder: the study knows it
+    args = ["--artifacts", url] if kind == "s3" else []
+    code, out = finish(start(tmp_path, "--space", spec, "--trials-dir", "machine-b", "--heartbeat", "0.5", *args))
+    assert code == 0, out
+    assert "trial 0: its orchestrator is gone" in out
+    lost, retry = trials(tmp_path, "moved")
+    assert lost.state == TrialState.FAIL and lost.user_attrs["reason"] == "orchestrator lost"
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == 0
+    # resumed from the store (machine A's disk is gone) after its last stored epoch, ...
+    assert retry.user_attrs["resumed_after_epoch"] >= 2
+    assert retry.user_attrs["resumed_from"].startswith("artifact:")
+    # ... with the metrics of the uninterrupted run, exactly
+    assert retry.intermediate_values == uninterrupted.intermediate_values
+    assert retry.value == uninterrupted.value
+    assert retry.user_attrs["upload_s"] >= 0  # per epoch, beside the next one
+    # the store holds exactly what the study lists: no resume state left behind
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    listed = set(metas(retry, storage).values()) | set(metas(lost, storage).values())
+    study = optuna.load_study(study_name="moved", storage=storage)
+    listed |= {m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(study)}  # the split lists
+    assert stores.listing(url) == listed
+    assert {"config.json", "metrics.csv", "log.txt", "checkpoint.pth"} <= set(metas(retry, storage))
+
+
+@pytest.mark.slow
+def test_asha_paused_trial_of_a_lost_machine_is_promoted_by_another(colour_folder, tmp_path, monkeypatch):
+    url = stores.make("folder", tmp_path, monkeypatch)
+    # one rung, at epoch 1; a good configuration first, then two hopeless ones (lr ~ 0)
+    doc = tiny_space(colour_folder, study="asha", data=DATA, train={"epochs": 2, "batch_size": 8},
+                     search={"n_trials": 3, "sampler": {"name": "random", "seed": 0},
+                             "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 2}},
+                     space={"lr": [0.05, 1.0e-6, 2.0e-6]},
+                     enqueue=[{"lr": 0.05}, {"lr": 1.0e-6}, {"lr": 2.0e-6}])
+    spec = str(write_space(tmp_path / "space.yaml", doc))
+    # machine A: trial 0 is alone at rung 1, so it pauses; trial 1 hangs (a test hook) until A is lost
+    a = start(tmp_path, "--space", spec, "--trials-dir", "machine-a", "--artifacts", url, "--heartbeat", "0.5",
+              env={"SWEEPER_INJECT_FAULT": "hang:1"})
+    paused, hung = wait_for(lambda: (t := trials(tmp_path, "asha")) and t[0].user_attrs.get("paused")
+                            and t[1].state == TrialState.RUNNING and "worker_pid" in t[1].user_attrs and t,
+                            what="trial 0 paused, trial 1 running")[:2]
+    lose_machine(a, tmp_path / "machine-a", [hung.user_attrs["worker_pid"]])
+
+    code, out = finish(start(tmp_path, "--space", spec, "--trials-dir", "machine-b", "--heartbeat", "0.5"))
+    assert code == 0, out
+    final = trials(tmp_path, "asha")
+    assert not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # machine B promoted the trial machine A had paused, from the store
+    assert "trial 0: promoted at rung 1; resumed" in out
+    good = final[0]
+    assert good.state == TrialState.COMPLETE and good.user_attrs["pauses"] == [1]
+    assert sorted(good.intermediate_values) == [1, 2]
+    assert final[1].user_attrs["reason"] == "orchestrator lost"
+    shown = sweeper(tmp_path, "show", "--study", "asha", "--trial", "0", "--storage", f"sqlite:///{tmp_path}/studies.db")
+    assert shown.returncode == 0, shown.stderr
+    assert "Resumed after epoch 1 from artifact:" in shown.stdout
+    assert not (tmp_path / "machine-a").exists()
+
+
+@pytest.fixture(scope="module")
+def swept_to_s3(colour_folder, tmp_path_factory):
+    """A finished two-trial sweep whose files are in S3, and a machine that trained nothing."""
+    import os
+
+    monkeypatch = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("swept")
+    url = stores.make("s3", root, monkeypatch)
+    doc = tiny_space(colour_folder, study="shared", data=DATA, train={"epochs": 2, "batch_size": 8},
+                     search={"n_trials": 2, "sampler": {"name": "random", "seed": 0}, "pruner": "none"})
+    spec = str(write_space(root / "space.yaml", doc))
+    code, out = finish(start(root, "--space", spec, "--trials-dir", "machine-a", "--artifacts", url))
+    assert code == 0, out
+    shutil.rmtree(root / "machine-a")
+    elsewhere = root / "machine-c"
+    elsewhere.mkdir()
+    yield root, elsewhere, url, dict(os.environ)
+    monkeypatch.undo()
+
+
+@pytest.mark.slow
+def test_a_machine_that_trained_nothing_exports_shows_ensembles_and_predicts(swept_to_s3, colour_folder):
+    root, here, url, env = swept_to_s3
+    storage = f"sqlite:///{root}/studies.db"
+    best = sweeper(here, "best", "--study", "shared", "--storage", storage, "--export", "best/config.py", env=env)
+    assert best.returncode == 0, best.stderr
+    assert f"artifact store {url}" in best.stdout
+    assert "optimizer = dict(" in (here / "best/config.py").read_text()
+    shown = sweeper(here, "show", "--study", "shared", "--trial", "1", "--storage", storage, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "Epoch 2 done" in shown.stdout and '"model": "test_resnet"' in shown.stdout
+    scored = sweeper(here, "ensemble", "--study", "shared", "--top", "2", "--storage", storage, "--json", env=env)
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads(scored.stdout)
+    # each member scores what its trial reported for its checkpoint's epoch
+    final = {t.number: t for t in trials(root, "shared")}
+    for member in result["members"]:
+        assert member["accuracy"] == pytest.approx(final[member["trial"]].value, abs=1e-6)
+    labelled = sweeper(here, "predict", "--study", "shared", "--top", "2", "--images", str(colour_folder),
+                       "--storage", storage, "--out", "labels.csv", env=env)
+    assert labelled.returncode == 0, labelled.stderr
+    rows = list(csv.DictReader(open(here / "labels.csv")))
+    assert len(rows) == 90 and {r["class"] for r in rows} <= {"class_0", "class_1", "class_2"}
+    assert not (here / "trials" / "shared" / "0").exists()  # read from the store, not copied here
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_lists_and_serves_the_trials_artifacts(colour_folder, tmp_path, monkeypatch):
+    url = stores.make("folder", tmp_path, monkeypatch)
+    doc = tiny_space(colour_folder, study="dash", data=DATA, search={"n_trials": 1, "pruner": "none"})
+    code, out = finish(start(tmp_path, "--space", str(write_space(tmp_path / "space.yaml", doc)),
+                             "--artifacts", url))
+    assert code == 0, out
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
+                                  f"sqlite:///{tmp_path}/studies.db", "--artifact-dir", url,
+                                  "--host", "127.0.0.1", "--port", str(port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: urllib.request.urlopen(base + "/api/meta", timeout=2).status == 200, timeout=60,
+                 what="optuna-dashboard")
+        studies = json.load(urllib.request.urlopen(base + "/api/studies"))["study_summaries"]
+        study_id = next(s["study_id"] for s in studies if s["study_name"] == "dash")
+        (trial,) = json.load(urllib.request.urlopen(f"{base}/api/studies/{study_id}"))["trials"]
+        listed = {a["filename"]: a["artifact_id"] for a in trial["artifacts"]}
+        assert {"config.json", "classes.txt", "metrics.csv", "log.txt", "checkpoint.pth"} <= set(listed)
+        served = urllib.request.urlopen(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{listed['metrics.csv']}").read()
+        assert served == (tmp_path / "trials" / "dash" / "0" / "metrics.csv").read_bytes()
+        rows = list(csv.DictReader(io.StringIO(served.decode())))
+        assert [r["epoch"] for r in rows] == ["1", "2"]
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
