@@ -158,7 +158,8 @@ def test_a_machine_that_trained_nothing_exports_shows_ensembles_and_predicts(swe
     best = sweeper(here, "best", "--study", "shared", "--storage", storage, "--export", "best/config.py", env=env)
     assert best.returncode == 0, best.stderr
     assert f"artifact store {url}" in best.stdout
-    assert "optimizer = dict(" in (here / "best/config.py").read_text()
+    exported = (here / "best/config.py").read_text()
+    assert "optimizer = {" in exported and "of sweeper study 'shared'" in exported
     shown = sweeper(here, "show", "--study", "shared", "--trial", "1", "--storage", storage, env=env)
     assert shown.returncode == 0, shown.stderr
     assert "Epoch 2 done" in shown.stdout and '"model": "test_resnet"' in shown.stdout

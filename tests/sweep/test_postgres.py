@@ -55,6 +55,6 @@ def test_two_orchestrators_two_workers_each_on_one_postgres_study(colour_folder,
     best = subprocess.run([sys.executable, "-m", "sweeper", "best", "--study", study, "--storage", URL,
                            "--export", "best.py"], cwd=tmp_path / "machine-c", capture_output=True, text=True)
     assert best.returncode == 0, best.stderr
-    assert "optimizer = dict(" in (tmp_path / "machine-c" / "best.py").read_text()
+    assert "optimizer = {" in (tmp_path / "machine-c" / "best.py").read_text()
     assert not any(secret in best.stdout + best.stderr for secret in _secrets(URL))
     stores.stop_server()
