@@ -66,6 +66,14 @@ def test_search_quick_prints_every_side():
     assert lines[-1].startswith("target (mf median at its budget > 1-epoch and random + asha medians")
 
 
+@pytest.mark.slow
+def test_artifacts_quick_prints_save_upload_and_stall_ratios():
+    lines = _quick("artifacts.py")
+    assert lines[-3].split()[:2] == ["model", "state"]
+    row = lines[-2].split()
+    assert row[0] == "test_resnet" and row[-1].endswith("x") and row[-2].endswith("x")
+
+
 def test_gpu_smoke_without_a_gpu_says_so():
     """On a GPU machine it runs (benchmarks/README.md); here it refuses with the reason
     (`--rehearse` runs its flow on the CPU, in about 2 minutes)."""
