@@ -19,8 +19,10 @@ import io
 import json
 import mimetypes
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -88,12 +90,17 @@ class _UnderPrefix:
         self.inner.remove(self.prefix + artifact_id)
 
 
+def default_patience() -> float:
+    return float(os.environ.get(PATIENCE_ENV, 60))
+
+
 def _refused(exc: Exception) -> bool:
     """An answer that waiting will not change (no such bucket, access denied), unlike a dropped
     connection or a busy server."""
     status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return isinstance(exc, PermissionError) or (status is not None and 400 <= status < 500
-                                                and status not in (408, 429))
+    no_credentials = type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError")
+    return isinstance(exc, PermissionError) or no_credentials or (
+        status is not None and 400 <= status < 500 and status not in (408, 429))
 
 
 class ArtifactStore:
@@ -101,7 +108,8 @@ class ArtifactStore:
 
     def __init__(self, url: str, backend, patience: float | None = None):
         self.url, self.backend = url, backend
-        self.patience = patience if patience is not None else float(os.environ.get(PATIENCE_ENV, 60))
+        self.patience = patience if patience is not None else default_patience()
+        self._removals: queue.Queue[str | None] | None = None
 
     def _retrying(self, what: str, fn: Callable[[], T], reading: bool = False) -> T:
         """fn(), retried with backoff; reading: a missing artifact is an answer, not a failure
@@ -160,13 +168,36 @@ class ArtifactStore:
         except (ArtifactNotFound, FileNotFoundError):
             pass
 
+    def remove_later(self, artifact_id: str) -> None:
+        """Remove in the background: the orchestrator's loop (and its heartbeats) never waits
+        on a store that is slow to answer. `flush` waits for what is queued."""
+        if self._removals is None:
+            self._removals = queue.Queue()
+            threading.Thread(target=self._remove_queued, daemon=True).start()
+        self._removals.put(artifact_id)
+
+    def _remove_queued(self) -> None:
+        while True:
+            ident = self._removals.get()
+            try:
+                self.remove(ident)
+            except Unreachable:
+                pass  # left in the store: an orphan, never read again
+            finally:
+                self._removals.task_done()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._removals is not None and self._removals.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def check(self) -> None:
         """Write, read back and remove a probe: a store that cannot is refused before any work."""
         probe = f"sweeper-probe-{uuid.uuid4().hex}"
         try:
             self.put_bytes(probe, b"ok")
             if self.get(probe) != b"ok":
-                raise Unreachable(f"artifact store {self.url}: a probe written there did not read back")
+                raise Unreachable(f"artifact store {redact(self.url)}: a probe written there did not read back")
             self.remove(probe)
         except Unreachable as exc:
             raise StorageError(f"--artifacts: {exc}; check the folder or bucket, the endpoint "
@@ -185,8 +216,18 @@ def open_store(url: str, patience: float | None = None) -> ArtifactStore:
         except ImportError:
             raise StorageError("--artifacts s3://...: boto3 is not installed; "
                                "pip install 'sweeper[s3]' (or pip install boto3)") from None
+        from botocore.config import Config
+
         prefix = parsed.path.strip("/")
-        backend = Boto3ArtifactStore(parsed.netloc, client=boto3.client("s3"))
+        # bounded attempts, so that the store's patience (not botocore's) decides when to give up
+        config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"})
+        try:
+            client = boto3.client("s3", config=config)
+        except Exception as exc:  # a malformed AWS_ENDPOINT_URL or region
+            raise StorageError(redact(f"--artifacts {url}: boto3 cannot make an S3 client "
+                                      f"({type(exc).__name__}: {exc}); check AWS_ENDPOINT_URL and "
+                                      "AWS_DEFAULT_REGION")) from None
+        backend = Boto3ArtifactStore(parsed.netloc, client=client)
         return ArtifactStore(url, _UnderPrefix(backend, f"{prefix}/" if prefix else ""), patience)
     if parsed.scheme not in ("", "file"):
         raise StorageError(f"--artifacts {url}: use a folder path or s3://bucket/prefix")
@@ -272,11 +313,13 @@ class TrialFiles:
         folder = trial.user_attrs.get("trial_dir")
         return bool(folder) and (Path(folder) / filename).is_file()
 
-    def where(self, trial) -> str:
-        """Where the trial's files are, in words."""
+    def where(self, trial, filename: str | None = None) -> str:
+        """Where the trial's files (or one of them) are, in words."""
         if recorded(trial.system_attrs) and self.url:
-            return f"artifact store {redact(self.url)}, key {trial.user_attrs.get(KEY)}"
-        return f"folder {trial.user_attrs.get('trial_dir')}"
+            place = f"artifact store {redact(self.url)}, key {trial.user_attrs.get(KEY)}"
+            return f"{place}: {filename}" if filename else place
+        folder = trial.user_attrs.get("trial_dir")
+        return str(Path(folder) / filename) if filename else f"folder: {folder}"
 
 
 def for_study(study, option: str | None) -> TrialFiles:

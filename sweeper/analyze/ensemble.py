@@ -42,7 +42,7 @@ class Member:
 
     @property
     def checkpoint(self) -> str:
-        return f"{self.files.where(self.trial)}: {CHECKPOINT}"
+        return self.files.where(self.trial, CHECKPOINT)
 
 
 def _member(trial: FrozenTrial, files: TrialFiles) -> Member | str:
@@ -156,8 +156,9 @@ def validation_set(member: Member, trials_dir: Path, progress=None) -> tuple[Seq
     cache = Path(member.config.data_cache)
     if not cache.is_file():
         cfg = member.config
+        where = cache.parent if cache.parent.is_dir() else trials_dir / ".cache"  # another machine's
         cache = datasets.prepare(cfg.data_root, cfg.data_builtin, cfg.val_fraction, cfg.image_size,
-                                 trials_dir / ".cache", progress)
+                                 where, progress)
     val = datasets.load(cache).val
     return val.images, torch.from_numpy(val.labels)
 

@@ -103,7 +103,7 @@ def best(
         return
     params = ", ".join(f"{k}={v}" for k, v in trial.params.items())
     where = (f"imported from {imported} (line {trial.user_attrs.get('import_line')})" if imported
-             else f"files: {files.where(trial)}")
+             else files.where(trial))
     if config_rank.count > 1:
         head = f"best configuration: trial {trial.number}, {config_rank.describe(objective)}"
         if by == "first":
@@ -199,7 +199,7 @@ def show(
     reason = t.user_attrs.get("reason")
     print(f"trial {t.number}: {t.state.name}" + (f" {t.value:.4f}" if t.value is not None else "")
           + (f" ({reason})" if reason else ""))
-    print(f"files: {files.where(t)}")
+    print(files.where(t))
     print("config (config.json):")
     print(config or "  (missing)")
     print(f"log (log.txt, last {len(log_tail)} lines):")

@@ -65,12 +65,13 @@ def run(
     check_output_dir("--trials-dir", trials_dir)
     slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
     sweep_setup.check_data(spec)
+    # checked before any work (a dry run writes nothing, so its store is checked without a probe)
+    artifact_store = study_artifacts.open_for_run(artifacts, probe=not dry_run)
     if dry_run:
         from sweeper.spec.dry_run import describe
 
         print(describe(spec))
         return
-    artifact_store = study_artifacts.open_for_run(artifacts)  # checked before any work
     sweep_setup.prefetch_hub_weights(spec)
     storage_url = storage or store.DEFAULT_STORAGE
     with progress_bar("decoding images") as callback:
@@ -88,7 +89,7 @@ def run(
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
         options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat)
         if artifact_store is not None:
-            progress.message(f"artifacts: {artifact_store.url}")
+            progress.message(f"artifacts: {artifact_store.url}")  # a folder or s3://bucket/prefix: no secret
         runner = orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir,
                                            storage_url, options, artifact_store=artifact_store)
         runner.run()

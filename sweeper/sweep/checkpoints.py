@@ -13,9 +13,10 @@ from sweeper.sweep import recovery
 CHECKPOINT = "checkpoint.pth"
 
 
-def keep_best(study: optuna.Study, keep: int, artifact_store: artifacts.ArtifactStore | None = None) -> None:
-    """Only the best `keep` completed trials keep their checkpoint file (and its copy in the
-    artifact store; its artifact meta stays, as Optuna cannot remove one)."""
+def keep_best(study: optuna.Study, keep: int, artifact_store: artifacts.ArtifactStore | None = None,
+              completed: int | None = None) -> None:
+    """Only the best `keep` completed trials keep their checkpoint file, and its copy in the
+    artifact store (the copy's artifact meta stays: Optuna cannot remove one)."""
     done = store.retrying(lambda: study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     trained = [t for t in done if recovery.IMPORTED not in t.user_attrs]  # imported: no weights
     ranked = sorted(trained, key=lambda t: (-t.value, t.number))
@@ -24,10 +25,7 @@ def keep_best(study: optuna.Study, keep: int, artifact_store: artifacts.Artifact
         if t.user_attrs.get("trial_dir") and path.is_file():
             path.unlink()
         stored = artifacts.recorded(t.system_attrs).get(CHECKPOINT)
-        # each completion pushes one trial out of the top `keep`; a few below it covers several
-        # orchestrators completing at once, without asking the store about every trial each time
-        if artifact_store is not None and stored and i < 4:
-            try:
-                artifact_store.remove(stored)
-            except artifacts.Unreachable:
-                pass  # removed by the next trial to complete
+        # a completion drops the trial it pushes out of the top `keep` (two, for orchestrators
+        # completing at once) or itself: the store is not asked about every trial each time
+        if artifact_store is not None and stored and (i < 2 or t.number == completed):
+            artifact_store.remove_later(stored)

@@ -110,13 +110,13 @@ class Orchestrator:
 
     def _resume_paused(self, slot: Slot, waiting: Waiting) -> None:
         trial = optuna.Trial(self.study, waiting.trial._trial_id)
+        config = waiting.config
         with failing_if_unstarted(self.study, trial):
-            config = self.promotions.config(waiting.trial)
             again = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
                                         fresh=False, epochs_run=waiting.epochs_run,
                                         last_value=waiting.last_value, alone=waiting.alone)
-            for key, value in {"worker_pid": again.proc.pid, "slot": slot.index,
-                               "host": os.uname().nodename}.items():
+            for key, value in {"worker_pid": again.proc.pid, "slot": slot.index, "host": os.uname().nodename,
+                               "trial_dir": config.trial_dir}.items():
                 store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = again
         self.sharing.started(again, self.running)
@@ -142,12 +142,6 @@ class Orchestrator:
                 {ALONE: True} if trial.user_attrs.get(ALONE) else None, free=True))
         self.sharing.held.clear()
 
-    def _discard(self, run: Running) -> None:
-        try:
-            resume.discard(run.config.trial_dir, run.config.resume_from, self.artifact_store, run.config.artifact_key)
-        except artifacts.Unreachable as exc:
-            self.progress.message(f"trial {run.trial.number}: its resume state stays in the store: {exc}")
-
     # --- launching ---------------------------------------------------------------------------
 
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
@@ -159,8 +153,9 @@ class Orchestrator:
                                       asked=asked, prunable=recovery.RECHECK_OF not in trial.user_attrs,
                                       alone=bool(trial.user_attrs.get(ALONE)))
             attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
-                     "worker_pid": run.proc.pid, "host": os.uname().nodename,
-                     artifacts.KEY: config.artifact_key, "resumed_from": config.resume_from}
+                     "worker_pid": run.proc.pid, "host": os.uname().nodename}
+            if config.artifact_key:  # where its files are in the artifact store, and what it resumed
+                attrs.update({artifacts.KEY: config.artifact_key, "resumed_from": config.resume_from})
             for key, value in attrs.items():
                 store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = run
@@ -274,17 +269,19 @@ class Orchestrator:
             frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
             store.retrying(lambda: recovery.fail_and_requeue(self.study, frozen, reason,
                                                              self.options.max_retry, retry_attrs))
+            if not left:  # no retry will resume it
+                resume.discard(run.config, self.artifact_store)
         else:
             if state == TrialState.COMPLETE:
                 store.retrying(lambda: self.study.tell(trial, run.value[0]))
             else:
                 store.retrying(lambda: self.study.tell(trial, state=state))
-            self._discard(run)
+            resume.discard(run.config, self.artifact_store)
         shown = run.value[0] if state == TrialState.COMPLETE else run.last_value
         self.progress.finished(trial.number, state.name,
                                shown if state != TrialState.FAIL else None, reason)
         if state == TrialState.COMPLETE:
-            checkpoints.keep_best(self.study, self.options.keep_checkpoints, self.artifact_store)
+            checkpoints.keep_best(self.study, self.options.keep_checkpoints, self.artifact_store, trial.number)
 
     # --- interruption, time-outs, heartbeats --------------------------------------------------
 
@@ -345,6 +342,8 @@ class Orchestrator:
             self._fail_held("orchestrator error")
             raise
         finally:
+            if self.artifact_store is not None:
+                self.artifact_store.flush()  # removals queued in the background
             self.launcher.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

@@ -35,6 +35,7 @@ class Waiting:
     epochs_run: int
     last_value: float | None
     alone: bool
+    config: TrialConfig | None = None  # once claimed: what its worker resumes with, here
 
 
 class Promotions:
@@ -73,7 +74,7 @@ class Promotions:
         else:
             chosen = next((w for w in sorted(waiting, key=lambda w: (-w.epochs_run, w.trial.number))
                            if self.asha.promotable(w.trial.number, w.epochs_run, trials)), None)
-        return chosen if chosen is not None and self.claim(chosen.trial) else None
+        return self._take(chosen)
 
     def last_chance(self, trials: list[FrozenTrial]) -> Waiting | None:
         """The sweep is ending (n_trials reached, grid done) with no COMPLETE trial: the paused
@@ -82,7 +83,18 @@ class Promotions:
             return None
         kept = reserve.plan(trials, budget=0)
         chosen = next((w for w in self.waiting(trials) if kept and w.trial.number == kept.trial), None)
-        return chosen if chosen is not None and self.claim(chosen.trial) else None
+        return self._take(chosen)
+
+    def _take(self, chosen: Waiting | None) -> Waiting | None:
+        """Claim the trial and read its configuration; a store that does not answer leaves it
+        paused for later (or for another orchestrator)."""
+        if chosen is None or not self.claim(chosen.trial):
+            return None
+        try:
+            return dataclasses.replace(chosen, config=self.config(chosen.trial))
+        except artifacts.Unreachable:
+            store.retrying(lambda: self.study._storage.set_trial_user_attr(chosen.trial._trial_id, PAUSED, True))
+            return None
 
     def claim(self, trial: FrozenTrial) -> bool:
         """Take a paused trial for this orchestrator; False when another took it first."""
@@ -90,8 +102,9 @@ class Promotions:
             now = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
             if now.state != TrialState.RUNNING or not now.user_attrs.get(PAUSED):
                 return False
-            store.retrying(lambda: self.study._storage.set_trial_user_attr(trial._trial_id, PAUSED, False))
+            # beaten first: never a moment when it is neither paused nor fresh (recovery.is_stale)
             store.retrying(lambda: recovery.beat(self.study, trial._trial_id, self.heartbeat))
+            store.retrying(lambda: self.study._storage.set_trial_user_attr(trial._trial_id, PAUSED, False))
         return True
 
     def config(self, trial: FrozenTrial) -> TrialConfig:
@@ -102,7 +115,7 @@ class Promotions:
             text = self.artifact_store.get(artifacts.artifact_id(key, "config.json"))
             if text is None:
                 raise StorageError(f"trial {trial.number}'s config.json is missing from the artifact "
-                                   f"store {self.artifact_store.url}")
+                                   f"store {artifacts.redact(self.artifact_store.url)}")
             config = TrialConfig.from_json(text.decode())
             source = resume.ARTIFACT + artifacts.artifact_id(key, resume.RESUME)
             log = here / "log.txt"
@@ -113,8 +126,9 @@ class Promotions:
             folder = Path(trial.user_attrs["trial_dir"])
             config = TrialConfig.from_json((folder / "config.json").read_text())
             source, here = str(folder / resume.RESUME), folder
+        url = self.artifact_store.url if self.artifact_store is not None and key else None
         return dataclasses.replace(config, trial_dir=str(here.resolve()), data_cache=str(self.data_cache),
-                                   resume_from=source)
+                                   resume_from=source, artifacts=url)  # the store as this machine reaches it
 
     def prune(self, trial: FrozenTrial, epochs_run: int) -> bool:
         """The sweep is over and the trial was never promoted: PRUNED, its state dropped."""
@@ -126,9 +140,9 @@ class Promotions:
         store.retrying(lambda: live.set_user_attr("epochs_run", epochs_run))
         store.retrying(lambda: self.study.tell(live, state=TrialState.PRUNED))
         folder = trial.user_attrs.get("trial_dir")
-        if folder and (Path(folder) / resume.RESUME).is_file():
-            resume.discard(folder, None)
+        if folder:
+            (Path(folder) / resume.RESUME).unlink(missing_ok=True)
         key = trial.user_attrs.get(artifacts.KEY)
         if self.artifact_store is not None and key:
-            self.artifact_store.remove(artifacts.artifact_id(key, resume.RESUME))
+            self.artifact_store.remove_later(artifacts.artifact_id(key, resume.RESUME))
         return True

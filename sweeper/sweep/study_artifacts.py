@@ -9,6 +9,7 @@ before any trial starts.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import optuna
@@ -18,14 +19,18 @@ from sweeper.artifacts import ArtifactStore
 from sweeper.data import datasets
 from sweeper.errors import DataError
 
+ORCHESTRATOR_PATIENCE = 10.0  # seconds: well inside a heartbeat's staleness (recovery.STALE_BEATS)
 
-def open_for_run(option: str | None) -> ArtifactStore | None:
-    """The store `run`/`recheck` uploads to (option, else SWEEPER_ARTIFACTS), checked writable."""
+
+def open_for_run(option: str | None, probe: bool = True) -> ArtifactStore | None:
+    """The store `run`/`recheck` uploads to (option, else SWEEPER_ARTIFACTS), checked writable
+    with a probe that is written, read back and removed."""
     url = artifacts.url_for(option)
     if not url:
         return None
-    found = artifacts.open_store(url)
-    found.check()
+    found = artifacts.open_store(url, patience=min(ORCHESTRATOR_PATIENCE, artifacts.default_patience()))
+    if probe:
+        found.check()
     return found
 
 
@@ -34,8 +39,11 @@ def join(study: optuna.Study, found: ArtifactStore | None) -> ArtifactStore | No
     when none was given; returns the store this sweep uploads to."""
     recorded = study.user_attrs.get("artifacts")
     if found is None and recorded:
-        found = artifacts.open_store(recorded)
-        found.check()
+        found = open_for_run(recorded)
+    elif found is not None and recorded and found.url != recorded:
+        print(f"warning: study {study.study_name!r} keeps its trials' files in {artifacts.redact(recorded)}; "
+              f"this run stores them in {artifacts.redact(found.url)}, which other machines read only if "
+              "it is the same store (mounted elsewhere)", file=sys.stderr)
     if found is not None and not recorded:
         store.retrying(lambda: study.set_user_attr("artifacts", found.url))
     if found is not None and not study.user_attrs.get(artifacts.KEY):

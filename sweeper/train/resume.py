@@ -69,7 +69,7 @@ def load(source: str, artifacts_url: str | None = None) -> dict[str, Any]:
     except artifacts.Unreachable as exc:
         raise WorkerError(f"{UNREACHABLE}: {exc}") from None
     if data is None:
-        raise WorkerError(f"resume state {ident} is no longer in the artifact store {artifacts_url}")
+        raise WorkerError(f"resume state {ident} is no longer in the artifact store {artifacts.redact(artifacts_url)}")
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
@@ -80,10 +80,13 @@ def source_of(failed, store: "artifacts.ArtifactStore | None" = None) -> str | N
     attrs = failed.user_attrs
     if store is not None and attrs.get(artifacts.KEY):
         own = artifacts.artifact_id(attrs[artifacts.KEY], RESUME)
-        if store.exists(own):
-            return ARTIFACT + own
         earlier = attrs.get("resumed_from") or ""
-        return earlier if earlier.startswith(ARTIFACT) and store.exists(earlier[len(ARTIFACT):]) else None
+        try:
+            if store.exists(own):
+                return ARTIFACT + own
+            return earlier if earlier.startswith(ARTIFACT) and store.exists(earlier[len(ARTIFACT):]) else None
+        except artifacts.Unreachable:
+            return None  # the store is down: the retry starts over rather than waiting for it
     if not attrs.get("trial_dir"):
         return None
     own = Path(attrs["trial_dir"]) / RESUME
@@ -97,15 +100,15 @@ def source_of(failed, store: "artifacts.ArtifactStore | None" = None) -> str | N
     return None
 
 
-def discard(trial_dir: str, resumed_from: str | None, store: "artifacts.ArtifactStore | None" = None,
-            key: str | None = None) -> None:
-    """A trial that ended for good needs no resume state, nor the one it was resumed from."""
-    (Path(trial_dir) / RESUME).unlink(missing_ok=True)
-    if resumed_from and not resumed_from.startswith(ARTIFACT):
-        Path(resumed_from).unlink(missing_ok=True)
+def discard(config, store: "artifacts.ArtifactStore | None" = None) -> None:
+    """A trial that ended for good needs no resume state, nor the one it was resumed from (in
+    the store, removed in the background)."""
+    (Path(config.trial_dir) / RESUME).unlink(missing_ok=True)
+    source = config.resume_from or ""
+    if source and not source.startswith(ARTIFACT):
+        Path(source).unlink(missing_ok=True)
     if store is not None:
-        gone = [artifacts.artifact_id(key, RESUME)] if key else []
-        if resumed_from and resumed_from.startswith(ARTIFACT):
-            gone.append(resumed_from[len(ARTIFACT):])
-        for ident in gone:
-            store.remove(ident)
+        if config.artifact_key:
+            store.remove_later(artifacts.artifact_id(config.artifact_key, RESUME))
+        if source.startswith(ARTIFACT):
+            store.remove_later(source[len(ARTIFACT):])

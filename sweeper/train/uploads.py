@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from pathlib import Path
 
 from sweeper import artifacts
-from sweeper.errors import WorkerError
+from sweeper.errors import StorageError, WorkerError
 
 UNREACHABLE = "artifact store unreachable"  # a reason train/resume.py counts as resumable
+RESUME = artifacts.RESUME
 
 
 class Uploads:
     def __init__(self, url: str | None, key: str | None, folder: Path):
-        self.store = artifacts.open_store(url) if url else None
+        try:
+            self.store = artifacts.open_store(url) if url else None
+        except StorageError as exc:  # e.g. the folder is not mounted here (yet)
+            raise WorkerError(f"{UNREACHABLE}: {exc}") from None
         self.key, self.folder = key, folder
         self.queued: list[str] = []
         self.done: list[str] = []  # uploaded at least once: the orchestrator records their metas
@@ -55,8 +60,8 @@ class Uploads:
                 failure = str(exc)
             except FileNotFoundError:  # the local file is not written yet (a trial that failed early)
                 failure, name = None, None
-            except OSError as exc:  # reading the local file
-                failure = f"could not upload {name}: {exc}"
+            except Exception as exc:  # anything else: the trial must not wait on a dead thread
+                failure = f"could not upload {name}: {type(exc).__name__}: {exc}"
             else:
                 failure = None
             with self.cond:
@@ -80,15 +85,25 @@ class Uploads:
         return round(spent, 3)
 
     def drain(self, timeout: float | None = None) -> float:
-        """Wait until every handed file is stored; returns the seconds waited."""
+        """Wait until every handed file is stored (by default, as long as the store's patience
+        allows each of them and a margin); returns the seconds waited."""
         start = time.perf_counter()
+        if timeout is None and self.store is not None:
+            timeout = (self.store.patience + 120) * max(1, len(self.queued) + self.busy)
         with self.cond:
-            self.cond.wait_for(lambda: (not self.queued and not self.busy) or self.failure, timeout)
+            done = self.cond.wait_for(lambda: (not self.queued and not self.busy) or self.failure, timeout)
         self.check()
+        if not done:
+            raise WorkerError(f"{UNREACHABLE}: uploads to {artifacts.redact(self.store.url)} did not "
+                              f"finish within {timeout:.0f} s")
         return time.perf_counter() - start
 
-    def drain_and_exit(self, code: int) -> None:
-        """On SIGTERM (Ctrl-C on the sweep): the last finished epoch's state reaches the store first."""
+    def drain_and_die(self) -> None:
+        """On SIGTERM (Ctrl-C on the sweep): the latest resume state reaches the store, then the
+        worker dies of the signal, as it would have at once ("killed by signal 15": resumable)."""
         with contextlib.suppress(Exception):
+            if (self.folder / RESUME).is_file():  # the signal may fall between its save and its hand-over
+                self.submit(RESUME)
             self.drain(timeout=30)
-        os._exit(code)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -89,9 +89,9 @@ class Phase:
 def run_trial(config: TrialConfig, report: Report) -> str:
     """Train one configuration, reporting every epoch; returns `complete` or `stopped`."""
     uploads = Uploads(config.artifacts, config.artifact_key, Path(config.trial_dir))
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:  # Ctrl-C on the sweep: the last finished epoch's state reaches the store first
-        signal.signal(signal.SIGTERM, lambda *_: uploads.drain_and_exit(128 + signal.SIGTERM))
+    handled = uploads.store is not None and threading.current_thread() is threading.main_thread()
+    if handled:  # Ctrl-C on the sweep: the last finished epoch's state reaches the store first
+        previous = signal.signal(signal.SIGTERM, lambda *_: uploads.drain_and_die())
     try:
         outcome = _run_trial(config, report, uploads)
     except BaseException:
@@ -99,8 +99,8 @@ def run_trial(config: TrialConfig, report: Report) -> str:
             uploads.drain(timeout=30)  # a resumable failure resumes after the last finished epoch
         raise
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
     if uploads.store is not None:  # a paused or finished trial's files are stored before it says so
         uploads.submit("metrics.csv", "log.txt")  # with the lines written after the last epoch
         uploads.drain()

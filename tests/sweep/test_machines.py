@@ -179,20 +179,27 @@ def test_a_machine_that_trained_nothing_exports_shows_ensembles_and_predicts(swe
 
 
 @pytest.mark.slow
-def test_optuna_dashboard_lists_and_serves_the_trials_artifacts(colour_folder, tmp_path, monkeypatch):
+def test_the_store_keeps_the_best_checkpoints_only_and_optuna_dashboard_serves_the_files(
+        colour_folder, tmp_path, monkeypatch):
     url = stores.make("folder", tmp_path, monkeypatch)
-    doc = tiny_space(colour_folder, study="dash", data=DATA, search={"n_trials": 1, "pruner": "none"})
+    doc = tiny_space(colour_folder, study="dash", data=DATA,
+                     search={"n_trials": 3, "sampler": {"name": "random", "seed": 0}, "pruner": "none"})
     code, out = finish(start(tmp_path, "--space", str(write_space(tmp_path / "space.yaml", doc)),
-                             "--artifacts", url))
+                             "--artifacts", url, "--keep-checkpoints", "1"))
     assert code == 0, out
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    final = trials(tmp_path, "dash")
+    best = max(final, key=lambda t: (t.value, -t.number))
+    held = stores.listing(url)
+    kept = [t.number for t in final if metas(t, storage)["checkpoint.pth"] in held]
+    assert kept == [best.number]
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"),
-                                  f"sqlite:///{tmp_path}/studies.db", "--artifact-dir", url,
-                                  "--host", "127.0.0.1", "--port", str(port)],
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage,
+                                  "--artifact-dir", url, "--host", "127.0.0.1", "--port", str(port)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -200,13 +207,39 @@ def test_optuna_dashboard_lists_and_serves_the_trials_artifacts(colour_folder, t
                  what="optuna-dashboard")
         studies = json.load(urllib.request.urlopen(base + "/api/studies"))["study_summaries"]
         study_id = next(s["study_id"] for s in studies if s["study_name"] == "dash")
-        (trial,) = json.load(urllib.request.urlopen(f"{base}/api/studies/{study_id}"))["trials"]
+        shown = json.load(urllib.request.urlopen(f"{base}/api/studies/{study_id}"))["trials"]
+        trial = next(t for t in shown if t["number"] == best.number)
         listed = {a["filename"]: a["artifact_id"] for a in trial["artifacts"]}
         assert {"config.json", "classes.txt", "metrics.csv", "log.txt", "checkpoint.pth"} <= set(listed)
-        served = urllib.request.urlopen(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{listed['metrics.csv']}").read()
-        assert served == (tmp_path / "trials" / "dash" / "0" / "metrics.csv").read_bytes()
-        rows = list(csv.DictReader(io.StringIO(served.decode())))
-        assert [r["epoch"] for r in rows] == ["1", "2"]
+        path = f"/artifacts/{study_id}/{trial['trial_id']}/{listed['metrics.csv']}"
+        served = urllib.request.urlopen(base + path).read()
+        assert served == (tmp_path / "trials" / "dash" / str(best.number) / "metrics.csv").read_bytes()
+        assert [r["epoch"] for r in csv.DictReader(io.StringIO(served.decode()))] == ["1", "2"]
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_by_sigterm_stores_its_state_and_its_retry_resumes_from_it(
+        colour_folder, tmp_path, monkeypatch):
+    url = stores.make("s3", tmp_path, monkeypatch)
+    doc = tiny_space(colour_folder, study="term", data=DATA, train={"epochs": 6, "batch_size": 8},
+                     search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
+    spec = str(write_space(tmp_path / "space.yaml", doc))
+    proc = start(tmp_path, "--space", spec, "--artifacts", url, env={"SWEEPER_INJECT_FAULT": "slow:0"})
+    victim = wait_for(lambda: next((t for t in trials(tmp_path, "term") if len(t.intermediate_values) >= 2), None),
+                      what="two epochs")
+    import os
+
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGTERM)  # e.g. a job manager stopping it alone
+    code, out = finish(proc)
+    assert code == 0, out
+    stopped, retry = trials(tmp_path, "term")
+    assert stopped.user_attrs["reason"] == "worker killed by signal 15"  # as before: resumable
+    assert retry.state == TrialState.COMPLETE
+    # the state of the last epoch it finished reached the store before it died
+    assert retry.user_attrs["resumed_after_epoch"] == len(stopped.intermediate_values)
+    assert sorted(retry.intermediate_values) == list(range(1, 7))
+
+

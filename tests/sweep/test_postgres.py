@@ -7,6 +7,7 @@ with a trials dir of its own (standing in for machines) and one S3 artifact stor
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ def test_two_orchestrators_two_workers_each_on_one_postgres_study(colour_folder,
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 6
     # a third machine, which trained nothing, exports the best trial from the artifact store
+    for machine in ("machine-a", "machine-b"):
+        shutil.rmtree(tmp_path / machine)
     (tmp_path / "machine-c").mkdir()
     best = subprocess.run([sys.executable, "-m", "sweeper", "best", "--study", study, "--storage", URL,
                            "--export", "best.py"], cwd=tmp_path / "machine-c", capture_output=True, text=True)
