@@ -55,6 +55,7 @@ def run(
     from sweeper.spec.sweep_spec import load_spec
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
+    from sweeper import artifacts as artifact_urls
     from sweeper.sweep import study_artifacts
     from sweeper.sweep.progress import make_progress
 
@@ -66,6 +67,8 @@ def run(
     slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
     sweep_setup.check_data(spec)
     # checked before any work (a dry run writes nothing, so its store is checked without a probe)
+    artifacts = artifact_urls.url_for(artifacts) or study_artifacts.recorded_in(storage or store.DEFAULT_STORAGE,
+                                                                               spec.study)
     artifact_store = study_artifacts.open_for_run(artifacts, probe=not dry_run)
     if dry_run:
         from sweeper.spec.dry_run import describe

@@ -17,7 +17,7 @@ import optuna
 from sweeper import artifacts, store
 from sweeper.artifacts import ArtifactStore
 from sweeper.data import datasets
-from sweeper.errors import DataError
+from sweeper.errors import DataError, StorageError
 
 ORCHESTRATOR_PATIENCE = 10.0  # seconds: well inside a heartbeat's staleness (recovery.STALE_BEATS)
 
@@ -32,6 +32,17 @@ def open_for_run(option: str | None, probe: bool = True) -> ArtifactStore | None
     if probe:
         found.check()
     return found
+
+
+def recorded_in(storage_url: str, study: str) -> str | None:
+    """The store an existing study records, read before this sweep touches the study, so that a
+    machine joining without --artifacts has it checked before any work."""
+    try:
+        storage = store.open_storage(storage_url, create=False)
+    except StorageError:
+        return None  # no study store yet: a new study
+    found = [s for s in storage.get_all_studies() if s.study_name == study]
+    return found[0].user_attrs.get("artifacts") if found else None
 
 
 def join(study: optuna.Study, found: ArtifactStore | None) -> ArtifactStore | None:

@@ -176,6 +176,13 @@ def test_a_machine_that_trained_nothing_exports_shows_ensembles_and_predicts(swe
     rows = list(csv.DictReader(open(here / "labels.csv")))
     assert len(rows) == 90 and {r["class"] for r in rows} <= {"class_0", "class_1", "class_2"}
     assert not (here / "trials" / "shared" / "0").exists()  # read from the store, not copied here
+    # and it re-checks the best configuration with a new seed, its files going to the same store
+    rechecked = sweeper(here, "recheck", "--study", "shared", "--top", "1", "--seeds", "1", "--storage", storage, env=env)
+    assert rechecked.returncode == 0, rechecked.stderr
+    (run,) = [t for t in trials(root, "shared") if "recheck_of" in t.user_attrs]
+    assert run.state == TrialState.COMPLETE
+    assert set(metas(run, storage).values()) <= stores.listing(url)
+    assert {"config.json", "metrics.csv", "log.txt"} <= set(metas(run, storage))
 
 
 @pytest.mark.slow
