@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +112,22 @@ def make_study(storage: str, name: str, complete: int, pruned: int = 0, failed: 
         trial.datetime_start, trial.datetime_complete = begun, begun + datetime.timedelta(seconds=25)
         study.add_trial(trial)
     return study
+
+
+def start_s3_server() -> tuple[subprocess.Popen, str]:
+    """moto's standalone S3-compatible server on a free loopback port (the `test` extra installs
+    it); returns the process and its endpoint URL, once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(url + "/", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError("moto_server did not start within 30 s")

@@ -5,13 +5,10 @@ start their own). sweeper reaches it only through boto3, with an endpoint URL.""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
+
+from sweeper.testing import start_s3_server
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sweeper-test-key", "AWS_SECRET_ACCESS_KEY": "sweeper-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -22,19 +19,7 @@ def s3_endpoint() -> str:
     if url := os.environ.get("SWEEPER_TEST_S3_ENDPOINT"):
         return url
     if not _server:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(url + "/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        _server.append((proc, url))
+        _server.append(start_s3_server())
     return _server[0][1]
 
 
