@@ -44,7 +44,8 @@ def describe(spec: SweepSpec) -> str:
     if not spec.space.params:
         lines.append("  (nothing: every knob is fixed)")
     lines.append("fixed:")
-    lines += [f"  {k}: {json.dumps(v)}" for k, v in spec.fixed.items()]
+    lines += [f"  {k}: {json.dumps(v)}" if v is not None or k != "milestones" else
+              f"  {k}: mmcls's [30, 60, 90] of 100 epochs, scaled to train.epochs" for k, v in spec.fixed.items()]
     if spec.enqueue:
         lines.append(f"enqueued first: {len(spec.enqueue)}")
     lines.append(f"first {N_SAMPLES} configurations:")

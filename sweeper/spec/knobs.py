@@ -110,8 +110,9 @@ KNOBS: tuple[Knob, ...] = (
     _k("schedule", "train.schedule", "step", one_of("step", "cosine", "1x", "2x", "20e"), "other",
        "step (per epoch, at milestones), cosine (per iteration, to min_lr), or MMDetection's "
        "1x/2x/20e (step at 8/12+11/12, 16/24+22/24, 16/20+19/20 of the epochs, with warmup)"),
-    _k("milestones", "train.milestones", [30, 60, 90], milestones, "other",
-       "epochs at which a step schedule multiplies lr by gamma"),
+    _k("milestones", "train.milestones", None, milestones, "other",
+       "epochs at which a step schedule multiplies lr by gamma (default: mmcls's 30/60/90 of 100 "
+       "epochs, scaled to train.epochs)"),
     _k("gamma", "train.gamma", 0.1, float_range(0, 1, lo_open=True), "float", "step factor"),
     _k("min_lr", "train.min_lr", 0.0, float_range(0), "float", "final lr of a cosine schedule"),
     _k("warmup", "train.warmup.type", "none", one_of("none", "constant", "linear", "exp"), "other",

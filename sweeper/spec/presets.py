@@ -15,6 +15,17 @@ PRESET_GAMMA = 0.1
 PRESET_WARMUP = {"warmup": "linear", "warmup_iters": 500, "warmup_epochs": 0, "warmup_ratio": 0.001}
 
 
+# mmcls's ImageNet step recipe (configs/_base_/schedules/imagenet_bs256.py): 100 epochs, steps at
+# 30/60/90. Unset milestones are these at the same fractions of the trial's epochs E, as the
+# presets are, keeping only the distinct ones before E (none for E = 1: a constant lr).
+RECIPE = (100, (30, 60, 90))
+
+
+def default_milestones(epochs: int) -> list[int]:
+    total, milestones = RECIPE
+    return sorted(e for e in {max(1, m * epochs // total) for m in milestones} if e < epochs)
+
+
 def preset_milestones(name: str, epochs: int) -> list[int]:
     total, milestones = PRESETS[name]
     return [max(1, m * epochs // total) for m in milestones]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.spec.knobs import KNOBS
-from sweeper.spec.presets import PRESETS, expand_preset
+from sweeper.spec.presets import PRESETS, default_milestones, expand_preset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,6 +94,8 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
     missing = [k.name for k in KNOBS if k.name not in knobs]
     assert not missing, f"unresolved knobs {missing}"  # a bug, not a user error
 
+    if knobs["milestones"] is None:  # not written: mmcls's recipe at this trial's length
+        knobs["milestones"] = default_milestones(knobs["epochs"])
     preset = knobs["schedule"] if knobs["schedule"] in PRESETS else None
     knobs = expand_preset(knobs)
 

@@ -97,6 +97,26 @@ def test_milestones_beyond_epochs_and_unknown_policy_and_operation():
     assert "did you mean 'Shear'" in found["augment_policies.mine[1]"]
 
 
+# mmcls's configs/_base_/schedules/imagenet_bs256.py: 100 epochs, lr steps at 30, 60 and 90
+MMCLS_EPOCHS, MMCLS_STEPS = 100, (30, 60, 90)
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 10, 12, 100, 200])
+def test_a_minimal_file_takes_mmcls_step_milestones_scaled_to_its_epochs(tmp_path, epochs):
+    """The space file a new user writes first: no milestones, a short run, the default step schedule."""
+    from sweeper.spec.trial_config import resolve
+
+    path = tmp_path / "space.yaml"
+    path.write_text(f"study: minimal\ndata: {{builtin: digits}}\ntrain: {{epochs: {epochs}}}\n"
+                    "space: {lr: {low: 0.01, high: 0.1, log: true}}\n")
+    spec = load_spec(path)
+    config = resolve(spec, 0, {"lr": 0.05}, tmp_path / "trials", tmp_path / "cache")
+    # the same fractions of the run as mmcls's recipe, each a whole epoch before the last
+    expected = sorted({max(1, (s * epochs) // MMCLS_EPOCHS) for s in MMCLS_STEPS} - {epochs})
+    assert (config.schedule, config.milestones) == ("step", expected)
+    assert all(0 < m < epochs for m in config.milestones)
+
+
 def test_unknown_model_sampler_and_pruner_list_valid_names():
     found = problems_of(tiny_space(model={"name": "resnet51"},
                                    search={"sampler": "tpee", "pruner": {"name": "median", "patience": 2}}))
