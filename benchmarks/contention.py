@@ -73,8 +73,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.quick:
-            args.model, args.size, args.epochs, args.batch = "test_resnet", 16, 3, 8
-            data = make_image_folder(root / "data", classes=3, per_class=30)
+            args.model, args.size, args.epochs, args.batch = "test_resnet", 16, 2, 8
+            data = make_image_folder(root / "data", classes=3, per_class=20)
         else:
             data = (args.data or Path("../shared/data/caltech20")).resolve()
         pretrained = {"false": False, "true": True}.get(args.pretrained, args.pretrained)

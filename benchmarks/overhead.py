@@ -9,7 +9,7 @@
    (multi-fidelity, the default), TPE on finished trials only, and random.
 
     python benchmarks/overhead.py             # about 3 minutes on a 2-core CPU
-    python benchmarks/overhead.py --quick     # smaller: 3 one-epoch trials per sweep, a 100-trial study
+    python benchmarks/overhead.py --quick     # smaller: 2 one-epoch trials per sweep, a 50-trial study
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.trials, args.sweep_trials, args.epochs = 100, 3, 1
+        args.trials, args.sweep_trials, args.epochs = 50, 2, 1
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
