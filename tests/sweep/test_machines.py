@@ -245,8 +245,9 @@ def test_a_worker_stopped_by_sigterm_stores_its_state_and_its_retry_resumes_from
     stopped, retry = trials(tmp_path, "term")
     assert stopped.user_attrs["reason"] == "worker killed by signal 15"  # as before: resumable
     assert retry.state == TrialState.COMPLETE
-    # the state of the last epoch it finished reached the store before it died
-    assert retry.user_attrs["resumed_after_epoch"] == len(stopped.intermediate_values)
+    # the state of the last epoch it finished reached the store before it died (or a later one:
+    # the signal may fall after an epoch's save and before its report)
+    assert retry.user_attrs["resumed_after_epoch"] >= len(stopped.intermediate_values) >= 2
     assert sorted(retry.intermediate_values) == list(range(1, 7))
 
 
