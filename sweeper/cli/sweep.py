@@ -99,7 +99,7 @@ def run(
     print(summary(the_study, spec.search.objective, time.monotonic() - start, spec.search.budget_epochs))
     if runner.interrupts:
         err("interrupted: the trials that were running are recorded FAIL (interrupted) and "
-            "queued again; `sweeper run` again resumes the study")
+            "queued again (asha's paused trials stay paused); `sweeper run` again resumes the study")
         raise typer.Exit(130)
     kept = spec.search.recheck
     if kept is not None and runner.deadline is not None and time.monotonic() >= runner.deadline:
