@@ -101,7 +101,7 @@ class Orchestrator:
         return chosen
 
     def _pause(self, run: Running) -> None:
-        """The worker saved and exited at a rung; the trial waits, RUNNING, heart-beaten here."""
+        """The worker saved and exited at a rung; the trial waits, paused, for any orchestrator (promotion.py)."""
         store.retrying(lambda: run.trial.set_user_attr("segments", run.segments()))
         pauses = run.trial.user_attrs.get("pauses", []) + [run.epochs_run]
         store.retrying(lambda: run.trial.set_user_attr("pauses", pauses))
@@ -154,8 +154,9 @@ class Orchestrator:
                                       alone=bool(trial.user_attrs.get(ALONE)))
             attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
                      "worker_pid": run.proc.pid, "host": os.uname().nodename}
-            if config.artifact_key:  # where its files are in the artifact store, and what it resumed
-                attrs.update({artifacts.KEY: config.artifact_key, "resumed_from": config.resume_from})
+            # where its files are in the store; what its retry resumes from if it dies before an epoch
+            attrs.update({k: v for k, v in ((artifacts.KEY, config.artifact_key),
+                                            ("resumed_from", config.resume_from)) if v})
             for key, value in attrs.items():
                 store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = run

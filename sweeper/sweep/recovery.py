@@ -15,6 +15,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.search.asha import PAUSED
+
 STALE_BEATS = 5  # missed heartbeats before a trial counts as abandoned
 HEARTBEAT = "heartbeat"
 INTERVAL = "heartbeat_interval"
@@ -34,7 +36,7 @@ def beat(study: optuna.Study, trial_id: int, interval: float | None = None) -> N
 
 
 def is_stale(trial: FrozenTrial, now: float, default_interval: float) -> bool:
-    if trial.state != TrialState.RUNNING or trial.user_attrs.get("paused"):
+    if trial.state != TrialState.RUNNING or trial.user_attrs.get(PAUSED):
         return False  # a paused trial has no owner to lose (promotion.py)
     interval = trial.user_attrs.get(INTERVAL, default_interval)
     last = trial.user_attrs.get(HEARTBEAT)

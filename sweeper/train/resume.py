@@ -11,7 +11,6 @@ metrics an uninterrupted one would have (exactly, on a CPU with num_workers: 0).
 from __future__ import annotations
 
 import io
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from sweeper import artifacts
 from sweeper.errors import WorkerError
 from sweeper.train.uploads import UNREACHABLE
 
-RESUME = "resume.pt"
+RESUME = artifacts.RESUME
 ARTIFACT = "artifact:"  # a resume source in the artifact store: artifact:<id>
 # a trial that failed for reasons outside itself is resumed; one that failed for its own
 # (an exception, out of memory, a non-finite loss, a timeout) is not: it would fail again
@@ -58,12 +57,16 @@ def save(folder: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)  # a kill mid-write leaves the previous epoch's state intact
 
 
+def _in_store(source: str | None) -> str | None:
+    """The artifact id of a resume source in the artifact store (artifact:<id>), else None."""
+    return source[len(ARTIFACT):] if source and source.startswith(ARTIFACT) else None
+
+
 def load(source: str, artifacts_url: str | None = None) -> dict[str, Any]:
     """A resume state from a file, or from the artifact store (artifact:<id>)."""
     # weights_only=False: the file holds RNG states (tuples, NumPy arrays) that sweeper wrote itself
-    if not source.startswith(ARTIFACT):
+    if (ident := _in_store(source)) is None:
         return torch.load(Path(source), map_location="cpu", weights_only=False)
-    ident = source[len(ARTIFACT):]
     try:
         data = artifacts.open_store(artifacts_url).get(ident)
     except artifacts.Unreachable as exc:
@@ -75,40 +78,32 @@ def load(source: str, artifacts_url: str | None = None) -> dict[str, Any]:
 
 def source_of(failed, store: "artifacts.ArtifactStore | None" = None) -> str | None:
     """Where a failed attempt's retry resumes from: its own latest state, else (it died before
-    finishing an epoch of its own) the state it was resumed from. With an artifact store, the
-    store's copies, so that any machine can carry on."""
+    finishing an epoch of its own) the state it was resumed from (user attribute `resumed_from`).
+    With an artifact store, the store's copies, so that any machine can carry on."""
     attrs = failed.user_attrs
+    earlier = attrs.get("resumed_from")
     if store is not None and attrs.get(artifacts.KEY):
         own = artifacts.artifact_id(attrs[artifacts.KEY], RESUME)
-        earlier = attrs.get("resumed_from") or ""
         try:
             if store.exists(own):
                 return ARTIFACT + own
-            return earlier if earlier.startswith(ARTIFACT) and store.exists(earlier[len(ARTIFACT):]) else None
+            return earlier if (ident := _in_store(earlier)) and store.exists(ident) else None
         except artifacts.Unreachable:
             return None  # the store is down: the retry starts over rather than waiting for it
-    if not attrs.get("trial_dir"):
-        return None
-    own = Path(attrs["trial_dir"]) / RESUME
-    if own.is_file():
+    if attrs.get("trial_dir") and (own := Path(attrs["trial_dir"]) / RESUME).is_file():
         return str(own)
-    config = Path(attrs["trial_dir"]) / "config.json"
-    if config.is_file():
-        earlier = json.loads(config.read_text()).get("resume_from")
-        if earlier and Path(earlier).is_file():
-            return earlier
-    return None
+    return earlier if earlier and not _in_store(earlier) and Path(earlier).is_file() else None
 
 
 def discard(config, store: "artifacts.ArtifactStore | None" = None) -> None:
     """A trial that ended for good needs no resume state, nor the one it was resumed from (in
     the store, removed in the background)."""
     (Path(config.trial_dir) / RESUME).unlink(missing_ok=True)
-    source = config.resume_from or ""
-    if source and not source.startswith(ARTIFACT):
-        Path(source).unlink(missing_ok=True)
+    stored = _in_store(config.resume_from)
+    if config.resume_from and stored is None:
+        Path(config.resume_from).unlink(missing_ok=True)
     if store is not None:
         if config.artifact_key:
             store.remove_later(artifacts.artifact_id(config.artifact_key, RESUME))
-        if source.startswith(ARTIFACT):
-            store.remove_later(source[len(ARTIFACT):])
+        if stored:
+            store.remove_later(stored)

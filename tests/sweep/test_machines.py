@@ -251,3 +251,24 @@ def test_a_worker_stopped_by_sigterm_stores_its_state_and_its_retry_resumes_from
     assert sorted(retry.intermediate_values) == list(range(1, 7))
 
 
+
+
+@pytest.mark.slow
+def test_a_store_lost_mid_trial_fails_the_trial_with_that_reason_and_queues_it_again(
+        colour_folder, tmp_path, monkeypatch):
+    url = stores.make("folder", tmp_path, monkeypatch)
+    doc = tiny_space(colour_folder, study="outage", data=DATA, train={"epochs": 5, "batch_size": 8},
+                     search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
+    spec = str(write_space(tmp_path / "space.yaml", doc))
+    proc = start(tmp_path, "--space", spec, "--artifacts", url, "--max-retry", "1",
+                 env={"SWEEPER_INJECT_FAULT": "slow:0", "SWEEPER_ARTIFACT_PATIENCE": "1"})
+    wait_for(lambda: any(t.intermediate_values for t in trials(tmp_path, "outage")), what="a first epoch")
+    Path(url).rename(tmp_path / "unmounted")  # the NFS mount goes away mid-trial
+    code, out = finish(proc)
+    assert code == 0, out
+    first, *retries = trials(tmp_path, "outage")
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["reason"].startswith(f"artifact store unreachable: artifact store {url} unreachable")
+    assert first.user_attrs["requeued"] is True  # resumable: queued again, as a lost machine's trial is
+    assert [r.params for r in retries] == [first.params] and retries[0].user_attrs["retry_of"] == 0
+    assert not [t for t in trials(tmp_path, "outage") if t.state == TrialState.RUNNING]
