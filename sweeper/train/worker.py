@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from sweeper.cpu_share import CpuShare
-from sweeper.data.augment import Normalize
 from sweeper.data.loading import make_loaders
 from sweeper.errors import SweeperError, WorkerError
 from sweeper.spec.trial_config import TrialConfig
@@ -34,6 +33,7 @@ from sweeper.train import device as devices
 from sweeper.train import model as models
 from sweeper.train import resume
 from sweeper.train.device import Amp
+from sweeper.train.evaluation import Chosen, evaluate
 from sweeper.train.schedule import LrSchedule, set_lr
 from sweeper.train.uploads import Uploads
 
@@ -50,34 +50,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, normalize: Normalize, amp: Amp, num_classes: int) -> dict:
-    model.eval()
-    k = min(5, num_classes)
-    correct = correct_k = 0
-    per_class_hits = torch.zeros(num_classes)
-    per_class_total = torch.zeros(num_classes)
-    for x, y in loader:
-        x = normalize(x)
-        with amp.autocast():
-            logits = model(x).float().cpu()
-        top = logits.topk(k, dim=1).indices
-        # argmax, not topk's first: bf16 logits tie often, and argmax breaks ties the same way
-        # everywhere (the lowest class), so a checkpoint re-scored by `ensemble` agrees
-        hit = logits.argmax(dim=1) == y
-        correct += int(hit.sum())
-        correct_k += int((top == y[:, None]).any(dim=1).sum())
-        per_class_hits += torch.bincount(y[hit], minlength=num_classes)
-        per_class_total += torch.bincount(y, minlength=num_classes)
-    n = int(per_class_total.sum())
-    present = per_class_total > 0
-    return {
-        "val_acc": correct / n,
-        "val_balanced_acc": float((per_class_hits[present] / per_class_total[present]).mean()),
-        "val_top5": correct_k / n,
-    }
 
 
 class Phase:
@@ -252,7 +224,7 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.scaled_lr, weight_decay=config.weight_decay)
 
 
-def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: "Chosen",
+def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
             amp: Amp, generator: torch.Generator) -> list[dict[str, Any]]:
     """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics."""
     if not config.resume_from:
@@ -284,7 +256,7 @@ def epoch_line(record: dict[str, Any], ms: float) -> str:
             f"top5 {record['val_top5']:.4f}")
 
 
-def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: "Chosen",
+def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
                       amp: Amp, done: list[dict[str, Any]], generator: torch.Generator) -> float:
     """resume.pt after an epoch (see resume.py); returns the seconds it took."""
     saving = time.perf_counter()
@@ -293,22 +265,6 @@ def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimi
                       "scaler": amp.state_dict(),
                       "rng": resume.rng_states(generator)})
     return time.perf_counter() - saving
-
-
-class Chosen:
-    """The epoch whose objective is the trial's value: the last one, or the best (earliest on
-    ties); in `best` mode a CPU copy of that epoch's weights is kept for the checkpoint."""
-
-    def __init__(self, mode: str):
-        self.mode, self.value, self.epoch = mode, -math.inf, 0
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def offer(self, epoch: int, value: float, model: nn.Module) -> None:
-        if self.mode == "last":
-            self.value, self.epoch = value, epoch
-        elif value > self.value:
-            self.value, self.epoch = value, epoch
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(state: dict[str, torch.Tensor], classes: list[str], config: TrialConfig,

@@ -16,7 +16,7 @@ from sweeper.spec.trial_config import TrialConfig
 from sweeper.testing import tiny_space, write_space
 from sweeper.train import model as models
 from sweeper.train.device import Amp, precision_here
-from sweeper.train.worker import evaluate
+from sweeper.train.evaluation import evaluate
 
 runner = CliRunner()
 

@@ -70,7 +70,7 @@ def test_tied_logits_predict_the_lowest_class_as_ensemble_and_predict_do():
 
     from sweeper.data.augment import Normalize
     from sweeper.train.device import Amp
-    from sweeper.train.worker import evaluate
+    from sweeper.train.evaluation import evaluate
 
     class Tied(nn.Module):  # every class equally likely: what bf16 logits often look like, in part
         def forward(self, x):
