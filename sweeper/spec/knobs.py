@@ -56,6 +56,12 @@ def pretrained(v: Any) -> str | None:
     return f"must be true (timm hub weights), false, or a checkpoint path; got {v!r}"
 
 
+def ema_decay(v: Any) -> str | None:
+    if _is_number(v) and 0 <= v < 1:
+        return None
+    return f"must be 0 (no EMA) or a number between 0 and 1, e.g. 0.9998; got {v!r}"
+
+
 def milestones(v: Any) -> str | None:
     if (
         isinstance(v, list)
@@ -132,6 +138,19 @@ KNOBS: tuple[Knob, ...] = (
        "RandAugment magnitude noise"),
     _k("label_smoothing", "train.label_smoothing", 0.0, float_range(0, 1), "float",
        "cross-entropy label smoothing"),
+    _k("mixup_alpha", "train.batch_augment.mixup_alpha", 0.0, float_range(0), "float",
+       "Mixup's Beta(alpha, alpha) per batch (0: off; mmcls's Swin recipe: 0.8)"),
+    _k("cutmix_alpha", "train.batch_augment.cutmix_alpha", 0.0, float_range(0), "float",
+       "CutMix's Beta(alpha, alpha) per batch (0: off; mmcls's Swin recipe: 1.0)"),
+    _k("mix_prob", "train.batch_augment.prob", 1.0, float_range(0, 1), "float",
+       "probability that a batch is mixed at all (timm's mixup prob)"),
+    _k("mix_switch_prob", "train.batch_augment.switch_prob", 0.5, float_range(0, 1), "float",
+       "with both alphas set, probability that a mixed batch gets CutMix rather than Mixup"),
+    _k("drop_path_rate", "model.drop_path_rate", 0.0, float_range(0, 1), "float",
+       "stochastic depth: timm's drop_path_rate, 0 at the first block rising to this at the last"),
+    _k("ema_decay", "train.ema.decay", 0.0, ema_decay, "float",
+       "EMA of the weights (timm ModelEmaV3, mmcls EMAHook with momentum 1 - decay); validation "
+       "and the checkpoint use the EMA weights. 0: off"),
     _k("seed", "train.seed", 0, int_at_least(0), "int", "random seed of the trial"),
     _k("precision", "train.precision", "auto", one_of("auto", "bf16", "fp16", "fp32"), "other",
        "auto: bf16 autocast on GPUs from sm_80 and CPUs with native bf16, fp16 with a loss scaler on "

@@ -59,6 +59,13 @@ class TrialConfig:
     precision: str
     # resolved from the spec
     augment_ops: list[str] | None  # None: no augmentation; []: crop and flip only
+    # knobs added later, defaulting to what configs saved before them trained with
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+    drop_path_rate: float = 0.0
+    ema_decay: float = 0.0
     objective: str = "val_acc"
     value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
     mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation, from timm's pretrained config
@@ -67,6 +74,11 @@ class TrialConfig:
     resume_from: str | None = None  # an earlier attempt's resume.pt (or artifact:<id>): train on after its last epoch
     artifacts: str | None = None  # the artifact store every file is uploaded to (artifacts.py)
     artifact_key: str | None = None  # this trial's files there are <key>-<filename>
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (Mixup / CutMix): targets are soft then."""
+        return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
     @property
     def scaled_lr(self) -> float:

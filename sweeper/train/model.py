@@ -70,23 +70,32 @@ def _classifier_name(model: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is head)
 
 
-def create(name: str, num_classes: int, pretrained: bool | str) -> nn.Module:
+def create(name: str, num_classes: int, pretrained: bool | str, drop_path_rate: float = 0.0) -> nn.Module:
     """timm model with a fresh `num_classes` head; `pretrained` is True (hub), False or a path."""
-    return create_with_head(name, num_classes, pretrained)[0]
+    return create_with_head(name, num_classes, pretrained, drop_path_rate)[0]
 
 
-def create_with_head(name: str, num_classes: int, pretrained: bool | str) -> tuple[nn.Module, bool]:
+def create_with_head(name: str, num_classes: int, pretrained: bool | str,
+                     drop_path_rate: float = 0.0) -> tuple[nn.Module, bool]:
     """`create`, and whether the head came from the pretrained weights (same class count)."""
+    # timm's stochastic depth, passed only when set: not every timm model takes the argument
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     if pretrained is True:
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **extra)
         except Exception as exc:
             raise WorkerError(
                 f"could not fetch timm hub weights for {name} ({type(exc).__name__}: {exc}); "
                 f"without internet, download them elsewhere and set model.pretrained: "
                 f"path/to/{name}.pth") from None
         return model, model.pretrained_cfg.get("num_classes") == num_classes
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
+    except TypeError as exc:
+        if not extra:
+            raise
+        raise WorkerError(f"timm model {name} has no stochastic depth ({exc}); "
+                          "leave model.drop_path_rate at 0") from None
     if isinstance(pretrained, str):
         return model, load_checkpoint(model, pretrained)
     return model, False

@@ -31,6 +31,7 @@ from sweeper.errors import SweeperError, WorkerError
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.train import device as devices
 from sweeper.train import model as models
+from sweeper.train import regularizers
 from sweeper.train import resume
 from sweeper.train.device import Amp
 from sweeper.train.evaluation import Chosen, evaluate
@@ -121,17 +122,19 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
     uploads.submit("config.json", "classes.txt")
 
-    model = models.create(config.model, len(classes), config.pretrained)
+    model = models.create(config.model, len(classes), config.pretrained, config.drop_path_rate)
     frozen = models.freeze_stages(model, config.frozen_stages)
     phase.now = "moving the model to the device"
     model.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = regularizers.criterion(config)
+    mix = regularizers.batch_mix(config, len(classes))
+    ema = regularizers.weight_average(config, model)
     steps = len(train_loader)
     lr_at = LrSchedule.from_config(config, steps)
     chosen = Chosen(config.value)
     # the metrics of every finished epoch, earlier attempts' too
-    done = restore(config, model, optimizer, chosen, amp, loaders.generator)
+    done = restore(config, model, optimizer, chosen, amp, loaders.generator, ema)
 
     report({"event": "start", "classes": classes, "device": str(device), "precision": precision,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_sharing": sharing,
@@ -154,6 +157,9 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             print(share.describe(), file=log, flush=True)
         if loaders.note:
             print(loaders.note, file=log, flush=True)
+        if ema is not None:
+            print(f"Validation and the checkpoint use the EMA of the weights (decay {config.ema_decay})",
+                  file=log, flush=True)
         for epoch in range(first, config.epochs):
             if fault == "slow" and epoch:
                 time.sleep(2.0)  # test hook: a window between epochs to strike in
@@ -169,7 +175,11 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                 lr = optimizer.param_groups[0]["lr"]  # the head's
                 x = normalize(x)
                 y = y.to(device, non_blocking=True)
+                if mix is not None:
+                    x, y = mix(x, y)  # soft targets from here on
                 loss = train_step(model, criterion, optimizer, amp, x, y, fault)
+                if ema is not None:
+                    ema.update(model)
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
                 if epoch == first and step == 0:
@@ -190,16 +200,17 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             phase.now = "validation"
             if fault == "oom_val":
                 raise_fault("oom")
-            val = evaluate(model, val_loader, normalize, amp, len(classes))
+            scored = regularizers.validated(model, ema)
+            val = evaluate(scored, val_loader, normalize, amp, len(classes))
             record = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr,
                       "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds}
             metrics.writerow({k: record[k] for k in METRIC_FIELDS})
             mf.flush()
             print(epoch_line(record, ms), file=log, flush=True)
-            chosen.offer(epoch + 1, val[config.objective], model)
+            chosen.offer(epoch + 1, val[config.objective], scored)
             done.append(record)
             phase.now = "saving the resume state"
-            saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator)
+            saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema)
             print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
             uploads.check()  # the previous epoch's uploads, which overlapped this one
             uploads.submit(resume.RESUME, "metrics.csv", "log.txt")
@@ -209,7 +220,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                 return "stopped"
         print(f"Value: {config.objective} {chosen.value:.4f} of epoch {chosen.epoch} ({config.value} "
               f"epoch); checkpoint.pth holds that epoch's weights", file=log, flush=True)
-    save_checkpoint(chosen.state or model.state_dict(), classes, config, fault)
+    save_checkpoint(chosen.state or regularizers.validated(model, ema).state_dict(), classes, config, fault)
     uploads.submit("checkpoint.pth", "metrics.csv", "log.txt")
     report({"event": "value", "value": chosen.value, "epoch": chosen.epoch})
     return "complete"
@@ -225,12 +236,13 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
-            amp: Amp, generator: torch.Generator) -> list[dict[str, Any]]:
+            amp: Amp, generator: torch.Generator, ema) -> list[dict[str, Any]]:
     """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics."""
     if not config.resume_from:
         return []
     state = resume.load(config.resume_from, config.artifacts)
     model.load_state_dict(state["model"])
+    regularizers.load_ema_state(ema, state.get("ema"))
     optimizer.load_state_dict(state["optimizer"])
     chosen.value, chosen.epoch, chosen.state = state["chosen"]
     amp.load_state_dict(state.get("scaler"))
@@ -257,10 +269,11 @@ def epoch_line(record: dict[str, Any], ms: float) -> str:
 
 
 def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
-                      amp: Amp, done: list[dict[str, Any]], generator: torch.Generator) -> float:
+                      amp: Amp, done: list[dict[str, Any]], generator: torch.Generator, ema=None) -> float:
     """resume.pt after an epoch (see resume.py); returns the seconds it took."""
     saving = time.perf_counter()
     resume.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "ema": regularizers.ema_state(ema),
                       "chosen": (chosen.value, chosen.epoch, chosen.state), "metrics": done,
                       "scaler": amp.state_dict(),
                       "rng": resume.rng_states(generator)})

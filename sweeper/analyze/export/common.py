@@ -87,6 +87,8 @@ def backbone(config: TrialConfig, files: SideFiles) -> tuple[dict[str, Any], int
         if config.frozen_stages >= 0:
             notes.append(f"frozen_stages={config.frozen_stages} does not map onto TIMMBackbone; "
                          "freeze those stages yourself")
+    if config.drop_path_rate:  # mmcls's own ResNet and TIMMBackbone (a timm kwarg) both take it
+        backbone["drop_path_rate"] = config.drop_path_rate
     if files.init_checkpoint:
         backbone["init_cfg"] = {"type": "Pretrained", "checkpoint": files.init_checkpoint,
                                 "prefix": "backbone."}
@@ -106,10 +108,41 @@ def head(config: TrialConfig, classes: list[str], channels: int, files: SideFile
 
 
 def loss(config: TrialConfig) -> dict[str, Any]:
+    # LabelSmoothLoss takes mixed (soft) labels as they come and smooths them, as timm's Mixup
+    # does; plain cross-entropy needs use_soft for them
     if config.label_smoothing > 0:
         return {"type": "LabelSmoothLoss", "label_smooth_val": config.label_smoothing,
                 "mode": "original", "loss_weight": 1.0}
-    return {"type": "CrossEntropyLoss", "loss_weight": 1.0}
+    return {"type": "CrossEntropyLoss", "loss_weight": 1.0, **({"use_soft": True} if config.mixes else {})}
+
+
+def mix_probs(config: TrialConfig) -> list[tuple[str, float, float]]:
+    """(Mixup | CutMix, alpha, probability per batch) as OpenMMLab's batch augments take them.
+
+    timm mixes a batch with probability mix_prob, by CutMix with probability switch_prob when
+    both alphas are set; OpenMMLab picks one augment per batch by its probability (none with the
+    rest): the same three outcomes at mix_prob x (1 - switch_prob), mix_prob x switch_prob and
+    1 - mix_prob. Augments with probability 0 are left out."""
+    if not config.mixes:
+        return []
+    both = config.mixup_alpha > 0 and config.cutmix_alpha > 0
+    cutmix_share = config.mix_switch_prob if both else float(config.cutmix_alpha > 0)
+    out = [("Mixup", config.mixup_alpha, config.mix_prob * (1 - cutmix_share)),
+           ("CutMix", config.cutmix_alpha, config.mix_prob * cutmix_share)]
+    return [(name, float(alpha), prob) for name, alpha, prob in out if alpha > 0 and prob > 0]
+
+
+MIX_NOTE = ("Mixup/CutMix pair each image with a random permutation of the batch here, with the "
+            "batch's reverse in the trial (timm); lambda ~ Beta(alpha, alpha), the CutMix box and "
+            "its area correction are the same")
+
+
+def ema_hook(config: TrialConfig) -> list[dict[str, Any]]:
+    """OpenMMLab's EMAHook for the trial's EMA: momentum is 1 - decay (ema = (1 - momentum) x ema +
+    momentum x weights), parameters only, evaluated and saved in place of the weights."""
+    if not config.ema_decay:
+        return []
+    return [{"type": "EMAHook", "momentum": float(f"{1 - config.ema_decay:.12g}"), "priority": "ABOVE_NORMAL"}]
 
 
 def randaugment(config: TrialConfig) -> dict[str, Any] | None:

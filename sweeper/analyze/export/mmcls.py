@@ -44,11 +44,23 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
     precision = common.amp_notes(config, notes)
     if precision == "bf16":
         notes.append("mmcls 0.x trains in fp16 or fp32 only: the trial's bf16 is left out (fp32)")
+    model = {"type": "ImageClassifier", "backbone": backbone, "neck": {"type": "GlobalAveragePooling"},
+             "head": common.head(config, classes, channels, files)}
+    if mixes := common.mix_probs(config):
+        model["train_cfg"] = {"augments": [
+            {"type": f"Batch{name}", "alpha": alpha, "num_classes": len(classes), "prob": prob}
+            for name, alpha, prob in mixes]}
+        notes.append(common.MIX_NOTE)
+    if config.drop_path_rate and common.native_backbone(config.model):
+        notes.append(f"mmcls 0.x's ResNet drops every block at drop_path_rate; the trial's (timm's) "
+                     f"rate rises linearly from 0 at the first block to {config.drop_path_rate} at the last")
+    hooks = common.ema_hook(config)
+    for hook in hooks:  # mmcv's EMAHook: momentum min(m, (1 + t) / (warm_up + t)) at step t; the
+        if hook["momentum"] > 0.01:  # default warm_up=100 lowers only momenta above 0.01, as the trial does not
+            hook["warm_up"] = 1
     header = common.header(config, value, notes, "MMClassification 0.x: python tools/train.py THIS_FILE")
     return common.render_assignments(header, [
-        ("model", {"type": "ImageClassifier", "backbone": backbone,
-                   "neck": {"type": "GlobalAveragePooling"},
-                   "head": common.head(config, classes, channels, files)}),
+        ("model", model),
         ("img_norm_cfg", norm),
         ("train_pipeline", train_pipeline),
         ("test_pipeline", test_pipeline),
@@ -63,6 +75,7 @@ def mmcls_config(config: TrialConfig, classes: list[str], value: float | None = 
         # Fp16OptimizerHook with a dynamic loss scale, what torch's GradScaler does
         *([("fp16", {"loss_scale": "dynamic"})] if precision == "fp16" else []),
         ("lr_config", lr_config),
+        *([("custom_hooks", hooks)] if hooks else []),
         ("runner", {"type": "EpochBasedRunner", "max_epochs": config.epochs}),
         ("checkpoint_config", {"interval": 1, "max_keep_ckpts": 3}),
         ("log_config", {"interval": 50, "hooks": [{"type": "TextLoggerHook"}]}),

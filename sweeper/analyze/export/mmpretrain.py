@@ -94,14 +94,23 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
     amp = {"fp16": {"type": "AmpOptimWrapper", "loss_scale": "dynamic"},
            "bf16": {"type": "AmpOptimWrapper", "loss_scale": "dynamic", "dtype": "bfloat16"}}.get(
         common.amp_notes(config, notes), {})
+    preprocessor = {"num_classes": len(classes), "mean": [m * 255 for m in config.mean],
+                    "std": [s * 255 for s in config.std], "to_rgb": True}
+    if mixes := common.mix_probs(config):
+        preprocessor["batch_augments"] = {"augments": [{"type": name, "alpha": alpha} for name, alpha, _ in mixes],
+                                          "probs": [prob for *_, prob in mixes]}
+        notes.append(common.MIX_NOTE)
+    hooks = common.ema_hook(config)
+    if hooks:
+        notes.append("mmengine's EMA starts from the weights after the first iteration, the trial's "
+                     "from the starting weights")
     header = common.header(config, value, notes, "MMPretrain 1.x: python tools/train.py THIS_FILE")
     return common.render_assignments(header, [
         ("default_scope", "mmpretrain"),
         ("model", {"type": "ImageClassifier", "backbone": backbone,
                    "neck": {"type": "GlobalAveragePooling"},
                    "head": common.head(config, classes, channels, files)}),
-        ("data_preprocessor", {"num_classes": len(classes), "mean": [m * 255 for m in config.mean],
-                               "std": [s * 255 for s in config.std], "to_rgb": True}),
+        ("data_preprocessor", preprocessor),
         ("train_dataloader", {**loader, "drop_last": files.drop_last,
                               "dataset": {"type": "CustomDataset", **train_src, "classes": classes,
                                           "pipeline": [{"type": "LoadImageFromFile"}, *train_aug,
@@ -113,6 +122,7 @@ def mmpretrain_config(config: TrialConfig, classes: list[str], value: float | No
         ("test_evaluator", {"type": "Accuracy", "topk": topk}),
         ("optim_wrapper", {**amp, "optimizer": optimizer, **({"paramwise_cfg": paramwise} if paramwise else {})}),
         ("param_scheduler", schedulers),
+        *([("custom_hooks", hooks)] if hooks else []),
         ("train_cfg", {"by_epoch": True, "max_epochs": config.epochs, "val_interval": 1}),
         ("val_cfg", {}),
         ("test_cfg", {}),
