@@ -42,11 +42,19 @@ def batch_mix(config: TrialConfig, num_classes: int) -> BatchMix | None:
     return BatchMix(config, num_classes) if config.mixes else None
 
 
+class SoftTargetLoss(SoftTargetCrossEntropy):
+    """timm's soft-target cross-entropy on float32 logits: under bf16 autocast the log-softmax
+    would otherwise run in bf16 (nn.CrossEntropyLoss is kept in float32 by autocast itself)."""
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float(), target)
+
+
 def criterion(config: TrialConfig) -> nn.Module:
     """Cross-entropy on hard labels; on mixed batches the soft-target cross-entropy (their
     targets already carry the label smoothing)."""
     if config.mixes:
-        return SoftTargetCrossEntropy()
+        return SoftTargetLoss()
     return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
 
