@@ -81,3 +81,11 @@ def test_gpu_smoke_without_a_gpu_says_so():
                           timeout=120, env={**__import__("os").environ, "PYTHON": sys.executable})
     assert done.returncode == 2
     assert done.stderr.startswith("gpu_smoke: no usable GPU: --gpus: ")
+
+
+@pytest.mark.slow
+def test_report_errors_quick_prints_report_with_and_without_the_section():
+    lines = _quick("report_errors.py")
+    assert lines[-4].startswith("sweeper report --no-errors") and lines[-4].split()[-1] == "1.00"
+    assert lines[-3].startswith("sweeper report (with the error section)")
+    assert lines[-1].startswith("the section's cost: ")

@@ -45,7 +45,7 @@ class Member:
         return self.files.where(self.trial, CHECKPOINT)
 
 
-def _member(trial: FrozenTrial, files: TrialFiles) -> Member | str:
+def member_of(trial: FrozenTrial, files: TrialFiles) -> Member | str:
     """The trial as a member, or why it cannot be one."""
     if IMPORTED in trial.user_attrs:
         return f"trial {trial.number} was imported and was never trained here"
@@ -57,7 +57,7 @@ def _member(trial: FrozenTrial, files: TrialFiles) -> Member | str:
     return Member(trial, TrialConfig.from_json(config.decode()), files)
 
 
-def _no_checkpoint(problems: list[str], study: str, k: int) -> StorageError:
+def no_checkpoint(problems: list[str], study: str, k: int) -> StorageError:
     return StorageError(
         "; ".join(problems) + ". Only the best --keep-checkpoints trials (default 3) keep their "
         f"checkpoint: `sweeper recheck --study {study}` trains the best configurations again, and "
@@ -71,10 +71,10 @@ def top_members(trials: list[FrozenTrial], k: int, study: str, files: TrialFiles
     if len(trained) < k:
         raise StorageError(f"study {study!r} has {len(trained)} completed trial(s) trained by "
                            f"sweeper; --top {k} needs {k}")
-    found = [_member(t, files) for t in trained[:k]]
+    found = [member_of(t, files) for t in trained[:k]]
     problems = [m for m in found if isinstance(m, str)]
     if problems:
-        raise _no_checkpoint(problems, study, k)
+        raise no_checkpoint(problems, study, k)
     return found
 
 
@@ -84,10 +84,10 @@ def best_member(trials: list[FrozenTrial], study: str, files: TrialFiles) -> Mem
     if not ranked:
         raise StorageError(f"study {study!r} has no completed trial yet; run `sweeper run` first")
     runs = sorted(ranked[0].runs, key=lambda t: (-t.value, t.number))
-    found = [_member(t, files) for t in runs]
+    found = [member_of(t, files) for t in runs]
     usable = [m for m in found if not isinstance(m, str)]
     if not usable:
-        raise _no_checkpoint([m for m in found if isinstance(m, str)], study, 1)
+        raise no_checkpoint([m for m in found if isinstance(m, str)], study, 1)
     return usable[0]
 
 
@@ -150,16 +150,21 @@ def check_classes(members: list[Member]) -> list[str]:
     return classes[0]
 
 
-def validation_set(member: Member, trials_dir: Path, progress=None) -> tuple[Sequence[np.ndarray], torch.Tensor]:
-    """The study's validation images, decoded as the sweep decoded them (again, on a machine
-    that trained none of the members)."""
+def dataset_cache(member: Member, trials_dir: Path, progress=None) -> Path:
+    """The study's decoded dataset, as the sweep decoded it (again, on a machine that trained
+    none of the members)."""
     cache = Path(member.config.data_cache)
     if not cache.is_file():
         cfg = member.config
         where = cache.parent if cache.parent.is_dir() else trials_dir / ".cache"  # another machine's
         cache = datasets.prepare(cfg.data_root, cfg.data_builtin, cfg.val_fraction, cfg.image_size,
                                  where, progress)
-    val = datasets.load(cache).val
+    return cache
+
+
+def validation_set(member: Member, trials_dir: Path, progress=None) -> tuple[Sequence[np.ndarray], torch.Tensor]:
+    """The study's validation images, decoded as the sweep decoded them."""
+    val = datasets.load(dataset_cache(member, trials_dir, progress)).val
     return val.images, torch.from_numpy(val.labels)
 
 

@@ -10,6 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from sweeper.analyze import report_errors
+from sweeper.analyze.errors import Errors
 from sweeper.analyze.report_data import (
     MIN_FOR_IMPORTANCE,
     Importance,
@@ -21,7 +23,8 @@ from sweeper.analyze.report_data import (
 STATE_COLOURS = {"COMPLETE": "#2a9d8f", "PRUNED": "#e9c46a", "FAIL": "#e76f51", "RUNNING": "#8d99ae",
                  "WAITING": "#bbbbbb"}
 SECTIONS = ["Summary", "Top trials", "Re-checked configurations", "Hyperparameter importance", "Optimization history",
-            "Learning curves", "Parallel coordinates", "Slice plots", "Contour", "Timeline"]
+            "Learning curves", "Parallel coordinates", "Slice plots", "Contour", "Timeline", report_errors.TITLE]
+FIGURE_SECTIONS = SECTIONS[3:-1]
 
 
 def importance_figure(imp: Importance) -> go.Figure:
@@ -150,12 +153,14 @@ def _configs_html(data: StudyData) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", classes="configs", na_rep="")
 
 
-def render_html(study: optuna.Study, data: StudyData) -> str:
+def render_html(study: optuna.Study, data: StudyData, errors: Errors | str) -> str:
     figs = figures(study, data)
-    parts = [f"<h2 id='summary'>Summary</h2>{_summary_html(data)}",
+    weights = (f"<p class='ema'>Trial {errors.trial.number} was validated on the EMA of its weights "
+               f"(decay {errors.ema_decay})</p>") if isinstance(errors, Errors) and errors.ema_decay else ""
+    parts = [f"<h2 id='summary'>Summary</h2>{_summary_html(data)}{weights}",
              f"<h2 id='top-trials'>Top trials</h2>{_top_html(data)}"]
     parts.append(f"<h2 id='re-checked-configurations'>Re-checked configurations</h2>{_configs_html(data)}")
-    for section in SECTIONS[3:]:
+    for section in FIGURE_SECTIONS:
         content = figs[section]
         anchor = section.lower().replace(" ", "-")
         parts.append(f"<h2 id='{anchor}'>{html.escape(section)}</h2>")
@@ -167,21 +172,24 @@ def render_html(study: optuna.Study, data: StudyData) -> str:
         for fig in content:
             parts.append(fig.to_html(full_html=False, include_plotlyjs=False,
                                      default_width="100%", default_height="460px"))
+    anchor = report_errors.TITLE.lower().replace(" ", "-")
+    parts.append(f"<h2 id='{anchor}'>{report_errors.TITLE}</h2>{report_errors.section_html(errors)}")
     toc = " · ".join(f"<a href='#{s.lower().replace(' ', '-')}'>{s}</a>" for s in SECTIONS)
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
              "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}"
-             ".missing{color:#a05a00}")
+             ".missing{color:#a05a00}" + report_errors.STYLE)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sweeper report: "
             f"{html.escape(data.name)}</title><style>{style}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             f"<h1>Study {html.escape(data.name)}</h1><p>{toc}</p>{''.join(parts)}</body></html>")
 
 
-def write_report(study: optuna.Study, out: Path) -> tuple[Path, Path, StudyData]:
-    """Write the HTML report and trials.csv beside it; returns both paths and the data."""
+def write_report(study: optuna.Study, out: Path, errors: Errors | str) -> tuple[Path, Path, StudyData]:
+    """Write the HTML report and trials.csv beside it; returns both paths and the data. `errors`:
+    what the best model gets wrong (errors.of_best), or why that cannot be shown."""
     data = collect(study)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(study, data), encoding="utf-8")
+    out.write_text(render_html(study, data, errors), encoding="utf-8")
     csv_path = out.parent / "trials.csv"
     data.trials.to_csv(csv_path, index=False)
     return out, csv_path, data

@@ -89,3 +89,40 @@ def trial_files(study, artifacts_url: str | None):
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
+
+
+def scoring_device(gpus_text: str | None):
+    """`--gpus` as `run` takes it (checked the same way); the first GPU chosen is used, with its
+    share of memory beside the sweep workers training on it, else the CPU."""
+    from sweeper import gpus
+    from sweeper.cpu_share import CpuShare
+    from sweeper.train.device import in_process
+
+    chosen = gpus.choose(gpus_text)
+    if not chosen:
+        return in_process(None)
+    with CpuShare(gpu=chosen[0].token) as share:
+        neighbours = share.on_gpu(chosen[0].token) - 1
+    return in_process(chosen[0].token, neighbours)
+
+
+def member_probabilities(members, images, tta: str, label: str, device) -> list:
+    """Each member's class probabilities on the images (ensemble.probabilities), with a progress
+    bar; on CPU this process takes its share of the cores beside any sweep's workers."""
+    from sweeper.analyze import ensemble as ens
+    from sweeper.cpu_share import CpuShare
+
+    total = len(members) * len(images)
+    with progress_bar(label, total) as callback, \
+            (CpuShare() if device.type == "cpu" else contextlib.nullcontext()) as share:
+        if share:
+            share.apply()
+        scored = 0
+
+        def advance(n: int) -> None:
+            nonlocal scored
+            scored += n
+            if callback:
+                callback(scored, total)
+
+        return [ens.probabilities(m, images, tta, advance, device) for m in members]

@@ -3,7 +3,6 @@ a folder of images."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,51 +17,16 @@ from sweeper.cli.common import (
     StudyOpt,
     TrialsDirOpt,
     check_choice,
+    member_probabilities,
     open_study,
     print_json,
-    progress_bar,
+    scoring_device,
     trial_files,
     user_errors,
 )
 from sweeper.cli.paths import check_output_dir, check_output_file
 
 app = typer.Typer()
-
-
-def _device(gpus_text: str | None):
-    """`--gpus` as `run` takes it (checked the same way); the first GPU chosen is used, with its
-    share of memory beside the sweep workers training on it, else the CPU."""
-    from sweeper import gpus
-    from sweeper.cpu_share import CpuShare
-    from sweeper.train.device import in_process
-
-    chosen = gpus.choose(gpus_text)
-    if not chosen:
-        return in_process(None)
-    with CpuShare(gpu=chosen[0].token) as share:
-        neighbours = share.on_gpu(chosen[0].token) - 1
-    return in_process(chosen[0].token, neighbours)
-
-
-def _member_probs(members, images, tta: str, label: str, device):
-    from sweeper.analyze import ensemble as ens
-    from sweeper.cpu_share import CpuShare
-
-    total = len(members) * len(images)
-    # on CPU this process takes its share of the cores beside any sweep's workers
-    with progress_bar(label, total) as callback, \
-            (CpuShare() if device.type == "cpu" else contextlib.nullcontext()) as share:
-        if share:
-            share.apply()
-        scored = 0
-
-        def advance(n: int) -> None:
-            nonlocal scored
-            scored += n
-            if callback:
-                callback(scored, total)
-
-        return [ens.probabilities(m, images, tta, advance, device) for m in members]
 
 
 @app.command()
@@ -82,13 +46,13 @@ def ensemble(
 
     check_choice("--method", method, ens.METHODS)
     check_output_dir("--trials-dir", trials_dir)  # ensemble.json goes in <trials-dir>/<study>/
-    device = _device(gpus)
+    device = scoring_device(gpus)
     the_study = open_study(study, storage)
     files = trial_files(the_study, artifacts)
     members = ens.top_members(the_study.get_trials(deepcopy=False), top, study, files)
     classes = ens.check_classes(members)
     images, labels = ens.validation_set(members[0], trials_dir)
-    probs = _member_probs(members, images, "none", "scoring members", device)
+    probs = member_probabilities(members, images, "none", "scoring members", device)
     result = {"study": study, **ens.evaluate(members, probs, labels, len(classes), method)}
     path = ens.saved_path(trials_dir, study)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +92,7 @@ def predict(
 
     check_choice("--tta", tta, ens.TTA)
     check_output_file("--out", out)
-    device = _device(gpus)
+    device = scoring_device(gpus)
     if not images.is_dir():
         raise DataError(f"--images {images} is not a folder; pass the folder of images to label")
     the_study = open_study(study, storage)
@@ -142,7 +106,7 @@ def predict(
     _, ok, bad = decoded[ens.decode_side(members[0])]
     probs = []
     for m in members:
-        probs += _member_probs([m], decoded[ens.decode_side(m)][0], tta, f"predicting (trial {m.trial.number})",
+        probs += member_probabilities([m], decoded[ens.decode_side(m)][0], tta, f"predicting (trial {m.trial.number})",
                                device)
     predicted, mean = ens.combine(probs, method)
     predicting.write_csv(out, images, ok, predicted, mean, classes)

@@ -10,12 +10,16 @@ import typer
 
 from sweeper.cli.common import (
     ArtifactsOpt,
+    GpusOpt,
     JsonOpt,
     StorageOpt,
     StudyOpt,
+    TrialsDirOpt,
     check_choice,
+    member_probabilities,
     open_study,
     print_json,
+    scoring_device,
     trial_files,
     user_errors,
 )
@@ -34,17 +38,28 @@ app = typer.Typer()
 def report(
     study: StudyOpt,
     storage: StorageOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="HTML file (default trials/<study>/report.html).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file (default <trials-dir>/<study>/report.html).")] = None,
+    errors: Annotated[bool, typer.Option("--errors/--no-errors", help="Score the best configuration's checkpoint on the validation set for what it gets wrong (one validation pass, on the CPU).")] = True,
+    trials_dir: TrialsDirOpt = Path("trials"),
+    artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Write a self-contained HTML report (importances, curves, ...) and trials.csv."""
+    """Write a self-contained HTML report (importances, curves, what the best model gets wrong, ...) and trials.csv."""
+    from sweeper.analyze import errors as error_analysis
     from sweeper.analyze.report import write_report
+    from sweeper.train.device import in_process
 
     if out is not None:
         check_output_file("--out", out, out.parent / "trials.csv")
-    else:  # the default, trials/<study>/report.html; open_study checks the name first
-        check_output_dir("--out", Path("trials"))
+    else:  # the default, <trials-dir>/<study>/report.html; open_study checks the name first
+        check_output_dir("--out", trials_dir)
     the_study = open_study(study, storage)
-    html_path, csv_path, data = write_report(the_study, out or Path("trials") / study / "report.html")
+    found = "left out (--no-errors)"
+    if errors:
+        cpu = in_process(None)  # beside a sweep's GPU workers: the report never takes a GPU
+        found = error_analysis.of_best(
+            the_study.get_trials(deepcopy=False), study, trial_files(the_study, artifacts), trials_dir,
+            lambda member, images: member_probabilities([member], images, "none", "scoring the best checkpoint", cpu)[0])
+    html_path, csv_path, data = write_report(the_study, out or trials_dir / study / "report.html", found)
     c = data.counts
     print(f"{html_path}\n{csv_path}\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, "
           f"{c['FAIL']} failed")
@@ -173,13 +188,22 @@ def show(
     trial: Annotated[int, typer.Option("--trial", help="Trial number.")],
     storage: StorageOpt = None,
     lines: Annotated[int, typer.Option(help="Log lines to show.")] = 15,
+    errors: Annotated[bool, typer.Option("--errors", help="What the trial's checkpoint gets wrong on the validation set: worst classes, most confused pairs.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="With --errors: a folder for the most confidently wrong images (PNG), confusion.csv and errors.html.")] = None,
+    trials_dir: TrialsDirOpt = Path("trials"),
     artifacts: ArtifactsOpt = None,
+    gpus: GpusOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One trial: its state, the resolved config and the tail of its log."""
+    """One trial: its state, the resolved config and the tail of its log; --errors: what its checkpoint gets wrong."""
     from sweeper.analyze.report_data import trial_config_text
-    from sweeper.errors import StorageError
+    from sweeper.errors import SpecError, StorageError
 
+    if out is not None:
+        if not errors:
+            raise SpecError("--out", [("", "writes what --errors finds; add --errors")])
+        check_output_dir("--out", out)
+    device = scoring_device(gpus) if errors else None
     the_study = open_study(study, storage)
     found = [t for t in the_study.get_trials(deepcopy=False) if t.number == trial]
     if not found:
@@ -187,6 +211,9 @@ def show(
                            f"(trials 0-{len(the_study.trials) - 1})")
     t = found[0]
     files = trial_files(the_study, artifacts)
+    if errors:
+        _show_errors(t, study, files, trials_dir, device, out, as_json)
+        return
     config = trial_config_text(t, files)
     log = files.read(t, "log.txt")
     log_tail = log.decode(errors="replace").splitlines()[-lines:] if log is not None else []
@@ -204,3 +231,30 @@ def show(
     print(config or "  (missing)")
     print(f"log (log.txt, last {len(log_tail)} lines):")
     print("\n".join(log_tail) or "  (missing)")
+
+
+def _show_errors(trial, study: str, files, trials_dir: Path, device, out: Path | None, as_json: bool,
+                 worst: int = 10) -> None:
+    from sweeper.analyze import errors as error_analysis
+    from sweeper.analyze.report_errors import write_files
+
+    found = error_analysis.of_trial(
+        trial, study, files, trials_dir,
+        lambda member, images: member_probabilities([member], images, "none", f"scoring trial {trial.number}", device)[0])
+    written = [str(p) for p in write_files(found, out)] if out is not None else []
+    if as_json:
+        print_json({**error_analysis.summary(found), "written": written})
+        return
+    reported = f" (reported {trial.value:.4f})" if trial.value is not None else ""
+    print(f"trial {trial.number} on {len(found.labels)} validation images: accuracy {found.accuracy:.4f}"
+          f"{reported}, balanced {found.balanced_accuracy:.4f}"
+          + (f"; the checkpoint holds the EMA of the weights (decay {found.ema_decay})" if found.ema_decay else ""))
+    classes = error_analysis.per_class(found).head(worst)
+    print(f"\nworst {len(classes)} classes:")
+    print(classes.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    pairs = error_analysis.confused_pairs(found)
+    print("\nmost confused pairs (true -> predicted):")
+    print(pairs.to_string(index=False, float_format=lambda v: f"{v:.4f}") if not pairs.empty else "  none")
+    if written:
+        print(f"\nwrote {len(written)} files to {out}: errors.html, confusion.csv and the most "
+              "confidently wrong images")
