@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -23,8 +26,20 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 
 def trials(cwd: Path, study: str) -> list[optuna.trial.FrozenTrial]:
-    s = optuna.load_study(study_name=study, storage=f"sqlite:///{cwd}/studies.db")
-    return sorted(s.get_trials(), key=lambda t: t.number)
+    """The study's trials as of one moment: optuna reads a trial's attributes and its values in
+    separate queries, between which a running sweep may write (an epoch's value seen before the
+    worker_pid written ahead of it), so it reads a consistent copy of the database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "snapshot.db"
+        with closing(sqlite3.connect(f"file:{cwd}/studies.db?mode=ro", uri=True)) as src, \
+                closing(sqlite3.connect(copy)) as dst:
+            src.backup(dst)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{copy}")
+        try:
+            return sorted(optuna.load_study(study_name=study, storage=storage).get_trials(),
+                          key=lambda t: t.number)
+        finally:
+            storage.engine.dispose()
 
 
 def wait_for(predicate, timeout: float = 120, what: str = "condition"):

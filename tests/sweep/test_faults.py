@@ -18,7 +18,7 @@ from processes import alive, finish, start, trials, wait_for
 
 from sweeper.testing import tiny_space, write_space
 
-SLOW = {"epochs": 40, "batch_size": 8}  # a few seconds per trial: time to strike mid-trial
+SLOW = {"epochs": 20, "batch_size": 8}  # a few seconds per trial: time to strike mid-trial
 
 
 def running_with_epochs(cwd: Path, study: str, n: int = 1):
