@@ -52,19 +52,26 @@ def metas(trial: optuna.trial.FrozenTrial, storage: str) -> dict[str, str]:
     return {m.filename: m.artifact_id for m in found}
 
 
+def _moved(colour_folder) -> dict:
+    return tiny_space(colour_folder, study="moved", data=DATA, train={"epochs": 8, "batch_size": 8},
+                      search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(colour_folder, tmp_path_factory):
+    """The trial of `_moved`, never interrupted, on a machine of its own (shared by both stores)."""
+    reference = tmp_path_factory.mktemp("reference")
+    code, out = finish(start(reference, "--space", str(write_space(reference / "space.yaml", _moved(colour_folder)))))
+    assert code == 0, out
+    return trials(reference, "moved")[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["folder", "s3"])
 def test_a_trial_lost_with_its_machine_resumes_on_another_with_uninterrupted_metrics(
-        kind, colour_folder, tmp_path, monkeypatch):
+        kind, colour_folder, tmp_path, monkeypatch, uninterrupted):
     url = stores.make(kind, tmp_path, monkeypatch)
-    doc = tiny_space(colour_folder, study="moved", data=DATA, train={"epochs": 8, "batch_size": 8},
-                     search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
-    spec = str(write_space(tmp_path / "space.yaml", doc))
-    reference = tmp_path / "reference"  # the same trial, never interrupted, on a machine of its own
-    reference.mkdir()
-    code, out = finish(start(reference, "--space", spec))
-    assert code == 0, out
-    (uninterrupted,) = trials(reference, "moved")
+    spec = str(write_space(tmp_path / "space.yaml", _moved(colour_folder)))
 
     # machine A: 2 s between epochs (a test hook), so it can be lost mid-trial
     a = start(tmp_path, "--space", spec, "--trials-dir", "machine-a", "--artifacts", url, "--heartbeat", "0.5",
