@@ -26,6 +26,7 @@ from sweeper.cli.common import (
 from sweeper.cli.paths import check_output_dir, check_storage
 
 app = typer.Typer()
+LogOpt = Annotated[Optional[str], typer.Option("--log", help="Also log trials to: tensorboard, mlflow (comma-separated; none: neither), instead of the space file's `logging:`.")]
 
 
 @app.command()
@@ -45,56 +46,70 @@ def run(
     max_retry: Annotated[int, typer.Option(min=0, help="Times a lost or interrupted trial is queued again.")] = 1,
     trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a trial that reports nothing (start-up included) for this many seconds.")] = None,
     keep_checkpoints: KeepCheckpointsOpt = 3,
+    log: LogOpt = None,
     heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True, help="Seconds between heartbeats.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show samples; write nothing.")] = False,
 ) -> None:
     """Create or resume a study and run trials until it holds n_trials finished ones."""
-    from optuna.trial import TrialState
-
     from sweeper import store
     from sweeper.spec.sweep_spec import load_spec
-    from sweeper.sweep import orchestrator
-    from sweeper.sweep import setup as sweep_setup
-    from sweeper import artifacts as artifact_urls
-    from sweeper.sweep import study_artifacts
-    from sweeper.sweep.progress import make_progress
+    from sweeper.spec.tracking import choose as choose_trackers
+    from sweeper.sweep.fork_server import Launcher
 
     overrides = {"study": study, "data_root": str(data) if data else None,
                  "n_trials": n_trials, "timeout": timeout, "budget_epochs": budget_epochs}
     spec = load_spec(space, overrides)
+    logging = choose_trackers(log, spec.logging, str(space))
     check_storage(storage, write=True)
     check_output_dir("--trials-dir", trials_dir)
-    slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
-    sweep_setup.check_data(spec)
-    # checked before any work (a dry run writes nothing, so its store is checked without a probe)
-    artifacts = artifact_urls.url_for(artifacts) or study_artifacts.recorded_in(storage or store.DEFAULT_STORAGE,
-                                                                               spec.study)
-    artifact_store = study_artifacts.open_for_run(artifacts, probe=not dry_run)
-    if dry_run:
-        from sweeper.spec.dry_run import describe
+    # a real run: the first worker's imports (torch, timm: seconds) start now, beside this
+    # process's own imports and its preparation of the data and the study
+    launcher = Launcher() if dry_run else Launcher().warm(1)
+    try:
+        from optuna.trial import TrialState
 
-        print(describe(spec))
-        return
-    sweep_setup.prefetch_hub_weights(spec)
-    storage_url = storage or store.DEFAULT_STORAGE
-    with progress_bar("decoding images") as callback:
-        cache = sweep_setup.prepare_data(spec, trials_dir, callback)
-    optuna_storage = store.open_storage(storage_url)
-    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
-    store.remember_space(the_study, space, spec)
-    artifact_store = study_artifacts.join(the_study, artifact_store)
-    if artifact_store is not None:
-        study_artifacts.share_split(the_study, artifact_store, cache)
+        from sweeper import artifacts as artifact_urls
+        from sweeper.sweep import orchestrator
+        from sweeper.sweep import setup as sweep_setup
+        from sweeper.sweep import study_artifacts
+        from sweeper.sweep.progress import make_progress
+
+        slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
+        sweep_setup.check_data(spec)
+        # checked before any work (a dry run writes nothing, so its store is checked without a probe)
+        artifacts = artifact_urls.url_for(artifacts) or study_artifacts.recorded_in(
+            storage or store.DEFAULT_STORAGE, spec.study)
+        artifact_store = study_artifacts.open_for_run(artifacts, probe=not dry_run)
+        if dry_run:
+            from sweeper.spec.dry_run import describe
+
+            print(describe(spec))
+            return
+        launcher.warm(len(slots))
+        sweep_setup.prefetch_hub_weights(spec)
+        storage_url = storage or store.DEFAULT_STORAGE
+        with progress_bar("decoding images") as callback:
+            cache = sweep_setup.prepare_data(spec, trials_dir, callback)
+        optuna_storage = store.open_storage(storage_url)
+        the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
+        store.remember_space(the_study, space, spec)
+        artifact_store = study_artifacts.join(the_study, artifact_store)
+        if artifact_store is not None:
+            study_artifacts.share_split(the_study, artifact_store, cache)
+    except BaseException:
+        launcher.close()  # once the orchestrator runs, it closes the launcher itself
+        raise
     where = ", ".join(s.label for s in slots)
     start = time.monotonic()
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
-        options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat)
+        options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat, logging)
         if artifact_store is not None:
             progress.message(f"artifacts: {artifact_store.url}")  # a folder or s3://bucket/prefix: no secret
         runner = orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir,
-                                           storage_url, options, artifact_store=artifact_store)
+                                           storage_url, options, artifact_store=artifact_store,
+                                           launcher=launcher)
         runner.run()
     print(summary(the_study, spec.search.objective, time.monotonic() - start, spec.search.budget_epochs))
     if runner.interrupts:
@@ -144,14 +159,17 @@ def recheck(
     trial_timeout: Annotated[Optional[float], typer.Option(min=1, help="Kill a run that reports nothing for this many seconds.")] = None,
     keep_checkpoints: KeepCheckpointsOpt = 3,
     artifacts: ArtifactsOpt = None,
+    log: LogOpt = None,
     heartbeat: Annotated[float, typer.Option(min=0.2, hidden=True)] = 10.0,
 ) -> None:
     """Retrain the best configurations with new seeds (every epoch, no pruning); rank by the mean."""
     from sweeper import store
+    from sweeper.spec.tracking import choose as choose_trackers
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
     from sweeper.sweep import study_artifacts
 
+    logging = choose_trackers(log, (), "--log")
     check_storage(storage, write=True)
     check_output_dir("--trials-dir", trials_dir)
     slots = sweep_setup.make_slots(workers, gpus)
@@ -160,7 +178,7 @@ def recheck(
     artifact_store = study_artifacts.join(the_study, artifact_store)
     # max_retry applies to `run` trials of dead orchestrators this one may recover; re-checks
     # themselves are never queued again (the next recheck plans them)
-    options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat)
+    options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat, logging)
     interrupted = _recheck(the_study, top, seeds, slots, trials_dir, storage or store.DEFAULT_STORAGE, options,
                            artifact_store)
     if interrupted:

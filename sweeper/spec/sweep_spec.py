@@ -25,10 +25,11 @@ from sweeper.spec.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS
 from sweeper.spec.policies import BUILTIN_POLICIES, OPERATIONS
 from sweeper.spec.space import CategoricalParam, FloatParam, SearchSpace
 from sweeper.spec.space_yaml import as_number, did_you_mean, parse_enqueue, parse_space
+from sweeper.spec.tracking import parse_section
 
 OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
 BUILTIN_DATASETS = ("digits",)
-TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue")
+TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue", "logging")
 DATA_KEYS = ("root", "builtin", "val_fraction", "num_workers")
 SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget", "recheck")
 VALUE_MODES = ("last", "best")
@@ -67,6 +68,7 @@ class SweepSpec:
     policies: dict[str, tuple[str, ...] | None]  # built-in and user policy sets
     enqueue: tuple[dict[str, Any], ...] = ()
     source: str = ""
+    logging: tuple[str, ...] = ()  # trackers beside the store: tensorboard, mlflow (spec/tracking.py)
 
     def sampler(self, seed_offset: int = 0):
         """The sampler; `seed_offset` gives each run of a study its own seeded sequence."""
@@ -378,12 +380,13 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
     _check_values(_knob_values(fixed, fixed_raw, space), policies, problems)
     enqueue = parse_enqueue(raw.get("enqueue"), space, problems)
     _check_strategies(search, space, problems)
+    logging = parse_section(raw.get("logging"), problems)
     if not problems:
-        spec = SweepSpec(study, data, fixed, space, search, policies, enqueue, source)
+        spec = SweepSpec(study, data, fixed, space, search, policies, enqueue, source, logging)
         check_fits(search.budget_epochs, search.recheck, spec.max_epochs, problems)
     if problems:
         raise SpecError(source, problems)
-    return SweepSpec(study, data, fixed, space, search, policies, enqueue, source)
+    return SweepSpec(study, data, fixed, space, search, policies, enqueue, source, logging)
 
 
 def load_spec(path: Path, overrides: dict[str, Any] | None = None) -> SweepSpec:

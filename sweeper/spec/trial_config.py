@@ -74,6 +74,7 @@ class TrialConfig:
     resume_from: str | None = None  # an earlier attempt's resume.pt (or artifact:<id>): train on after its last epoch
     artifacts: str | None = None  # the artifact store every file is uploaded to (artifacts.py)
     artifact_key: str | None = None  # this trial's files there are <key>-<filename>
+    logging: tuple[str, ...] = ()  # trackers the worker writes to (spec/tracking.py); a list once read from JSON
 
     @property
     def mixes(self) -> bool:

@@ -14,9 +14,9 @@ CHECKPOINT = "checkpoint.pth"
 
 
 def keep_best(study: optuna.Study, keep: int, artifact_store: artifacts.ArtifactStore | None = None,
-              completed: int | None = None) -> None:
+              completed: int | None = None) -> set[int]:
     """Only the best `keep` completed trials keep their checkpoint file, and its copy in the
-    artifact store (the copy's artifact meta stays: Optuna cannot remove one)."""
+    artifact store (the copy's artifact meta stays: Optuna cannot remove one); returns their numbers."""
     done = store.retrying(lambda: study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     trained = [t for t in done if recovery.IMPORTED not in t.user_attrs]  # imported: no weights
     ranked = sorted(trained, key=lambda t: (-t.value, t.number))
@@ -29,3 +29,4 @@ def keep_best(study: optuna.Study, keep: int, artifact_store: artifacts.Artifact
         # completing at once) or itself: the store is not asked about every trial each time
         if artifact_store is not None and stored and (i < 2 or t.number == completed):
             artifact_store.remove_later(stored)
+    return {t.number for t in ranked[:keep]}

@@ -15,7 +15,6 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from sweeper.artifacts import ArtifactStore
 from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig
-from sweeper.sweep import checkpoints, epochs, recovery, reserve, worker_handle
+from sweeper.sweep import checkpoints, epochs, recovery, reserve, tracking, worker_handle
 from sweeper.sweep.fork_server import Launcher
 from sweeper.sweep.progress import SweepProgress
 from sweeper.sweep.promotion import Promotions, Waiting
@@ -36,28 +35,29 @@ from sweeper.sweep.sharing import ALONE, Sharing
 from sweeper.sweep.worker_handle import Running, Slot
 from sweeper.train import resume
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Options:
     max_retry: int = 1  # times a lost or interrupted trial's params are queued again
     trial_timeout: float | None = None  # seconds without an epoch before a worker is killed
     keep_checkpoints: int = 3  # best completed trials that keep checkpoint.pth
     heartbeat: float = 10.0  # seconds between heartbeats
+    logging: tuple[str, ...] = ()  # trackers beside the store: tensorboard, mlflow (tracking.py)
 
 
 class Orchestrator:
     def __init__(self, spec: SweepSpec | None, study: optuna.Study, slots: list[Slot], data_cache: Path,
                  progress: SweepProgress, trials_root: Path = Path("trials"),
                  storage_url: str = store.DEFAULT_STORAGE, options: Options = Options(),
-                 source: "TrialSource | None" = None, artifact_store: ArtifactStore | None = None):
-        self.spec, self.study, self.slots = spec, study, slots
+                 source: "TrialSource | None" = None, artifact_store: ArtifactStore | None = None,
+                 launcher: Launcher | None = None):  # started early by `run` (Launcher.warm)
+        self.spec, self.study, self.slots, self.launcher = spec, study, slots, launcher or Launcher()
         self.data_cache, self.progress, self.trials_root = data_cache, progress, trials_root
         self.storage_url, self.options = storage_url, options
         self.events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
         self.running: dict[int, Running] = {}  # by slot index
         timeout = spec.search.timeout if spec is not None else None
         self.deadline = time.monotonic() + timeout if timeout else None
-        self.interrupts = 0
-        self.last_beat = 0.0
+        self.interrupts, self.last_beat = 0, 0.0
         self.artifact_store = artifact_store  # trials' files go there too (artifacts.py)
         self.source = source or SweepSource(spec, study, data_cache, trials_root, storage_url,
                                             options.heartbeat, artifact_store)
@@ -67,6 +67,7 @@ class Orchestrator:
                                      options.heartbeat, self.asha)
         self.budget = reserve.Budget(spec, study, self.deadline)
         self.sharing = Sharing()  # trials on one device; out-of-memory retried alone
+        self.tracking = tracking.Tracking(study, storage_url, options.logging, progress)
 
     def _out_of_budget(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         return bool(self.interrupts) or self.budget.out(trials)
@@ -110,7 +111,7 @@ class Orchestrator:
 
     def _resume_paused(self, slot: Slot, waiting: Waiting) -> None:
         trial = optuna.Trial(self.study, waiting.trial._trial_id)
-        config = waiting.config
+        config = dataclasses.replace(waiting.config, logging=self.options.logging)
         with failing_if_unstarted(self.study, trial):
             again = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
                                         fresh=False, epochs_run=waiting.epochs_run,
@@ -131,6 +132,7 @@ class Orchestrator:
         for w in self.promotions.waiting(self.budget.trials(), anywhere=True) if self.asha else []:
             if self.promotions.prune(w.trial, w.epochs_run):
                 self.progress.finished(w.trial.number, "PRUNED", w.last_value, f"not promoted at rung {w.epochs_run}")
+                self.tracking.not_promoted(w)
 
     def _fail_held(self, reason: str) -> None:
         """Interrupted (or a bug): retries held back for their device are failed and queued again
@@ -147,7 +149,7 @@ class Orchestrator:
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
         stored = self.artifact_store is not None  # each attempt under a key of its own
         config = dataclasses.replace(config, artifacts=self.artifact_store.url if stored else None,
-                                     artifact_key=artifacts.new_key() if stored else None)
+                                     artifact_key=artifacts.new_key() if stored else None, logging=self.options.logging)
         with failing_if_unstarted(self.study, trial):
             run = worker_handle.start(self.launcher, slot, self.slots, trial, config, self.events,
                                       asked=asked, prunable=recovery.RECHECK_OF not in trial.user_attrs,
@@ -168,6 +170,7 @@ class Orchestrator:
     def _handle(self, run: Running, event: dict[str, Any]) -> None:
         kind = event["event"]
         run.last_event = time.monotonic()
+        self.tracking.event(run, event)  # MLflow's epochs, before the run's own are updated
         if kind == "start":
             for key in ("classes", "device", "precision", "cuda_visible_devices", "gpu_sharing", "train_images"):
                 store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
@@ -253,7 +256,7 @@ class Orchestrator:
         reason, retry_attrs = self.sharing.outcome(run, state == TrialState.FAIL, reason, left)
         trial = run.trial
         attrs = {"epochs_run": run.epochs_run, "duration_s": round(time.time() - run.started, 2),
-                 "segments": run.segments()}
+                 "segments": run.segments(), **({"reason": reason} if reason else {})}
         if state == TrialState.COMPLETE:
             attrs["value_epoch"] = run.value[1]
         if run.report_seconds:  # what the sweep machinery costs a trial (benchmarks/overhead.py)
@@ -262,8 +265,6 @@ class Orchestrator:
             attrs["resume_save_s"] = round(sum(run.resume_save_seconds) / len(run.resume_save_seconds), 3)
             if self.artifact_store is not None:  # in the background, beside the next epoch
                 attrs["upload_s"] = round(sum(run.upload_seconds) / len(run.upload_seconds), 3)
-        if reason:
-            attrs["reason"] = reason
         for key, value in attrs.items():
             store.retrying(lambda: trial.set_user_attr(key, value))
         if state == TrialState.FAIL and resume.resumable(reason):  # its retry resumes it
@@ -278,11 +279,11 @@ class Orchestrator:
             else:
                 store.retrying(lambda: self.study.tell(trial, state=state))
             resume.discard(run.config, self.artifact_store)
-        shown = run.value[0] if state == TrialState.COMPLETE else run.last_value
-        self.progress.finished(trial.number, state.name,
-                               shown if state != TrialState.FAIL else None, reason)
-        if state == TrialState.COMPLETE:
-            checkpoints.keep_best(self.study, self.options.keep_checkpoints, self.artifact_store, trial.number)
+        shown = None if state == TrialState.FAIL else run.value[0] if state == TrialState.COMPLETE else run.last_value
+        self.progress.finished(trial.number, state.name, shown, reason)
+        kept = (checkpoints.keep_best(self.study, self.options.keep_checkpoints, self.artifact_store, trial.number)
+                if state == TrialState.COMPLETE else None)
+        self.tracking.finished(run, state, reason, shown, kept)  # TensorBoard's hparams, MLflow's run
 
     # --- interruption, time-outs, heartbeats --------------------------------------------------
 
@@ -300,8 +301,7 @@ class Orchestrator:
                 run.signal(signal.SIGKILL)
 
     def _check_timeouts(self) -> None:
-        limit = self.options.trial_timeout
-        if limit is None:
+        if (limit := self.options.trial_timeout) is None:
             return
         for run in self.running.values():
             if run.outcome is None and time.monotonic() - run.last_event > limit:
@@ -330,7 +330,6 @@ class Orchestrator:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
-        self.launcher = Launcher()
         try:
             self._loop()
         except BaseException:  # a bug here: stop workers, leave nothing RUNNING
@@ -345,6 +344,7 @@ class Orchestrator:
         finally:
             if self.artifact_store is not None:
                 self.artifact_store.flush()  # removals queued in the background
+            self.tracking.close()
             self.launcher.close()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

@@ -36,6 +36,7 @@ from sweeper.train import resume
 from sweeper.train.device import Amp
 from sweeper.train.evaluation import Chosen, evaluate
 from sweeper.train.schedule import LrSchedule, set_lr
+from sweeper.train.tracking import EpochCurves
 from sweeper.train.uploads import Uploads
 
 Report = Callable[[dict[str, Any]], bool]  # an event -> True to go on training
@@ -142,7 +143,8 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             "loader_workers": loaders.num_workers, "loader_note": loaders.note})
     if done:  # the orchestrator carries these epochs' values over, so the pruner sees the whole curve
         report({"event": "resumed", "records": done})
-    with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf:
+    with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf, \
+            EpochCurves(config, done, log) as curves:
         metrics = csv.DictWriter(mf, METRIC_FIELDS)
         metrics.writeheader()
         for record in done:
@@ -209,6 +211,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             print(epoch_line(record, ms), file=log, flush=True)
             chosen.offer(epoch + 1, val[config.objective], scored)
             done.append(record)
+            curves.epoch(record)  # TensorBoard, if asked for (train/tracking.py)
             phase.now = "saving the resume state"
             saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema)
             print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)

@@ -217,7 +217,8 @@ def test_report_section_shows_heatmap_table_and_gallery_of_the_best_checkpoint(p
 
 def test_report_without_a_kept_checkpoint_says_so_and_renders(planted, tmp_path):
     out = tmp_path / "r.html"
-    result = cli("report", "--study", "bare", "--storage", planted["storage"], "--out", out)
+    result = cli("report", "--study", "bare", "--storage", planted["storage"], "--out", out,
+                 "--trials-dir", planted["root"] / "trials")
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert ">Timeline</h2>" in text  # the rest of the report is there
