@@ -156,8 +156,13 @@ def budget_lock(storage: optuna.storages.BaseStorage, url: str, study: str):
     """Serialise "is there budget for one more trial? then ask()" across orchestrators, so that
     several of them on one study stop at exactly n_trials. Databases other than SQLite and
     PostgreSQL get no lock and may overshoot by up to one trial per extra orchestrator."""
+    return study_lock(storage, url, study, "budget")
+
+
+def study_lock(storage: optuna.storages.BaseStorage, url: str, study: str, purpose: str):
+    """A lock of the study's own for one purpose, shared by every orchestrator on the store."""
     engine = getattr(storage, "_backend", storage).engine  # a study wraps it in a cache
-    return _lock(url, f"budget-{zlib.crc32(study.encode())}", engine)
+    return _lock(url, f"{purpose}-{zlib.crc32(study.encode())}", engine)
 
 
 def remember_space(study: optuna.Study, path: Path, spec) -> None:

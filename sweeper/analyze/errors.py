@@ -5,7 +5,8 @@ images.
 
 The probabilities come from ensemble.probabilities, so the images go through exactly what
 validation did, and a prediction is their argmax: the lowest class on ties, as in
-train/evaluation.py. The accuracy here is the one the trial reported for its checkpoint's epoch.
+train/evaluation.py. The accuracy here is what the trial reported for its checkpoint's epoch (its value, when the
+objective is val_acc).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Errors:
     images: Sequence[np.ndarray]  # the decoded validation images (HWC uint8), for thumbnails
     names: list[str]  # each validation image's file, relative to the data root (or "#i")
     ema_decay: float = 0.0  # > 0: the checkpoint (and every validation score) is the EMA of the weights
+    objective: str = "val_acc"  # what trial.value measures
 
     @cached_property
     def predicted(self) -> np.ndarray:
@@ -161,7 +163,7 @@ def analyse(member: ens.Member, trials_dir: Path, score: Scorer) -> Errors:
                            f"its dataset has {len(classes)}")
     return Errors(member.trial, list(classes), data.val.labels.astype(np.int64), probs,
                   np.bincount(data.train.labels, minlength=len(classes)), data.val.images,
-                  _val_names(cache, len(data.val.labels)), member.config.ema_decay)
+                  _val_names(cache, len(data.val.labels)), member.config.ema_decay, member.config.objective)
 
 
 def of_trial(trial: FrozenTrial, study: str, files: TrialFiles, trials_dir: Path, score: Scorer) -> Errors:

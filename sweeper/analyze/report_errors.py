@@ -77,7 +77,7 @@ def section_html(found: analysis.Errors | str) -> str:
             f"{classes['accuracy'].iloc[len(shown)]:.4g} or above (`sweeper show --errors --json` lists "
             "every class).</p>") if len(classes) > len(shown) else ""
     pairs = analysis.confused_pairs(e)
-    reported = f" (the trial reported {e.trial.value:.4f})" if e.trial.value is not None else ""
+    reported = f" (the trial's value: {e.objective} {e.trial.value:.4f})" if e.trial.value is not None else ""
     return "".join([
         f"<p>Trial {e.trial.number}'s checkpoint on its {len(e.labels)} validation images, through "
         f"what validation ran: accuracy {e.accuracy:.4f}{reported}, balanced accuracy "

@@ -245,7 +245,7 @@ def _show_errors(trial, study: str, files, trials_dir: Path, device, out: Path |
     if as_json:
         print_json({**error_analysis.summary(found), "written": written})
         return
-    reported = f" (reported {trial.value:.4f})" if trial.value is not None else ""
+    reported = f" (its value: {found.objective} {trial.value:.4f})" if trial.value is not None else ""
     print(f"trial {trial.number} on {len(found.labels)} validation images: accuracy {found.accuracy:.4f}"
           f"{reported}, balanced {found.balanced_accuracy:.4f}"
           + (f"; the checkpoint holds the EMA of the weights (decay {found.ema_decay})" if found.ema_decay else ""))

@@ -51,10 +51,16 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show samples; write nothing.")] = False,
 ) -> None:
     """Create or resume a study and run trials until it holds n_trials finished ones."""
+    from optuna.trial import TrialState
+
     from sweeper import store
     from sweeper.spec.sweep_spec import load_spec
     from sweeper.spec.tracking import choose as choose_trackers
-    from sweeper.sweep.fork_server import Launcher
+    from sweeper.sweep import orchestrator
+    from sweeper.sweep import setup as sweep_setup
+    from sweeper import artifacts as artifact_urls
+    from sweeper.sweep import study_artifacts
+    from sweeper.sweep.progress import make_progress
 
     overrides = {"study": study, "data_root": str(data) if data else None,
                  "n_trials": n_trials, "timeout": timeout, "budget_epochs": budget_epochs}
@@ -62,43 +68,27 @@ def run(
     logging = choose_trackers(log, spec.logging, str(space))
     check_storage(storage, write=True)
     check_output_dir("--trials-dir", trials_dir)
-    # a real run: the first worker's imports (torch, timm: seconds) start now, beside this
-    # process's own imports and its preparation of the data and the study
-    launcher = Launcher() if dry_run else Launcher().warm(1)
-    try:
-        from optuna.trial import TrialState
+    slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
+    sweep_setup.check_data(spec)
+    # checked before any work (a dry run writes nothing, so its store is checked without a probe)
+    artifacts = artifact_urls.url_for(artifacts) or study_artifacts.recorded_in(storage or store.DEFAULT_STORAGE,
+                                                                               spec.study)
+    artifact_store = study_artifacts.open_for_run(artifacts, probe=not dry_run)
+    if dry_run:
+        from sweeper.spec.dry_run import describe
 
-        from sweeper import artifacts as artifact_urls
-        from sweeper.sweep import orchestrator
-        from sweeper.sweep import setup as sweep_setup
-        from sweeper.sweep import study_artifacts
-        from sweeper.sweep.progress import make_progress
-
-        slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
-        sweep_setup.check_data(spec)
-        # checked before any work (a dry run writes nothing, so its store is checked without a probe)
-        artifacts = artifact_urls.url_for(artifacts) or study_artifacts.recorded_in(
-            storage or store.DEFAULT_STORAGE, spec.study)
-        artifact_store = study_artifacts.open_for_run(artifacts, probe=not dry_run)
-        if dry_run:
-            from sweeper.spec.dry_run import describe
-
-            print(describe(spec))
-            return
-        launcher.warm(len(slots))
-        sweep_setup.prefetch_hub_weights(spec)
-        storage_url = storage or store.DEFAULT_STORAGE
-        with progress_bar("decoding images") as callback:
-            cache = sweep_setup.prepare_data(spec, trials_dir, callback)
-        optuna_storage = store.open_storage(storage_url)
-        the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
-        store.remember_space(the_study, space, spec)
-        artifact_store = study_artifacts.join(the_study, artifact_store)
-        if artifact_store is not None:
-            study_artifacts.share_split(the_study, artifact_store, cache)
-    except BaseException:
-        launcher.close()  # once the orchestrator runs, it closes the launcher itself
-        raise
+        print(describe(spec))
+        return
+    sweep_setup.prefetch_hub_weights(spec)
+    storage_url = storage or store.DEFAULT_STORAGE
+    with progress_bar("decoding images") as callback:
+        cache = sweep_setup.prepare_data(spec, trials_dir, callback)
+    optuna_storage = store.open_storage(storage_url)
+    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
+    store.remember_space(the_study, space, spec)
+    artifact_store = study_artifacts.join(the_study, artifact_store)
+    if artifact_store is not None:
+        study_artifacts.share_split(the_study, artifact_store, cache)
     where = ", ".join(s.label for s in slots)
     start = time.monotonic()
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
@@ -108,8 +98,7 @@ def run(
         if artifact_store is not None:
             progress.message(f"artifacts: {artifact_store.url}")  # a folder or s3://bucket/prefix: no secret
         runner = orchestrator.Orchestrator(spec, the_study, slots, cache, progress, trials_dir,
-                                           storage_url, options, artifact_store=artifact_store,
-                                           launcher=launcher)
+                                           storage_url, options, artifact_store=artifact_store)
         runner.run()
     print(summary(the_study, spec.search.objective, time.monotonic() - start, spec.search.budget_epochs))
     if runner.interrupts:

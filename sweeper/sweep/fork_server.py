@@ -229,18 +229,13 @@ class ForkServer:
 
 class Launcher:
     """Starts trial workers: forked by the slot's server when there is one, else (disabled, or
-    its server is gone) as a fresh `python -m sweeper.train.worker`. `run` starts the servers
-    while it prepares the data and the study (`warm`), so their imports are done by the first
-    trial; otherwise a slot's server starts with its first trial, which waits for its imports."""
+    its server is gone) as a fresh `python -m sweeper.train.worker`. A slot's server starts with its
+    first trial (which waits for its imports, as a fresh interpreter would), so an orchestrator
+    with nothing to run starts none."""
 
     def __init__(self, use_servers: bool | None = None):
         self.use = enabled() if use_servers is None else use_servers
         self.servers: dict[int, ForkServer | None] = {}  # None: this slot's server failed
-
-    def warm(self, slots: int) -> "Launcher":
-        for slot in range(slots):
-            self._server(slot)
-        return self
 
     def _server(self, slot: int) -> ForkServer | None:
         if self.use and slot not in self.servers:

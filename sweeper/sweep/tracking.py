@@ -194,8 +194,9 @@ class MlflowRuns:
 
         self.client = client = MlflowClient()  # MLFLOW_TRACKING_URI, else MLflow's default here
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
-        # under the study's lock: orchestrators starting together find one parent, never make two
-        with store.budget_lock(study._storage, storage_url, study.study_name):
+        # under a lock of the study's (not the budget's: a slow server must not hold up trials):
+        # orchestrators starting together find one parent, never make two
+        with store.study_lock(study._storage, storage_url, study.study_name, "mlflow"):
             found = client.get_experiment_by_name(name)
             self.experiment = found.experiment_id if found else client.create_experiment(name)
             parents = client.search_runs([self.experiment], f"tags.`{STUDY_TAG}` = '{study.study_name}'",

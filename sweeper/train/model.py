@@ -83,6 +83,10 @@ def create_with_head(name: str, num_classes: int, pretrained: bool | str,
     if pretrained is True:
         try:
             model = timm.create_model(name, pretrained=True, num_classes=num_classes, **extra)
+        except TypeError as exc:
+            if not extra:
+                raise
+            raise no_drop_path(name, exc) from None
         except Exception as exc:
             raise WorkerError(
                 f"could not fetch timm hub weights for {name} ({type(exc).__name__}: {exc}); "
@@ -94,11 +98,14 @@ def create_with_head(name: str, num_classes: int, pretrained: bool | str,
     except TypeError as exc:
         if not extra:
             raise
-        raise WorkerError(f"timm model {name} has no stochastic depth ({exc}); "
-                          "leave model.drop_path_rate at 0") from None
+        raise no_drop_path(name, exc) from None
     if isinstance(pretrained, str):
         return model, load_checkpoint(model, pretrained)
     return model, False
+
+
+def no_drop_path(name: str, exc: TypeError) -> WorkerError:
+    return WorkerError(f"timm model {name} has no stochastic depth ({exc}); leave model.drop_path_rate at 0")
 
 
 def openmmlab_state(model: nn.Module, native_backbone: bool, with_head: bool) -> dict[str, torch.Tensor]:

@@ -191,12 +191,16 @@ def _figures(text: str) -> list[dict]:
     return out
 
 
-def test_report_section_shows_heatmap_table_and_gallery_of_the_best_checkpoint(planted, tmp_path):
+def _report(planted, tmp_path, study: str) -> str:
     out = tmp_path / "r.html"
-    result = cli("report", "--study", "errs", "--storage", planted["storage"], "--out", out,
+    result = cli("report", "--study", study, "--storage", planted["storage"], "--out", out,
                  "--trials-dir", planted["root"] / "trials")
     assert result.exit_code == 0, result.output
-    text = out.read_text()
+    return out.read_text()
+
+
+def test_report_section_shows_heatmap_table_and_gallery_of_the_best_checkpoint(planted, tmp_path):
+    text = _report(planted, tmp_path, "errs")
     section = text[text.index(">What the best model gets wrong</h2>"):]
     assert "Cannot be shown" not in section
     heatmaps = [t for t in _figures(text) if t.get("type") == "heatmap"]
@@ -216,11 +220,8 @@ def test_report_section_shows_heatmap_table_and_gallery_of_the_best_checkpoint(p
 
 
 def test_report_without_a_kept_checkpoint_says_so_and_renders(planted, tmp_path):
+    text = _report(planted, tmp_path, "bare")
     out = tmp_path / "r.html"
-    result = cli("report", "--study", "bare", "--storage", planted["storage"], "--out", out,
-                 "--trials-dir", planted["root"] / "trials")
-    assert result.exit_code == 0, result.output
-    text = out.read_text()
     assert ">Timeline</h2>" in text  # the rest of the report is there
     section = text[text.index(">What the best model gets wrong</h2>"):]
     assert "Cannot be shown: trial 0 has no checkpoint.pth" in section

@@ -52,16 +52,18 @@ def metas(trial: optuna.trial.FrozenTrial, storage: str) -> dict[str, str]:
     return {m.filename: m.artifact_id for m in found}
 
 
-def _moved(colour_folder) -> dict:
-    return tiny_space(colour_folder, study="moved", data=DATA, train={"epochs": 8, "batch_size": 8},
+def one_trial(colour_folder, study: str, epochs: int) -> dict:
+    """A study of one trial, the same one on every machine (random sampler, seed 1)."""
+    return tiny_space(colour_folder, study=study, data=DATA, train={"epochs": epochs, "batch_size": 8},
                       search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(colour_folder, tmp_path_factory):
-    """The trial of `_moved`, never interrupted, on a machine of its own (shared by both stores)."""
+    """The lost-machine tests' trial, never interrupted, on a machine of its own (both stores share it)."""
     reference = tmp_path_factory.mktemp("reference")
-    code, out = finish(start(reference, "--space", str(write_space(reference / "space.yaml", _moved(colour_folder)))))
+    spec = write_space(reference / "space.yaml", one_trial(colour_folder, "moved", 8))
+    code, out = finish(start(reference, "--space", str(spec)))
     assert code == 0, out
     return trials(reference, "moved")[0]
 
@@ -71,7 +73,7 @@ def uninterrupted(colour_folder, tmp_path_factory):
 def test_a_trial_lost_with_its_machine_resumes_on_another_with_uninterrupted_metrics(
         kind, colour_folder, tmp_path, monkeypatch, uninterrupted):
     url = stores.make(kind, tmp_path, monkeypatch)
-    spec = str(write_space(tmp_path / "space.yaml", _moved(colour_folder)))
+    spec = str(write_space(tmp_path / "space.yaml", one_trial(colour_folder, "moved", 8)))
 
     # machine A: 2 s between epochs (a test hook), so it can be lost mid-trial
     a = start(tmp_path, "--space", spec, "--trials-dir", "machine-a", "--artifacts", url, "--heartbeat", "0.5",
@@ -238,8 +240,7 @@ def test_the_store_keeps_the_best_checkpoints_only_and_optuna_dashboard_serves_t
 def test_a_worker_stopped_by_sigterm_stores_its_state_and_its_retry_resumes_from_it(
         colour_folder, tmp_path, monkeypatch):
     url = stores.make("s3", tmp_path, monkeypatch)
-    doc = tiny_space(colour_folder, study="term", data=DATA, train={"epochs": 6, "batch_size": 8},
-                     search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
+    doc = one_trial(colour_folder, "term", 6)
     spec = str(write_space(tmp_path / "space.yaml", doc))
     proc = start(tmp_path, "--space", spec, "--artifacts", url, env={"SWEEPER_INJECT_FAULT": "slow:0"})
     victim = wait_for(lambda: next((t for t in trials(tmp_path, "term") if len(t.intermediate_values) >= 2), None),
@@ -258,14 +259,11 @@ def test_a_worker_stopped_by_sigterm_stores_its_state_and_its_retry_resumes_from
     assert sorted(retry.intermediate_values) == list(range(1, 7))
 
 
-
-
 @pytest.mark.slow
 def test_a_store_lost_mid_trial_fails_the_trial_with_that_reason_and_queues_it_again(
         colour_folder, tmp_path, monkeypatch):
     url = stores.make("folder", tmp_path, monkeypatch)
-    doc = tiny_space(colour_folder, study="outage", data=DATA, train={"epochs": 5, "batch_size": 8},
-                     search={"n_trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": "none"})
+    doc = one_trial(colour_folder, "outage", 5)
     spec = str(write_space(tmp_path / "space.yaml", doc))
     proc = start(tmp_path, "--space", spec, "--artifacts", url, "--max-retry", "1",
                  env={"SWEEPER_INJECT_FAULT": "slow:0", "SWEEPER_ARTIFACT_PATIENCE": "1"})

@@ -209,3 +209,11 @@ def test_a_trial_with_mixing_and_ema_validates_and_saves_the_ema_weights(colour_
     assert torch.equal(saved[name], state["ema"][name])
     assert not torch.equal(saved[name], state["model"][name])
     assert "use the EMA of the weights (decay 0.5)" in (out / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_a_model_without_stochastic_depth_is_one_clear_error(pretrained):
+    from sweeper.errors import WorkerError
+
+    with pytest.raises(WorkerError, match="timm model vgg11 has no stochastic depth .*leave model.drop_path_rate at 0"):
+        models.create("vgg11", 3, pretrained, drop_path_rate=0.1)
