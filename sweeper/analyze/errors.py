@@ -16,18 +16,20 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
-from sweeper.analyze import ensemble as ens
 from sweeper.artifacts import TrialFiles
-from sweeper.data import datasets
 from sweeper.errors import StorageError, SweeperError
+
+if TYPE_CHECKING:  # the scoring side (torch) is imported where a checkpoint is scored, so that a
+    import torch  # report without the section, and the figures, start without it
+
+    from sweeper.analyze import ensemble as ens
 
 PAIRS = 10  # most confused pairs listed
 GALLERY = 24  # most confidently wrong images shown
@@ -38,7 +40,7 @@ OPTIMAL_ORDER_UP_TO = 300
 
 # what a member's probabilities are computed with: ensemble.probabilities, or the CLI's wrapper
 # of it (progress bar, CPU share, --gpus)
-Scorer = Callable[[ens.Member, Sequence[np.ndarray]], torch.Tensor]
+Scorer = Callable[["ens.Member", Sequence[np.ndarray]], "torch.Tensor"]
 
 
 @dataclass
@@ -144,6 +146,8 @@ def thumbnail(image: np.ndarray, fmt: str = "PNG") -> bytes:
 def _val_names(cache: Path, n: int) -> list[str]:
     """The validation files in the cache's order, from the split lists beside it (a built-in
     dataset has none: its images are numbered)."""
+    from sweeper.data import datasets
+
     split = datasets.split_path(cache)
     if split.is_file():
         names = [path for path, _ in json.loads(split.read_text())["val"]]
@@ -154,6 +158,9 @@ def _val_names(cache: Path, n: int) -> list[str]:
 
 def analyse(member: ens.Member, trials_dir: Path, score: Scorer) -> Errors:
     """One validation pass of the member's checkpoint, and what it got wrong."""
+    from sweeper.analyze import ensemble as ens
+    from sweeper.data import datasets
+
     cache = ens.dataset_cache(member, trials_dir)
     data = datasets.load(cache)
     classes = member.trial.user_attrs.get("classes") or data.classes
@@ -168,6 +175,8 @@ def analyse(member: ens.Member, trials_dir: Path, score: Scorer) -> Errors:
 
 def of_trial(trial: FrozenTrial, study: str, files: TrialFiles, trials_dir: Path, score: Scorer) -> Errors:
     """`show --errors`: any trial that kept its checkpoint; otherwise why not, and what to do."""
+    from sweeper.analyze import ensemble as ens
+
     if trial.state != TrialState.COMPLETE:
         raise StorageError(f"trial {trial.number} is {trial.state.name}: only completed trials keep a "
                            f"checkpoint; `sweeper trials --study {study}` lists them")
@@ -181,6 +190,8 @@ def of_best(trials: list[FrozenTrial], study: str, files: TrialFiles, trials_dir
             score: Scorer) -> Errors | str:
     """The report's section: the best configuration's kept checkpoint, or why it cannot be
     looked at (never an exception: the rest of the report renders regardless)."""
+    from sweeper.analyze import ensemble as ens
+
     try:
         return analyse(ens.best_member(trials, study, files), trials_dir, score)
     except Exception as exc:  # a missing checkpoint or dataset, a store down, a damaged file

@@ -46,7 +46,6 @@ def report(
     """Write a self-contained HTML report (importances, curves, what the best model gets wrong, ...) and trials.csv."""
     from sweeper.analyze import errors as error_analysis
     from sweeper.analyze.report import write_report
-    from sweeper.train.device import in_process
 
     if out is not None:
         check_output_file("--out", out, out.parent / "trials.csv")
@@ -55,6 +54,8 @@ def report(
     the_study = open_study(study, storage)
     found = "left out (--no-errors)"
     if errors:
+        from sweeper.train.device import in_process
+
         cpu = in_process(None)  # beside a sweep's GPU workers: the report never takes a GPU
         found = error_analysis.of_best(
             the_study.get_trials(deepcopy=False), study, trial_files(the_study, artifacts), trials_dir,

@@ -78,34 +78,33 @@ def create(name: str, num_classes: int, pretrained: bool | str, drop_path_rate: 
 def create_with_head(name: str, num_classes: int, pretrained: bool | str,
                      drop_path_rate: float = 0.0) -> tuple[nn.Module, bool]:
     """`create`, and whether the head came from the pretrained weights (same class count)."""
-    # timm's stochastic depth, passed only when set: not every timm model takes the argument
-    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     if pretrained is True:
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **extra)
-        except TypeError as exc:
-            if not extra:
-                raise
-            raise no_drop_path(name, exc) from None
+            model = _timm_model(name, num_classes, True, drop_path_rate)
+        except WorkerError:
+            raise
         except Exception as exc:
             raise WorkerError(
                 f"could not fetch timm hub weights for {name} ({type(exc).__name__}: {exc}); "
                 f"without internet, download them elsewhere and set model.pretrained: "
                 f"path/to/{name}.pth") from None
         return model, model.pretrained_cfg.get("num_classes") == num_classes
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
-    except TypeError as exc:
-        if not extra:
-            raise
-        raise no_drop_path(name, exc) from None
+    model = _timm_model(name, num_classes, False, drop_path_rate)
     if isinstance(pretrained, str):
         return model, load_checkpoint(model, pretrained)
     return model, False
 
 
-def no_drop_path(name: str, exc: TypeError) -> WorkerError:
-    return WorkerError(f"timm model {name} has no stochastic depth ({exc}); leave model.drop_path_rate at 0")
+def _timm_model(name: str, num_classes: int, hub_weights: bool, drop_path_rate: float) -> nn.Module:
+    # timm's stochastic depth, passed only when set: not every timm model takes the argument
+    extra = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    try:
+        return timm.create_model(name, pretrained=hub_weights, num_classes=num_classes, **extra)
+    except TypeError as exc:
+        if not extra:
+            raise
+        raise WorkerError(f"timm model {name} has no stochastic depth ({exc}); "
+                          "leave model.drop_path_rate at 0") from None
 
 
 def openmmlab_state(model: nn.Module, native_backbone: bool, with_head: bool) -> dict[str, torch.Tensor]:
