@@ -76,7 +76,7 @@ def test_a_store_gone_mid_trial_fails_it_with_a_resumable_reason(colour_folder, 
     folder = tmp_path / "store"
     folder.mkdir()
     spec = parse_spec(tiny_space(colour_folder, train={"epochs": 3, "batch_size": 8}))
-    cache = datasets.prepare(str(colour_folder), None, 0.2, 16, tmp_path / "cache")
+    cache = datasets.prepare(datasets.Source(str(colour_folder), None, 0.2), 16, tmp_path / "cache")
     config = dataclasses.replace(resolve(spec, 0, {"lr": 0.05}, tmp_path / "trials", cache),
                                  artifacts=str(folder), artifact_key="ab12")
 

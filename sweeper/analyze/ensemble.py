@@ -157,8 +157,7 @@ def dataset_cache(member: Member, trials_dir: Path, progress=None) -> Path:
     if not cache.is_file():
         cfg = member.config
         where = cache.parent if cache.parent.is_dir() else trials_dir / ".cache"  # another machine's
-        cache = datasets.prepare(cfg.data_root, cfg.data_builtin, cfg.val_fraction, cfg.image_size,
-                                 where, progress)
+        cache = datasets.prepare(datasets.Source.of(cfg), cfg.image_size, where, progress)
     return cache
 
 

@@ -72,8 +72,8 @@ def base_config(study: optuna.Study, first: FrozenTrial, trials_root: Path, file
     config = dataclasses.replace(TrialConfig.from_json(text.decode()), resume_from=None,
                                  artifacts=None, artifact_key=None)
     if not Path(config.data_cache).is_file():  # caches are shared and may have been cleaned
-        cache = datasets.prepare(config.data_root, config.data_builtin, config.val_fraction,
-                                 config.image_size, trials_root / ".cache", progress)
+        cache = datasets.prepare(datasets.Source.of(config), config.image_size, trials_root / ".cache",
+                                 progress)
         config = dataclasses.replace(config, data_cache=str(cache))
     return config
 

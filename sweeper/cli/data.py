@@ -32,17 +32,21 @@ def data_inspect(
     path: Annotated[Optional[Path], typer.Argument(help="Image folder: train/<class>/ and val/<class>/, or <class>/.")] = None,
     builtin: Annotated[Optional[str], typer.Option(help="A built-in dataset instead: digits.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Validation share when the folder has no val/ (as in the space's data.val_fraction).")] = 0.2,
+    test_fraction: Annotated[float, typer.Option(help="Test share split off when there is no test/ (as in data.test_fraction).")] = 0.0,
+    test: Annotated[Optional[Path], typer.Option(help="A test folder of <class>/ folders elsewhere (as in data.test).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="HTML page (default trials/inspect/<name>.html).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Images per class and split, imbalance, sizes, modes, duplicates and unreadable files."""
     from sweeper.data import inspection
-    from sweeper.spec.sweep_spec import BUILTIN_DATASETS
+    from sweeper.spec.data_spec import BUILTIN_DATASETS
 
     if (path is None) == (builtin is None):
         raise SpecError("data inspect", [("", "give an image folder PATH or --builtin digits (one of them)")])
     if not 0 < val_fraction < 1:
         raise SpecError("--val-fraction", [("", f"must be between 0 and 1, got {val_fraction}")])
+    if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise SpecError("--test-fraction", [("", f"must be from 0 to below 1 - val_fraction, got {test_fraction}")])
     if path is not None and not path.is_dir():
         raise SpecError(str(path), [("", "is not a folder; give the image folder (train/<class>/ and "
                                          "val/<class>/, or <class>/ folders)")])
@@ -52,10 +56,11 @@ def data_inspect(
         check_output_dir("--out", Path("trials") / "inspect")
     if builtin is not None:
         check_choice("--builtin", builtin, BUILTIN_DATASETS)
-        result = inspection.inspect_builtin(builtin, val_fraction)
+        result = inspection.inspect_builtin(builtin, val_fraction, test_fraction)
     else:
         with progress_bar("reading image headers") as callback:
-            result = inspection.inspect_folder(path, val_fraction, callback)
+            result = inspection.inspect_folder(path, val_fraction, callback, test_fraction,
+                                               str(test) if test else None)
     target = out or Path("trials") / "inspect" / f"{result.name}.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(inspection.html_report(result), encoding="utf-8")

@@ -56,7 +56,9 @@ def _entry(path: Path) -> Entry | None:
     if src.get("builtin"):
         return Entry(path, CURRENT, src["builtin"], images, _size(path))
     try:
-        name, _ = datasets.cache_name(src["root"], None, src["val_fraction"], src["image_size"])
+        name, _ = datasets.cache_name(datasets.Source(src["root"], None, src["val_fraction"],
+                                                      src.get("test_fraction", 0.0), src.get("test")),
+                                      src["image_size"])
     except DataError as exc:
         return Entry(path, STALE, src["root"], images, _size(path), f"dataset unreadable: {exc}")
     if name != path.name:

@@ -39,6 +39,24 @@ class Listing:
     classes: list[str]
     train: list[tuple[str, int]]  # (path, label)
     val: list[tuple[str, int]]
+    test: list[tuple[str, int]] = ()  # held out: scored once, on the configuration a sweep returns
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which images a study trains, validates and tests on (data.* of the space file)."""
+
+    root: str | None = None
+    builtin: str | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0  # split off for a test split when the data has none
+    test: str | None = None  # data.test: a folder of <class>/* images elsewhere
+
+    @classmethod
+    def of(cls, config) -> "Source":
+        """A TrialConfig's (or anything with the same data fields)."""
+        return cls(config.data_root, config.data_builtin, config.val_fraction,
+                   getattr(config, "test_fraction", 0.0), getattr(config, "data_test", None))
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -54,48 +72,88 @@ def _images_in(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
     ]
 
 
-def _stratified_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(labels: np.ndarray, fraction: float, key: str = "data.val_fraction",
+                      what: str = "train/val") -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
     try:
-        return train_test_split(idx, test_size=val_fraction, random_state=SPLIT_SEED, stratify=labels)
+        return train_test_split(idx, test_size=fraction, random_state=SPLIT_SEED, stratify=labels)
     except ValueError as exc:
-        raise DataError(f"cannot split {len(labels)} images into train/val by val_fraction="
-                        f"{val_fraction}: {exc}; add images or change data.val_fraction") from None
+        raise DataError(f"cannot split {len(labels)} images into {what} by {key.split('.')[-1]}="
+                        f"{fraction}: {exc}; add images or change {key}") from None
 
 
-def list_folder(root: Path, val_fraction: float) -> Listing:
-    """`root/train/<class>/*` + `root/val/<class>/*`, or `root/<class>/*` split by val_fraction."""
+def _split_off_test(labels: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, test) indices: test_fraction of the images, stratified, with the study's seed."""
+    if not test_fraction:
+        return np.arange(len(labels)), np.arange(0)
+    return _stratified_split(labels, test_fraction, "data.test_fraction", "train/test")
+
+
+def list_folder(root: Path, val_fraction: float, test_fraction: float = 0.0, test: str | None = None) -> Listing:
+    """`root/train/<class>/*` + `root/val/<class>/*` (+ `root/test/<class>/*`), or `root/<class>/*`
+    split by val_fraction (and test_fraction). `test` names a test folder elsewhere; with
+    test_fraction and train/val folders the test images come out of train, so that validation
+    (what the sweep selects on) stays as the user made it."""
     if not root.is_dir():
         raise DataError(f"data root {root} not found; pass --data PATH to a folder with "
                         "train/<class>/ and val/<class>/ (or <class>/ folders)")
-    train_dir, val_dir = root / "train", root / "val"
+    train_dir, val_dir, test_dir = root / "train", root / "val", root / "test"
     if train_dir.is_dir() and val_dir.is_dir():
-        classes, val_classes = _class_dirs(train_dir), _class_dirs(val_dir)
-        if classes != val_classes:
-            only_t = sorted(set(classes) - set(val_classes))
-            only_v = sorted(set(val_classes) - set(classes))
-            raise DataError(f"class folders of {train_dir} and {val_dir} differ: only in train: "
-                            f"{', '.join(only_t) or '-'}; only in val: {', '.join(only_v) or '-'}")
-        listing = Listing(classes, _images_in(train_dir, classes), _images_in(val_dir, classes))
+        classes = _class_dirs(train_dir)
+        _same_classes(classes, train_dir, val_dir)
+        train, val = _images_in(train_dir, classes), _images_in(val_dir, classes)
+        kept, held = _split_off_test(np.array([y for _, y in train]), test_fraction)
+        listing = Listing(classes, [train[i] for i in kept], val, [train[i] for i in held])
+        if test is None and test_dir.is_dir():
+            test = str(test_dir)
     else:
         classes = _class_dirs(root)
         everything = _images_in(root, classes)
         if everything:
             labels = np.array([label for _, label in everything])
-            tr, va = _stratified_split(labels, val_fraction)
-            listing = Listing(classes, [everything[i] for i in tr], [everything[i] for i in va])
+            kept, held = _split_off_test(labels, test_fraction)
+            # the share of what is left that makes val_fraction of the whole (all of it without a test split)
+            tr, va = _stratified_split(labels[kept], val_fraction / (1 - test_fraction))
+            listing = Listing(classes, [everything[kept[i]] for i in tr], [everything[kept[i]] for i in va],
+                              [everything[i] for i in held])
         else:
             listing = Listing(classes, [], [])
     if len(listing.classes) < 2:
         raise DataError(f"{root} has {len(listing.classes)} class folder(s); a classifier needs "
                         "at least 2 (layout: train/<class>/*.jpg and val/<class>/*.jpg)")
+    if test is not None:
+        listing = Listing(listing.classes, listing.train, listing.val, _test_folder(Path(test), listing.classes))
     for split, items in (("train", listing.train), ("val", listing.val)):
         if not items:
             raise DataError(f"no images found for {split} under {root} "
                             f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return listing
+
+
+def _same_classes(classes: list[str], train_dir: Path, other: Path) -> None:
+    others = _class_dirs(other)
+    if classes != others:
+        only_t = sorted(set(classes) - set(others))
+        only_o = sorted(set(others) - set(classes))
+        raise DataError(f"class folders of {train_dir} and {other} differ: only in train: "
+                        f"{', '.join(only_t) or '-'}; only in {other.name}: {', '.join(only_o) or '-'}")
+
+
+def _test_folder(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """A test split's images (`<class>/*`); a class train lacks is an error, a class it lacks is not."""
+    if not folder.is_dir():
+        raise DataError(f"test split {folder} not found; data.test must be a folder of <class>/ folders")
+    extra = sorted(set(_class_dirs(folder)) - set(classes))
+    if extra:
+        raise DataError(f"test split {folder} has classes that train lacks: {', '.join(extra)}; "
+                        "remove them or add them to train")
+    items = _images_in(folder, classes)  # a class without a folder there has no test images
+    if not items:
+        raise DataError(f"no images found in the test split {folder} "
+                        f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove it")
+    return items
 
 
 def decode(path: str, side: int) -> np.ndarray:
@@ -113,16 +171,19 @@ def decode(path: str, side: int) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
 
-def digits(val_fraction: float) -> tuple[list[str], list[np.ndarray], np.ndarray, list[np.ndarray], np.ndarray]:
-    """scikit-learn's handwritten digits (1,797 8x8 grayscale images, shipped with it)."""
+def digits(val_fraction: float, test_fraction: float = 0.0) -> tuple[list[str], dict[str, tuple[list[np.ndarray], np.ndarray]]]:
+    """scikit-learn's handwritten digits (1,797 8x8 grayscale images, shipped with it), as
+    {split: (images, labels)} for train, val and test (empty without test_fraction)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     gray = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     rgb = [np.repeat(g[:, :, None], 3, axis=2) for g in gray]
-    tr, va = _stratified_split(digits.target, val_fraction)
-    return ([str(c) for c in digits.target_names], [rgb[i] for i in tr], digits.target[tr],
-            [rgb[i] for i in va], digits.target[va])
+    kept, held = _split_off_test(digits.target, test_fraction)
+    tr, va = _stratified_split(digits.target[kept], val_fraction / (1 - test_fraction))
+    splits = {"train": kept[tr], "val": kept[va], "test": held}
+    return [str(c) for c in digits.target_names], {
+        name: ([rgb[i] for i in idx], digits.target[idx]) for name, idx in splits.items()}
 
 
 def cache_side(image_size: int) -> int:
@@ -135,27 +196,31 @@ def side_of_cache(cache: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _cache_key(source: str, items: list[tuple[str, int]], side: int, val_fraction: float) -> str:
-    """Changes when any image is added, removed, relabelled, resized or touched."""
-    h = hashlib.sha256(f"{source}|{side}|{val_fraction}".encode())
+def _cache_key(source: Source, items: list[tuple[str, int]], side: int) -> str:
+    """Changes when any image is added, removed, relabelled, moved between splits, resized or touched."""
+    h = hashlib.sha256(f"{source.root}|{side}|{source.val_fraction}".encode())
+    if source.test_fraction or source.test:  # studies without a test split keep their caches
+        h.update(f"|{source.test_fraction}|{source.test}".encode())
     for path, label in items:
         st = os.stat(path)
         h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
-def cache_name(root: str | None, builtin: str | None, val_fraction: float, image_size: int) -> tuple[str, Listing | None]:
+def cache_name(source: Source, image_size: int) -> tuple[str, Listing | None]:
     """The cache file name the dataset has now (and its listing, for a folder)."""
-    if builtin:
-        return f"{builtin}-{val_fraction}{image_cache.SUFFIX}", None
+    if source.builtin:
+        test = f"-test{source.test_fraction}" if source.test_fraction else ""
+        return f"{source.builtin}-{source.val_fraction}{test}{image_cache.SUFFIX}", None
     side = cache_side(image_size)
-    listing = list_folder(Path(root), val_fraction)
-    key = _cache_key(root, _keyed_items(listing), side, val_fraction)
-    return f"{Path(root).name}-{side}px-{key}{image_cache.SUFFIX}", listing
+    listing = list_folder(Path(source.root), source.val_fraction, source.test_fraction, source.test)
+    key = _cache_key(source, _keyed_items(listing), side)
+    return f"{Path(source.root).name}-{side}px-{key}{image_cache.SUFFIX}", listing
 
 
 def _keyed_items(listing: Listing) -> list[tuple[str, int]]:
-    return listing.train + [(p, -1 - label) for p, label in listing.val]
+    return (listing.train + [(p, -1 - label) for p, label in listing.val]
+            + [(p, -10_000_000 - label) for p, label in listing.test])
 
 
 def _decoded(paths: list[str], side: int, progress: Callable[[int, int], None] | None) -> Iterator[np.ndarray]:
@@ -188,30 +253,28 @@ def _usable(path: Path) -> bool:
         return False
 
 
-def prepare(
-    root: str | None,
-    builtin: str | None,
-    val_fraction: float,
-    image_size: int,
-    cache_dir: Path,
-    progress: Callable[[int, int], None] | None = None,
-) -> Path:
+def prepare(source: Source, image_size: int, cache_dir: Path,
+            progress: Callable[[int, int], None] | None = None) -> Path:
     """Decode the dataset once into a cache file (reused when present and intact); returns its path."""
-    name, listing = cache_name(root, builtin, val_fraction, image_size)
+    name, listing = cache_name(source, image_size)
     path = cache_dir / name
-    source = {"root": str(Path(root).resolve()) if root else None, "builtin": builtin,
-              "val_fraction": val_fraction, "image_size": image_size}
+    described = {"root": str(Path(source.root).resolve()) if source.root else None, "builtin": source.builtin,
+                 "val_fraction": source.val_fraction, "image_size": image_size,
+                 "test_fraction": source.test_fraction, "test": source.test}
     if listing is not None and not split_path(path).exists():
-        _write_split(split_path(path), Path(root), listing)
+        _write_split(split_path(path), Path(source.root), listing)
     if _usable(path):
         return path
-    if builtin:
-        classes, tr_x, tr_y, va_x, va_y = digits(val_fraction)
-        image_cache.write(path, classes, tr_x + va_x, [*tr_y, *va_y], len(tr_x), source)
+    if source.builtin:
+        classes, splits = digits(source.val_fraction, source.test_fraction)
+        (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = splits["train"], splits["val"], splits["test"]
+        image_cache.write(path, classes, tr_x + va_x + te_x, [*tr_y, *va_y, *te_y], len(tr_x), described,
+                          n_val=len(va_x))
         return path
-    items = listing.train + listing.val
+    items = listing.train + listing.val + list(listing.test)
     images = _decoded([p for p, _ in items], cache_side(image_size), progress)
-    image_cache.write(path, listing.classes, images, [y for _, y in items], len(listing.train), source)
+    image_cache.write(path, listing.classes, images, [y for _, y in items], len(listing.train), described,
+                      n_val=len(listing.val))
     return path
 
 
@@ -227,7 +290,7 @@ def _write_split(path: Path, root: Path, listing: Listing) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"root": str(root), "classes": listing.classes,
-                               "train": rel(listing.train), "val": rel(listing.val)}))
+                               "train": rel(listing.train), "val": rel(listing.val), "test": rel(listing.test)}))
     tmp.replace(path)
 
 

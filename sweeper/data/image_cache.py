@@ -6,8 +6,8 @@ Layout (little-endian):
     [8:16)   offset of the index (0 while the file is being written)
     [16:24)  length of the index
     [24:32)  crc32 of the pixel bytes
-    [32:...) pixels: every image's HWC uint8 bytes, packed back to back (train, then val)
-    [index)  JSON: classes, labels, offsets, shapes, the source it was decoded from
+    [32:...) pixels: every image's HWC uint8 bytes, packed back to back (train, val, then test)
+    [index)  JSON: classes, labels, offsets, shapes, n_train, n_val, the source it was decoded from
 
 Pages of a memory-mapped file are shared by every process that maps it, so K workers hold one
 copy, not K, and a worker "loads" the cache in milliseconds. The writer streams images to disk
@@ -38,8 +38,9 @@ class CacheCorrupt(Exception):
 
 
 def write(path: Path, classes: list[str], images: Iterable[np.ndarray], labels: list[int],
-          n_train: int, source: dict) -> None:
-    """Stream `images` (HWC uint8, train first) into `path`, atomically (a reader never sees half)."""
+          n_train: int, source: dict, n_val: int | None = None) -> None:
+    """Stream `images` (HWC uint8: train, val, test) into `path`, atomically (a reader never sees
+    half); n_val None: all after train are val."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     offsets, shapes, crc = [], [], 0
@@ -59,7 +60,9 @@ def write(path: Path, classes: list[str], images: Iterable[np.ndarray], labels: 
                 pos += len(raw)
             if len(offsets) != len(labels):
                 raise ValueError(f"{len(offsets)} images but {len(labels)} labels")
-            index = json.dumps({"classes": list(classes), "n_train": n_train, "labels": list(map(int, labels)),
+            n_val = len(offsets) - n_train if n_val is None else n_val
+            index = json.dumps({"classes": list(classes), "n_train": n_train, "n_val": n_val,
+                                "labels": list(map(int, labels)),
                                 "offsets": offsets, "shapes": shapes, "source": source}).encode()
             f.write(index)
             f.seek(0)
@@ -84,7 +87,9 @@ def _read_index(path: Path) -> tuple[dict, int, int]:
     offsets = np.asarray(index.get("offsets", []), dtype=np.int64)
     shapes = np.asarray(index.get("shapes", []), dtype=np.int64).reshape(-1, 3)
     n = len(offsets)
+    n_val = index.setdefault("n_val", n - index.get("n_train", 0))  # caches before test splits: none
     if (len(shapes) != n or len(index.get("labels", [])) != n or not 0 <= index.get("n_train", -1) <= n
+            or not 0 <= n_val <= n - index["n_train"]
             or (n and (offsets[0] != HEADER.size or offsets[-1] + shapes[-1].prod() != index_at
                        or np.any(offsets[1:] != offsets[:-1] + shapes[:-1].prod(axis=1))))):
         raise CacheCorrupt(f"{path.name}: the index does not match the pixel data")
@@ -111,8 +116,8 @@ def verify(path: Path) -> None:
 def describe(path: Path) -> dict:
     """What `sweeper cache list` shows of one file (its index, without the pixels)."""
     index, _, _ = _read_index(path)
-    return {"classes": len(index["classes"]), "train": index["n_train"],
-            "val": len(index["offsets"]) - index["n_train"], "source": index["source"]}
+    return {"classes": len(index["classes"]), "train": index["n_train"], "val": index["n_val"],
+            "test": len(index["offsets"]) - index["n_train"] - index["n_val"], "source": index["source"]}
 
 
 class PackedImages:
@@ -156,6 +161,7 @@ class ImageCache:
     train: Split
     val: Split
     source: dict
+    test: Split  # empty without a test split
 
 
 def open_cache(path: Path) -> ImageCache:
@@ -165,9 +171,10 @@ def open_cache(path: Path) -> ImageCache:
     offsets = np.asarray(index["offsets"], dtype=np.int64)
     shapes = np.asarray(index["shapes"], dtype=np.int64).reshape(-1, 3)
     labels = np.asarray(index["labels"], dtype=np.int64)
-    n = index["n_train"]
+    n, v = index["n_train"], index["n_val"]
 
     def split(sl: slice) -> Split:
         return Split(PackedImages(path, offsets[sl], shapes[sl]), labels[sl])
 
-    return ImageCache(index["classes"], split(slice(0, n)), split(slice(n, None)), index["source"])
+    return ImageCache(index["classes"], split(slice(0, n)), split(slice(n, n + v)), index["source"],
+                      split(slice(n + v, None)))

@@ -42,11 +42,16 @@ class Inspection:
         return max(counts) / min(counts) if min(counts) > 0 else None
 
     def duplicate_kinds(self) -> dict[str, int]:
+        """Groups of identical files within one split, and across two (or three) splits: a test
+        image that is also a train image measures memory, not generalisation."""
+        order = list(self.counts)
         kinds = Counter()
         for group in self.duplicates:
-            splits = {s for _, s in group}
-            kinds["across train and val" if len(splits) > 1 else f"within {splits.pop()}"] += 1
-        return {k: kinds.get(k, 0) for k in ("within train", "within val", "across train and val")}
+            splits = sorted({s for _, s in group}, key=order.index)
+            kinds[f"across {' and '.join(splits)}" if len(splits) > 1 else f"within {splits[0]}"] += 1
+        names = [f"within {s}" for s in order] + [f"across {a} and {b}" for i, a in enumerate(order)
+                                                  for b in order[i + 1:]]
+        return {k: kinds.get(k, 0) for k in names + sorted(set(kinds) - set(names))}
 
     def to_json(self) -> dict:
         sizes = [(w, h) for w, h, _ in self.sizes]
@@ -100,12 +105,14 @@ def _duplicates(files: list[tuple[str, str]], key: Callable[[str], str], size: C
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0][0])
 
 
-def inspect_folder(root: Path, val_fraction: float, progress: Callable[[int, int], None] | None = None) -> Inspection:
-    listing = datasets.list_folder(root, val_fraction)
+def inspect_folder(root: Path, val_fraction: float, progress: Callable[[int, int], None] | None = None,
+                   test_fraction: float = 0.0, test: str | None = None) -> Inspection:
+    listing = datasets.list_folder(root, val_fraction, test_fraction, test)
     n = len(listing.classes)
     result = Inspection(root.name, listing.classes, {})
     files = []
-    for split, items in (("train", listing.train), ("val", listing.val)):
+    splits = [("train", listing.train), ("val", listing.val)] + ([("test", listing.test)] if listing.test else [])
+    for split, items in splits:
         result.counts[split] = np.bincount([y for _, y in items], minlength=n).tolist()
         files += [(p, split) for p, _ in items]
     readable = []
@@ -125,12 +132,12 @@ def inspect_folder(root: Path, val_fraction: float, progress: Callable[[int, int
     return result
 
 
-def inspect_builtin(name: str, val_fraction: float) -> Inspection:
-    classes, tr_x, tr_y, va_x, va_y = datasets.digits(val_fraction)
+def inspect_builtin(name: str, val_fraction: float, test_fraction: float = 0.0) -> Inspection:
+    classes, splits = datasets.digits(val_fraction, test_fraction)
     n = len(classes)
-    result = Inspection(name, classes, {"train": np.bincount(tr_y, minlength=n).tolist(),
-                                        "val": np.bincount(va_y, minlength=n).tolist()})
-    images = [(x, "train", i) for i, x in enumerate(tr_x)] + [(x, "val", i) for i, x in enumerate(va_x)]
+    splits = {s: xy for s, xy in splits.items() if s != "test" or test_fraction}
+    result = Inspection(name, classes, {s: np.bincount(y, minlength=n).tolist() for s, (_, y) in splits.items()})
+    images = [(x, s, i) for s, (xs, _) in splits.items() for i, x in enumerate(xs)]
     result.sizes = [(x.shape[1], x.shape[0], s) for x, s, _ in images]
     result.modes["grayscale"] = len(images)
     index = {f"{s}[{i}]": x for x, s, i in images}
@@ -143,11 +150,11 @@ def inspect_builtin(name: str, val_fraction: float) -> Inspection:
 def text_report(r: Inspection) -> str:
     width = max(12, *(len(c) for c in r.classes))
     totals = {s: sum(c) for s, c in r.counts.items()}
-    lines = [f"{r.name}: {len(r.classes)} classes, {totals['train']} train / {totals['val']} val images",
-             f"{'class':<{width}} {'train':>7} {'val':>7}"]
+    lines = [f"{r.name}: {len(r.classes)} classes, " + " / ".join(f"{n} {s}" for s, n in totals.items()) + " images",
+             f"{'class':<{width}} " + " ".join(f"{s:>7}" for s in r.counts)]
     for i, c in enumerate(r.classes):
-        lines.append(f"{c:<{width}} {r.counts['train'][i]:>7} {r.counts['val'][i]:>7}")
-    for split in ("train", "val"):
+        lines.append(f"{c:<{width}} " + " ".join(f"{counts[i]:>7}" for counts in r.counts.values()))
+    for split in r.counts:
         ratio = r.imbalance(split)
         counts = r.counts[split]
         big, small = int(np.argmax(counts)), int(np.argmin(counts))

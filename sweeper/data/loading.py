@@ -68,15 +68,39 @@ def iters_per_epoch(train_images: int, batch_size: int) -> int:
     return -(-train_images // batch_size)
 
 
+class ShuffledBatches(torch.utils.data.Sampler):
+    """RandomSampler + BatchSampler in one that can start an epoch part-way: a trial resumed
+    after a mid-epoch validation skips the batches it trained without loading them (loading
+    would draw augmentation randomness). One permutation per epoch from the loader's generator."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, generator: torch.Generator):
+        self.n, self.batch_size, self.drop_last, self.generator = n, batch_size, drop_last, generator
+        self.skip = 0  # batches to skip at the start of the next epoch only
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        skip, self.skip = self.skip, 0
+        for i in range(skip, len(self)):
+            yield order[i * self.batch_size:(i + 1) * self.batch_size]
+
+
 @dataclass
 class Loaders:
     classes: list[str]
     train: torch.utils.data.DataLoader
     val: torch.utils.data.DataLoader
+    test: torch.utils.data.DataLoader | None  # None without a test split
     normalize: Normalize  # uint8 batch on the host -> the model's input on the device
     num_workers: int
     generator: torch.Generator  # orders the train data; saved and restored with a resume state
     note: str | None = None  # why there are fewer loader processes than asked for
+
+    @property
+    def batches(self) -> ShuffledBatches:
+        return self.train.batch_sampler
 
 
 def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> Loaders:
@@ -85,6 +109,10 @@ def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> 
         config.augment_ops, config.image_size, config.mean, config.num_ops, config.magnitude,
         config.magnitude_std))
     val_set = datasets.CachedImages(cache.val, eval_transform(config.image_size))
+    # the test split is loaded only to record curves (benchmarks/curves.py); a sweep scores its
+    # answer on it once, at the end (analyze/test_score.py)
+    test_set = (datasets.CachedImages(cache.test, eval_transform(config.image_size))
+                if config.record_test and len(cache.test.labels) else None)
     host_workers = max(share.workers(), int(os.environ.get(HOST_SLOTS_ENV, "1")))
     wanted = loader_workers(config.num_workers, device, share.cores, host_workers)
     # uint8 batches: the larger of the train and val loaders' (see below)
@@ -99,9 +127,10 @@ def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> 
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                   prefetch_factor=PREFETCH if workers else None)  # no re-fork of loader processes each epoch
     generator = torch.Generator().manual_seed(config.seed)
-    train = torch.utils.data.DataLoader(
-        train_set, config.batch_size, shuffle=True, generator=generator,
-        drop_last=drops_last_batch(len(train_set), config.batch_size), **common)
+    batches = ShuffledBatches(len(train_set), config.batch_size,
+                              drops_last_batch(len(train_set), config.batch_size), generator)
+    train = torch.utils.data.DataLoader(train_set, batch_sampler=batches, generator=generator, **common)
     val = torch.utils.data.DataLoader(val_set, max(config.batch_size, 64), **common)
-    return Loaders(cache.classes, train, val, Normalize(config.mean, config.std, device), workers, generator,
-                   note)
+    test = None if test_set is None else torch.utils.data.DataLoader(test_set, max(config.batch_size, 64), **common)
+    return Loaders(cache.classes, train, val, test, Normalize(config.mean, config.std, device), workers,
+                   generator, note)

@@ -62,6 +62,12 @@ def ema_decay(v: Any) -> str | None:
     return f"must be 0 (no EMA) or a number between 0 and 1, e.g. 0.9998; got {v!r}"
 
 
+def fraction_of_epoch(v: Any) -> str | None:
+    if _is_number(v) and 0 < v <= 1 and abs(1 / v - round(1 / v)) < 1e-9 and round(1 / v) <= 8:
+        return None
+    return f"must be 1 (once an epoch) or 1/k of an epoch, e.g. 0.5 (twice an epoch); got {v!r}"
+
+
 def milestones(v: Any) -> str | None:
     if (
         isinstance(v, list)
@@ -152,6 +158,8 @@ KNOBS: tuple[Knob, ...] = (
        "EMA of the weights (timm ModelEmaV3, mmcls EMAHook with momentum 1 - decay); validation "
        "and the checkpoint use the EMA weights. 0: off"),
     _k("seed", "train.seed", 0, int_at_least(0), "int", "random seed of the trial"),
+    _k("eval_every", "train.eval_every", 1.0, fraction_of_epoch, "float",
+       "validate every this many epochs: 1, or 1/k (0.5: also after half of each epoch's steps)"),
     _k("precision", "train.precision", "auto", one_of("auto", "bf16", "fp16", "fp32"), "other",
        "auto: bf16 autocast on GPUs from sm_80 and CPUs with native bf16, fp16 with a loss scaler on "
        "older GPUs, else fp32"),

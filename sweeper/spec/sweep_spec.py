@@ -20,6 +20,7 @@ from sweeper.search.strategies import (
     create_sampler,
     parse_named,
 )
+from sweeper.spec.data_spec import DATA_KEYS, DataSpec, parse_data
 from sweeper.spec.budget import Recheck, check_fits, parse_budget, parse_recheck, recheck_epochs
 from sweeper.spec.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS
 from sweeper.spec.policies import BUILTIN_POLICIES, OPERATIONS
@@ -28,22 +29,12 @@ from sweeper.spec.space_yaml import as_number, did_you_mean, parse_enqueue, pars
 from sweeper.spec.tracking import parse_section
 
 OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
-BUILTIN_DATASETS = ("digits",)
 TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue", "logging")
-DATA_KEYS = ("root", "builtin", "val_fraction", "num_workers")
 SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget", "recheck")
 VALUE_MODES = ("last", "best")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 Problems = list[tuple[str, str]]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    root: Path | None = None  # ImageFolder root (absolute), or None for a built-in dataset
-    builtin: str | None = None
-    val_fraction: float = 0.2  # used when root has no val/ folder, and for built-ins
-    num_workers: int | str = "auto"  # loader processes per trial (data/loading.py)
 
 
 @dataclass(frozen=True)
@@ -158,30 +149,6 @@ def _walk_fixed(raw: dict, prefix: tuple[str, ...], fixed: dict, problems: Probl
                 problems.append((dotted, "must be a mapping"))
         else:
             problems.append((dotted, did_you_mean(str(key), sorted(children))))
-
-
-def _parse_data(raw: Any, problems: Problems) -> DataSpec:
-    if raw is None:
-        raw = {}
-    root, builtin = raw.get("root"), raw.get("builtin")
-    if root is not None and builtin is not None:
-        problems.append(("data", "give data.root (an image folder) or data.builtin, not both"))
-    if root is None and builtin is None:
-        problems.append(("data.root", "missing: give an image folder (root/train/<class>/*, "
-                                      "root/val/<class>/*) or data.builtin: digits"))
-    if builtin is not None and builtin not in BUILTIN_DATASETS:
-        problems.append(("data.builtin", f"unknown {builtin!r}; valid: {', '.join(BUILTIN_DATASETS)}"))
-    vf = raw.get("val_fraction", 0.2)
-    if not isinstance(vf, (int, float)) or not 0 < vf < 1:
-        problems.append(("data.val_fraction", f"must be a number between 0 and 1, got {vf!r}"))
-    nw = raw.get("num_workers", "auto")
-    if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
-        problems.append(("data.num_workers", f"must be auto or an integer >= 0, got {nw!r}"))
-    return DataSpec(
-        root=Path(root).expanduser().resolve() if isinstance(root, str) else None,
-        builtin=builtin if isinstance(builtin, str) else None,
-        val_fraction=vf, num_workers=nw,
-    )
 
 
 def _parse_policies(raw: Any, problems: Problems) -> dict[str, tuple[str, ...] | None]:
@@ -299,7 +266,7 @@ def _parse_fixed(raw: dict, data_root: str | None, problems: Problems
             problems.append((section, "must be a mapping"))
             continue
         _walk_fixed(value, (section,), fixed_raw, problems)
-    data = _parse_data(raw_data if isinstance(raw_data, dict) else {}, problems)
+    data = parse_data(raw_data if isinstance(raw_data, dict) else {}, problems)
     for name, (path, value) in fixed_raw.items():
         if (msg := BY_NAME[name].check(value)) is not None:
             problems.append((path, msg))

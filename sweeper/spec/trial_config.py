@@ -75,6 +75,10 @@ class TrialConfig:
     artifacts: str | None = None  # the artifact store every file is uploaded to (artifacts.py)
     artifact_key: str | None = None  # this trial's files there are <key>-<filename>
     logging: tuple[str, ...] = ()  # trackers the worker writes to (spec/tracking.py); a list once read from JSON
+    eval_every: float = 1.0  # validate every this many epochs (1/k: k times an epoch)
+    test_fraction: float = 0.0  # the data's test split (data/datasets.py Source)
+    data_test: str | None = None
+    record_test: bool = False  # score the test split at every validation: for recorded curves only
 
     @property
     def mixes(self) -> bool:
@@ -124,6 +128,8 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
         data_root=str(spec.data.root) if spec.data.root else None,
         data_builtin=spec.data.builtin,
         val_fraction=spec.data.val_fraction,
+        test_fraction=spec.data.test_fraction,
+        data_test=str(spec.data.test) if spec.data.test else None,
         num_workers=spec.data.num_workers,
         data_cache=str(data_cache),
         augment_ops=list(ops) if ops is not None else None,

@@ -23,8 +23,9 @@ from sweeper.train import model as models
 
 def check_data(spec: SweepSpec) -> list[str]:
     """The dataset's classes, before anything is written; an objective they cannot rank is an error."""
-    classes = (datasets.list_folder(spec.data.root, spec.data.val_fraction).classes
-               if spec.data.root is not None else datasets.BUILTIN_CLASSES[spec.data.builtin])
+    d = data_source(spec)
+    classes = (datasets.list_folder(Path(d.root), d.val_fraction, d.test_fraction, d.test).classes
+               if d.root is not None else datasets.BUILTIN_CLASSES[d.builtin])
     if spec.search.objective == "val_top5" and len(classes) <= 5:
         raise SpecError(spec.source, [("search.objective", f"val_top5 is always 1.0 with "
                                        f"{len(classes)} classes; use val_acc or val_balanced_acc")])
@@ -61,9 +62,13 @@ def max_image_size(spec: SweepSpec) -> int:
 
 def prepare_data(spec: SweepSpec, trials_root: Path, progress=None) -> Path:
     """Decode the dataset once, at the largest image size any trial asks for."""
-    return datasets.prepare(
-        str(spec.data.root) if spec.data.root else None, spec.data.builtin, spec.data.val_fraction,
-        max_image_size(spec), trials_root / ".cache", progress)
+    return datasets.prepare(data_source(spec), max_image_size(spec), trials_root / ".cache", progress)
+
+
+def data_source(spec: SweepSpec) -> datasets.Source:
+    d = spec.data
+    return datasets.Source(str(d.root) if d.root else None, d.builtin, d.val_fraction, d.test_fraction,
+                           str(d.test) if d.test else None)
 
 
 def _hub_reachable() -> bool:

@@ -1,4 +1,5 @@
-"""What validation measures after each epoch, and which epoch's weights a trial keeps."""
+"""What validation measures after each epoch (and part-way through one), and which epoch's
+weights a trial keeps."""
 
 from __future__ import annotations
 
@@ -37,6 +38,22 @@ def evaluate(model: nn.Module, loader, normalize: Normalize, amp: Amp, num_class
         "val_balanced_acc": float((per_class_hits[present] / per_class_total[present]).mean()),
         "val_top5": correct_k / n,
     }
+
+
+def validation_steps(steps: int, eval_every: float) -> dict[int, float]:
+    """The steps of an epoch after which validation runs (1/eval_every evenly spaced points, the
+    last at the epoch's end), each with the fraction of the epoch it stands for."""
+    k = round(1 / eval_every)
+    return {round(steps * j / k): j / k for j in range(k, 0, -1) if round(steps * j / k) > 0}
+
+
+def scores(model: nn.Module, loaders, amp: Amp, num_classes: int) -> dict[str, float]:
+    """Validation's metrics; with a recorded test split, the same metrics on it (test_*)."""
+    out = evaluate(model, loaders.val, loaders.normalize, amp, num_classes)
+    if loaders.test is not None:
+        test = evaluate(model, loaders.test, loaders.normalize, amp, num_classes)
+        out.update({"test" + k[3:]: v for k, v in test.items()})
+    return out
 
 
 class Chosen:

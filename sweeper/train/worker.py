@@ -34,7 +34,8 @@ from sweeper.train import model as models
 from sweeper.train import regularizers
 from sweeper.train import resume
 from sweeper.train.device import Amp
-from sweeper.train.evaluation import Chosen, evaluate
+from sweeper.train.evaluation import Chosen, scores, validation_steps
+from sweeper.train.position import Position, restore, save_resume_state
 from sweeper.train.schedule import LrSchedule, set_lr
 from sweeper.train.tracking import EpochCurves
 from sweeper.train.uploads import Uploads
@@ -43,6 +44,7 @@ Report = Callable[[dict[str, Any]], bool]  # an event -> True to go on training
 LOG_EVERY = 20  # steps between log lines, as in the user's mmcls logs
 METRIC_FIELDS = ["epoch", "train_loss", "val_acc", "val_balanced_acc", "val_top5", "lr",
                  "seconds", "images_per_s"]
+TEST_FIELDS = ["test_acc", "test_balanced_acc", "test_top5"]  # with record_test
 
 
 GPU_THREADS = 2  # a GPU worker's own threads: the step runs on the GPU, loaders take the cores
@@ -134,8 +136,9 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     steps = len(train_loader)
     lr_at = LrSchedule.from_config(config, steps)
     chosen = Chosen(config.value)
-    # the metrics of every finished epoch, earlier attempts' too
-    done = restore(config, model, optimizer, chosen, amp, loaders.generator, ema)
+    # the metrics of every finished epoch, earlier attempts' too; where in an epoch training stopped
+    done, at = restore(config, model, optimizer, chosen, amp, loaders.generator, ema)
+    eval_steps = validation_steps(steps, config.eval_every)
 
     report({"event": "start", "classes": classes, "device": str(device), "precision": precision,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_sharing": sharing,
@@ -143,17 +146,20 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             "loader_workers": loaders.num_workers, "loader_note": loaders.note})
     if done:  # the orchestrator carries these epochs' values over, so the pruner sees the whole curve
         report({"event": "resumed", "records": done})
+    fields = METRIC_FIELDS + (TEST_FIELDS if loaders.test is not None else [])
     with open(out / "log.txt", "a") as log, open(out / "metrics.csv", "w", newline="") as mf, \
             EpochCurves(config, done, log) as curves:
-        metrics = csv.DictWriter(mf, METRIC_FIELDS)
+        metrics = csv.DictWriter(mf, fields, extrasaction="ignore")
         metrics.writeheader()
-        for record in done:
-            metrics.writerow({k: record[k] for k in METRIC_FIELDS})
+        for record in at.evals:
+            metrics.writerow(record)
         print(f"trial {config.number}: {config.model} on {device} ({precision}), "
               f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, {len(classes)} classes, "
               f"params {json.dumps(config.params)}", file=log, flush=True)
-        first = len(done)  # the first epoch this process trains
-        if first:
+        first = len(done)  # the first epoch this process trains (or finishes)
+        if at.step:
+            print(f"Resumed after step {at.step} of epoch {first + 1} from {config.resume_from}", file=log, flush=True)
+        elif first:
             print(f"Resumed after epoch {first} from {config.resume_from}", file=log, flush=True)
         if share:
             print(share.describe(), file=log, flush=True)
@@ -162,6 +168,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
         if ema is not None:
             print(f"Validation and the checkpoint use the EMA of the weights (decay {config.ema_decay})",
                   file=log, flush=True)
+        first_step = at.step
         for epoch in range(first, config.epochs):
             if fault == "slow" and epoch:
                 time.sleep(2.0)  # test hook: a window between epochs to strike in
@@ -169,10 +176,15 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                 print(share.describe(), file=log, flush=True)
             models.train_mode(model, frozen)
             phase.now = "training step"
-            start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            seen = 0
-            for step, (x, y) in enumerate(train_loader):
+            if epoch > first or not at.step:  # a fresh epoch
+                at = Position(epoch, 0, loaders.generator.get_state(), 0.0, 0, 0.0, at.evals)
+            else:  # part-way: the same permutation as the interrupted epoch, its trained batches skipped
+                loaders.generator.set_state(at.epoch_start_rng)
+                loaders.batches.skip = at.step
+            start = time.perf_counter() - at.seconds
+            loss_sum = torch.tensor(at.loss_sum, device=device)
+            seen = at.seen
+            for step, (x, y) in enumerate(train_loader, start=at.step):
                 set_lr(optimizer, lr_at, epoch, epoch * steps + step)
                 lr = optimizer.param_groups[0]["lr"]  # the head's
                 x = normalize(x)
@@ -184,7 +196,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                     ema.update(model)
                 loss_sum += loss.detach() * len(y)
                 seen += len(y)
-                if epoch == first and step == 0:
+                if epoch == first and step == first_step:
                     report({"event": "first_step"})
                 if share and share.maybe_apply():  # another worker started or ended
                     print(share.describe(), file=log, flush=True)
@@ -193,6 +205,22 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                     print(f"Epoch:[{epoch + 1:3d}/{config.epochs:3d}], step:[{step + 1:5d}/{steps:5d}], "
                           f"loss:[{loss.item():.3f}/{loss_sum.item() / seen:.3f}], time:{ms:.1f} ms, "
                           f"lr:{lr:.5f}", file=log, flush=True)
+                if step + 1 in eval_steps and step + 1 < steps:  # part-way through the epoch
+                    phase.now = "validation"
+                    scored = regularizers.validated(model, ema)
+                    record = {"epoch": epoch + eval_steps[step + 1], "train_loss": loss_sum.item() / seen,
+                              **scores(scored, loaders, amp, len(classes)), "lr": lr,
+                              "seconds": time.perf_counter() - start, "images_per_s": seen / (time.perf_counter() - start)}
+                    metrics.writerow(record)
+                    mf.flush()
+                    print(f"Epoch {record['epoch']:g}: val acc {record['val_acc']:.4f}", file=log, flush=True)
+                    at = Position(epoch, step + 1, at.epoch_start_rng, loss_sum.item(), seen,
+                                  time.perf_counter() - start, at.evals + [record])
+                    phase.now = "saving the resume state"
+                    save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema, at)
+                    report({"event": "eval", **record})
+                    models.train_mode(model, frozen)
+                    phase.now = "training step"
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 print(f"Epoch {epoch + 1}: non-finite loss ({train_loss}); stopping", file=log, flush=True)
@@ -203,17 +231,18 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             if fault == "oom_val":
                 raise_fault("oom")
             scored = regularizers.validated(model, ema)
-            val = evaluate(scored, val_loader, normalize, amp, len(classes))
+            val = scores(scored, loaders, amp, len(classes))
             record = {"epoch": epoch + 1, "train_loss": train_loss, **val, "lr": lr,
                       "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds}
-            metrics.writerow({k: record[k] for k in METRIC_FIELDS})
+            metrics.writerow(record)
             mf.flush()
             print(epoch_line(record, ms), file=log, flush=True)
             chosen.offer(epoch + 1, val[config.objective], scored)
-            done.append(record)
+            done.append({k: record[k] for k in METRIC_FIELDS})
+            at = Position(epoch + 1, 0, None, 0.0, 0, 0.0, at.evals + [record])
             curves.epoch(record)  # TensorBoard, if asked for (train/tracking.py)
             phase.now = "saving the resume state"
-            saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema)
+            saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema, at)
             print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
             uploads.check()  # the previous epoch's uploads, which overlapped this one
             uploads.submit(resume.RESUME, "metrics.csv", "log.txt")
@@ -238,21 +267,6 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.scaled_lr, weight_decay=config.weight_decay)
 
 
-def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
-            amp: Amp, generator: torch.Generator, ema) -> list[dict[str, Any]]:
-    """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics."""
-    if not config.resume_from:
-        return []
-    state = resume.load(config.resume_from, config.artifacts)
-    model.load_state_dict(state["model"])
-    regularizers.load_ema_state(ema, state.get("ema"))
-    optimizer.load_state_dict(state["optimizer"])
-    chosen.value, chosen.epoch, chosen.state = state["chosen"]
-    amp.load_state_dict(state.get("scaler"))
-    resume.restore_rng(state["rng"], generator)
-    return state["metrics"]
-
-
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, amp: Amp,
                x: torch.Tensor, y: torch.Tensor, fault: str | None) -> torch.Tensor:
     """One optimizer step; returns the batch's loss."""
@@ -269,18 +283,6 @@ def epoch_line(record: dict[str, Any], ms: float) -> str:
             f"avg loss {record['train_loss']:.4f}, {record['images_per_s']:.0f} images/s, "
             f"val acc {record['val_acc']:.4f}, balanced {record['val_balanced_acc']:.4f}, "
             f"top5 {record['val_top5']:.4f}")
-
-
-def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
-                      amp: Amp, done: list[dict[str, Any]], generator: torch.Generator, ema=None) -> float:
-    """resume.pt after an epoch (see resume.py); returns the seconds it took."""
-    saving = time.perf_counter()
-    resume.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "ema": regularizers.ema_state(ema),
-                      "chosen": (chosen.value, chosen.epoch, chosen.state), "metrics": done,
-                      "scaler": amp.state_dict(),
-                      "rng": resume.rng_states(generator)})
-    return time.perf_counter() - saving
 
 
 def save_checkpoint(state: dict[str, torch.Tensor], classes: list[str], config: TrialConfig,

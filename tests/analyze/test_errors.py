@@ -71,7 +71,7 @@ def planted(tmp_path_factory, colour_folder):
     (failed); study `bare`: its best trial kept no checkpoint."""
     root = tmp_path_factory.mktemp("errs")
     spec = parse_spec(tiny_space(colour_folder, study="errs", model={"name": "test_resnet", "pretrained": False}))
-    cache = datasets.prepare(str(colour_folder), None, spec.data.val_fraction, 16, root / ".cache")
+    cache = datasets.prepare(datasets.Source(str(colour_folder), None, spec.data.val_fraction), 16, root / ".cache")
     data = datasets.load(cache)
     configs = [resolve(spec, n, {"lr": 0.01}, root / "trials", cache) for n in range(2)]
     configs[0] = dataclasses.replace(configs[0], ema_decay=0.999)  # its checkpoint: EMA weights

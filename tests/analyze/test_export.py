@@ -118,7 +118,7 @@ def test_a_val_fraction_split_is_exported_as_the_file_lists_the_sweep_used(tmp_p
     from sweeper.testing import make_image_folder
 
     root = make_image_folder(tmp_path / "flat", classes=3, per_class=10, split=False)
-    cache = datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    cache = datasets.prepare(datasets.Source(str(root), None, 0.3), 16, tmp_path / "cache")
     listing = datasets.list_folder(root, 0.3)
     doc = tiny_space(root, data={"root": str(root), "image_size": 16, "val_fraction": 0.3}, space=None)
     config = resolve(parse_spec(doc), 0, {}, tmp_path / "trials", cache)

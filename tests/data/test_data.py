@@ -11,7 +11,7 @@ from sweeper.testing import make_image_folder
 
 
 def test_folder_with_train_and_val_decodes_every_mode_to_rgb(colour_folder, tmp_path):
-    path = datasets.prepare(str(colour_folder), None, 0.2, 16, tmp_path)
+    path = datasets.prepare(datasets.Source(str(colour_folder), None, 0.2), 16, tmp_path)
     d = datasets.load(path)
     assert d.classes == ["class_0", "class_1", "class_2"]
     assert len(d.train.images) == 60 and len(d.val.images) == 30
@@ -22,11 +22,11 @@ def test_folder_with_train_and_val_decodes_every_mode_to_rgb(colour_folder, tmp_
 
 
 def test_cache_is_reused_and_keyed_by_size(colour_folder, tmp_path):
-    first = datasets.prepare(str(colour_folder), None, 0.2, 16, tmp_path)
+    first = datasets.prepare(datasets.Source(str(colour_folder), None, 0.2), 16, tmp_path)
     mtime = first.stat().st_mtime_ns
-    assert datasets.prepare(str(colour_folder), None, 0.2, 16, tmp_path) == first
+    assert datasets.prepare(datasets.Source(str(colour_folder), None, 0.2), 16, tmp_path) == first
     assert first.stat().st_mtime_ns == mtime
-    assert datasets.prepare(str(colour_folder), None, 0.2, 64, tmp_path) != first
+    assert datasets.prepare(datasets.Source(str(colour_folder), None, 0.2), 64, tmp_path) != first
 
 
 def test_single_folder_is_split_stratified_by_val_fraction(tmp_path):
@@ -39,7 +39,7 @@ def test_single_folder_is_split_stratified_by_val_fraction(tmp_path):
 
 
 def test_builtin_digits(tmp_path):
-    d = datasets.load(datasets.prepare(None, "digits", 0.2, 16, tmp_path))
+    d = datasets.load(datasets.prepare(datasets.Source(None, "digits", 0.2), 16, tmp_path))
     assert d.classes == [str(i) for i in range(10)]
     assert len(d.train.images) + len(d.val.images) == 1797
     assert d.train.images[0].shape == (8, 8, 3)
@@ -71,7 +71,7 @@ def test_unreadable_image_is_named(tmp_path):
     bad = root / "train" / "class_1" / "broken.jpg"
     bad.write_bytes(b"not a jpeg at all")
     with pytest.raises(DataError, match="cannot read image .*broken.jpg"):
-        datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+        datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
 
 
 def test_large_images_are_cached_downscaled(tmp_path):
@@ -80,5 +80,5 @@ def test_large_images_are_cached_downscaled(tmp_path):
         for c in ("a", "b"):
             (root / split / c).mkdir(parents=True)
             Image.new("RGB", (400, 300), (10, 200, 30)).save(root / split / c / "x.jpg")
-    d = datasets.load(datasets.prepare(str(root), None, 0.2, 32, tmp_path / "cache"))
+    d = datasets.load(datasets.prepare(datasets.Source(str(root), None, 0.2), 32, tmp_path / "cache"))
     assert d.train.images[0].shape == (datasets.cache_side(32), 49, 3)

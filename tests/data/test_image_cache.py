@@ -33,7 +33,7 @@ def _pixels_by_hand(path: str, side: int) -> np.ndarray:
 
 def test_the_cache_holds_every_image_as_pil_decodes_it(tmp_path):
     root = _folder(tmp_path)
-    path = datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+    path = datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
     cache = datasets.load(path)
     listing = datasets.list_folder(root, 0.2)
     for split, items in ((cache.train, listing.train), (cache.val, listing.val)):
@@ -44,33 +44,33 @@ def test_the_cache_holds_every_image_as_pil_decodes_it(tmp_path):
 
 def test_a_changed_or_added_image_gives_a_new_cache(tmp_path):
     root = _folder(tmp_path)
-    first = datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+    first = datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
     victim = next((root / "train" / "class_0").iterdir())
     Image.new("RGB", (20, 20), (1, 2, 3)).save(victim, format=Image.open(victim).format)
     os.utime(victim, ns=(time.time_ns(), time.time_ns() + 10**9))
-    changed = datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+    changed = datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
     assert changed != first
     Image.new("RGB", (20, 20), (9, 9, 9)).save(root / "val" / "class_1" / "new.png")
-    added = datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+    added = datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
     assert added not in (first, changed)
     assert len(datasets.load(added).val.images) == len(datasets.load(first).val.images) + 1
 
 
 def test_a_truncated_or_corrupt_cache_is_rebuilt_never_trusted(tmp_path, capsys):
     root = _folder(tmp_path)
-    path = datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+    path = datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])  # truncated: a crash mid-copy, a full disk
-    assert datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache") == path
+    assert datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache") == path
     assert path.read_bytes() == good
     assert "rebuilding the image cache" in capsys.readouterr().err
     flipped = bytearray(good)
     flipped[image_cache.HEADER.size + 5] ^= 0xFF  # one pixel changed on disk
     path.write_bytes(bytes(flipped))
-    datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+    datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
     assert path.read_bytes() == good
     path.write_bytes(b"not a cache at all")
-    datasets.prepare(str(root), None, 0.2, 16, tmp_path / "cache")
+    datasets.prepare(datasets.Source(str(root), None, 0.2), 16, tmp_path / "cache")
     assert path.read_bytes() == good
 
 
@@ -79,7 +79,7 @@ def _shape_in_child(images, queue):
 
 
 def test_a_spawned_process_maps_the_file_itself(tmp_path):
-    path = datasets.prepare(None, "digits", 0.2, 16, tmp_path)
+    path = datasets.prepare(datasets.Source(None, "digits", 0.2), 16, tmp_path)
     images = datasets.load(path).val.images
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -94,10 +94,10 @@ def test_cache_list_and_clean(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = _folder(tmp_path)
     cache_dir = tmp_path / "trials" / ".cache"
-    old = datasets.prepare(str(root), None, 0.2, 16, cache_dir)
+    old = datasets.prepare(datasets.Source(str(root), None, 0.2), 16, cache_dir)
     Image.new("RGB", (20, 20), (9, 9, 9)).save(root / "val" / "class_1" / "new.png")
-    current = datasets.prepare(str(root), None, 0.2, 16, cache_dir)
-    digits = datasets.prepare(None, "digits", 0.2, 16, cache_dir)
+    current = datasets.prepare(datasets.Source(str(root), None, 0.2), 16, cache_dir)
+    digits = datasets.prepare(datasets.Source(None, "digits", 0.2), 16, cache_dir)
     (cache_dir / "pics-19px-0123456789abcdef.imgcache").write_bytes(b"garbage")
     (cache_dir / "pics-19px-0123456789abcdef.pt").write_bytes(b"an old torch.save cache")
     (cache_dir / f"x.imgcache.tmp{2**22 + 12345}").write_bytes(b"half")  # no such pid

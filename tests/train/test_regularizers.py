@@ -198,7 +198,7 @@ def test_a_trial_with_mixing_and_ema_validates_and_saves_the_ema_weights(colour_
     spec = parse_spec(tiny_space(colour_folder, model={"drop_path_rate": 0.1},
                                  train={"epochs": 2, "batch_size": 8, "ema": {"decay": 0.5},
                                         "batch_augment": {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}}))
-    cache = datasets.prepare(str(colour_folder), None, 0.2, 16, tmp_path / "cache")
+    cache = datasets.prepare(datasets.Source(str(colour_folder), None, 0.2), 16, tmp_path / "cache")
     config = resolve(spec, 0, {"lr": 0.05}, tmp_path / "trials", cache)
     events = []
     assert run_trial(config, lambda e: events.append(e) or True) == "complete"

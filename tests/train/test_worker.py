@@ -17,7 +17,7 @@ from sweeper.train.worker import run_trial
 
 def _config(folder, tmp_path, **train):
     spec = parse_spec(tiny_space(folder, train={"epochs": 3, "batch_size": 8, **train}))
-    cache = datasets.prepare(str(folder), None, 0.2, 16, tmp_path / "cache")
+    cache = datasets.prepare(datasets.Source(str(folder), None, 0.2), 16, tmp_path / "cache")
     return resolve(spec, 0, {"lr": 0.05}, tmp_path / "trials", cache)
 
 
