@@ -12,6 +12,7 @@ from plotly.offline import get_plotlyjs
 
 from sweeper.analyze import report_errors
 from sweeper.analyze.errors import Errors
+from sweeper.analyze import test_score
 from sweeper.analyze.report_data import (
     MIN_FOR_IMPORTANCE,
     Importance,
@@ -129,6 +130,8 @@ def _summary_html(data: StudyData) -> str:
         rows.insert(1, ("Best params", params))
     else:
         rows.insert(0, ("Best", "no completed trial yet"))
+    if (line := test_score.describe(data.test_score, data.objective)) is not None:
+        rows.insert(1, ("Test accuracy", line))
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td class='{k.lower().replace(' ', '-')}'>"
                     f"{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<table class='summary'>{cells}</table>"

@@ -52,6 +52,7 @@ class StudyData:
     value_rule: str = "last"  # search.value: the last or the best epoch's objective
     configurations: pd.DataFrame | None = None  # after `recheck`: ranked by the mean over seeds
     best_configuration: Any = None  # ranking.Configuration, after `recheck`
+    test_score: dict | None = None  # the chosen configuration on the test split (test_score.py)
 
 
 def _display(value: Any) -> Any:
@@ -200,6 +201,7 @@ def collect(study: optuna.Study) -> StudyData:
         value_rule=study.user_attrs.get("value", "last"),
         configurations=configuration_rows(ranked) if ranked else None,
         best_configuration=ranked[0] if ranked else None,
+        test_score=study.user_attrs.get("test_score"),
     )
 
 

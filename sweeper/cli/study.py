@@ -66,6 +66,14 @@ def report(
           f"{c['FAIL']} failed")
 
 
+def _test_score_of(the_study, number: int):
+    """The stored test score, when it was scored for this configuration (test_score.py)."""
+    from sweeper.analyze import test_score
+
+    result = test_score.stored(the_study)
+    return result if result is not None and result["trial"] == number else None
+
+
 def _ranked(the_study, by: str = "mean"):
     from sweeper.analyze.ranking import RANKINGS, configurations
     from sweeper.errors import StorageError
@@ -91,6 +99,7 @@ def best(
 ) -> None:
     """Show the best configuration; with --export, write it as an mmcls/mmpretrain config or YAML space."""
     from sweeper.analyze import export as exporter
+    from sweeper.analyze import test_score
     from sweeper.analyze.report_data import value_source
     from sweeper.sweep.recovery import IMPORTED
 
@@ -110,7 +119,8 @@ def best(
             "epochs": trial.user_attrs.get("epochs_run"), "trial_dir": trial.user_attrs.get("trial_dir"),
             "ranked_by": by, "mean": config_rank.mean, "std": config_rank.std,
             "runs": config_rank.count, "lucky": config_rank.lucky,
-            "run_trials": [t.number for t in config_rank.runs], "imported": imported}
+            "run_trials": [t.number for t in config_rank.runs], "imported": imported,
+            "test_score": _test_score_of(the_study, trial.number)}
     if export is not None:
         fmt, paths = exporter.export_trial(trial, study, export, format, files)
         info["exported"] = {"path": str(paths[0]), "format": fmt, "files": [str(p) for p in paths[1:]]}
@@ -127,6 +137,8 @@ def best(
     else:
         head = f"best trial {trial.number}: {objective} {trial.value:.4f} of {value_source(trial, rule)}"
     print(f"{head}\nparams: {params}\n{where}")
+    if (line := test_score.describe(info["test_score"], objective)) is not None:
+        print(line)
     if "exported" in info:
         print(f"exported {info['exported']['format']} config: {info['exported']['path']}")
         for path in info["exported"]["files"]:
@@ -165,9 +177,15 @@ def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False
         trial_rows,
     )
 
-    all_trials = open_study(study, storage).get_trials(deepcopy=False)
+    from sweeper.analyze import test_score
+
+    the_study = open_study(study, storage)
+    all_trials = the_study.get_trials(deepcopy=False)
     frame = trial_rows(all_trials).drop(columns=["start", "end"])
     configs = configuration_rows(configurations(all_trials)) if has_rechecks(all_trials) else None
+    tested = test_score.stored(the_study)
+    if tested is not None and tested.get("test") is not None:  # the chosen configuration's runs
+        frame["test_acc"] = [tested["runs"].get(str(n)) for n in frame["number"]]
     if as_json:
         print_json(trial_records(all_trials, frame, configs))
         return
@@ -180,6 +198,8 @@ def trials(study: StudyOpt, storage: StorageOpt = None, as_json: JsonOpt = False
         print("\nconfigurations ranked by their mean over seeds (lucky: the first score was more "
               "than one standard deviation above the mean)")
         print(configs.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    if (line := test_score.describe(tested, the_study.user_attrs.get("objective", "val_acc"))) is not None:
+        print(line)
 
 
 @app.command()
@@ -197,6 +217,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """One trial: its state, the resolved config and the tail of its log; --errors: what its checkpoint gets wrong."""
+    from sweeper.analyze import test_score
     from sweeper.analyze.report_data import trial_config_text
     from sweeper.errors import SpecError, StorageError
 
@@ -218,8 +239,11 @@ def show(
     config = trial_config_text(t, files)
     log = files.read(t, "log.txt")
     log_tail = log.decode(errors="replace").splitlines()[-lines:] if log is not None else []
+    tested = test_score.stored(the_study)
+    tested = tested if tested is not None and str(t.number) in tested.get("runs", {}) else None
     info = {"trial": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "intermediate_values": t.intermediate_values, "user_attrs": t.user_attrs,
+            "test_acc": tested["runs"][str(t.number)] if tested else None,
             "config": json.loads(config) if config else None, "log_tail": log_tail}
     if as_json:
         print_json(info)
@@ -227,6 +251,9 @@ def show(
     reason = t.user_attrs.get("reason")
     print(f"trial {t.number}: {t.state.name}" + (f" {t.value:.4f}" if t.value is not None else "")
           + (f" ({reason})" if reason else ""))
+    if tested:
+        print(f"test accuracy {info['test_acc']:.4f} on {tested['test_images']} test images: this trial "
+              f"is a run of the chosen configuration (trial {tested['trial']}), scored once when the sweep ended")
     print(files.where(t))
     print("config (config.json):")
     print(config or "  (missing)")

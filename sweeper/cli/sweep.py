@@ -101,6 +101,8 @@ def run(
                                            storage_url, options, artifact_store=artifact_store)
         runner.run()
     print(summary(the_study, spec.search.objective, time.monotonic() - start, spec.search.budget_epochs))
+    if not runner.interrupts and spec.search.recheck is None:
+        _score_on_test(the_study, trials_dir, artifact_store)
     if runner.interrupts:
         err("interrupted: the trials that were running are recorded FAIL (interrupted) and "
             "queued again (asha's paused trials stay paused); `sweeper run` again resumes the study")
@@ -212,7 +214,22 @@ def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_u
             print(f"  #{rank} trial {c.first.number}: {c.describe(objective)}")
     if ranked:
         print(f"best configuration: trial {ranked[0].first.number} ({ranked[0].describe(objective)})")
-    return runner is not None and bool(runner.interrupts)
+    interrupted = runner is not None and bool(runner.interrupts)
+    if not interrupted:
+        _score_on_test(the_study, trials_dir, artifact_store)
+    return interrupted
+
+
+def _score_on_test(the_study, trials_dir: Path, artifact_store) -> None:
+    """The chosen configuration on the held-out test split, once, when a sweep ends (test_score.py)."""
+    from sweeper.analyze import test_score
+    from sweeper.artifacts import TrialFiles
+
+    files = TrialFiles(artifact_store.url if artifact_store else the_study.user_attrs.get("artifacts"))
+    line = test_score.describe(test_score.score_chosen(the_study, files, trials_dir),
+                               the_study.user_attrs.get("objective", "val_acc"))
+    if line:
+        print(line)
 
 
 @app.command("import")

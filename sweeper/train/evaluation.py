@@ -4,6 +4,7 @@ weights a trial keeps."""
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -48,11 +49,13 @@ def validation_steps(steps: int, eval_every: float) -> dict[int, float]:
 
 
 def scores(model: nn.Module, loaders, amp: Amp, num_classes: int) -> dict[str, float]:
-    """Validation's metrics; with a recorded test split, the same metrics on it (test_*)."""
+    """Validation's metrics; with a recorded test split, the same metrics on it (test_*) and
+    the seconds that took."""
     out = evaluate(model, loaders.val, loaders.normalize, amp, num_classes)
-    if loaders.test is not None:
+    if loaders.test is not None:  # timed apart: a sweep would not have spent it
+        started = time.perf_counter()
         test = evaluate(model, loaders.test, loaders.normalize, amp, num_classes)
-        out.update({"test" + k[3:]: v for k, v in test.items()})
+        out.update({"test" + k[3:]: v for k, v in test.items()}, test_seconds=time.perf_counter() - started)
     return out
 
 

@@ -49,6 +49,19 @@ def broken_image(folder):
     return doc_with(root)
 
 
+def test_with_a_class_train_lacks(folder):
+    root = make_image_folder(folder.parent / "extra_test_class", classes=2, per_class=6)
+    make_image_folder(root / "test", classes=3, per_class=3, split=False)
+    return doc_with(root)
+
+
+def empty_test_folder(folder):
+    root = make_image_folder(folder.parent / "empty_test", classes=2, per_class=6)
+    for c in ("class_0", "class_1"):
+        (root / "test" / c).mkdir(parents=True)
+    return doc_with(root)
+
+
 def latin1(folder):
     return (doc_with(folder) + "# r\u00e9sum\u00e9 of the manual runs\n").encode("latin-1")
 
@@ -112,6 +125,13 @@ CASES = [
     ("empty-data", empty_folder, [], "no images found for train"),
     ("class-mismatch", mismatched_classes, [], "only in train: class_1; only in val: class_7"),
     ("unreadable-image", broken_image, [], "cannot read image"),
+    ("test-class-train-lacks", test_with_a_class_train_lacks, [], "has classes that train lacks: class_2"),
+    ("empty-test-folder", empty_test_folder, [], "no images found in the test split"),
+    ("test-folder-missing", changed(data={"test": "no/such/test"}), [], "data.test: test folder 'no/such/test' not found"),
+    ("fractions-leave-no-train", changed(data={"val_fraction": 0.5, "test_fraction": 0.5}), [],
+     "data.test_fraction: val_fraction 0.5 + test_fraction 0.5 leave no training images"),
+    ("test-fraction-negative", changed(data={"test_fraction": -0.1}), [], "data.test_fraction: must be a number"),
+    ("eval-every-odd", changed(train={"eval_every": 0.3}), [], "train.eval_every: must be 1 (once an epoch) or 1/k"),
     ("bad-gpus", changed(), ["--gpus", "first"], "--gpus: must be GPU numbers"),
     ("absent-gpu", changed(), ["--gpus", "0"], "--gpus: torch 2.14.1"),
     ("storage-folder-missing", changed(), ["--storage", "sqlite:///no/such/dir/s.db"],
