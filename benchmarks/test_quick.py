@@ -89,3 +89,11 @@ def test_report_errors_quick_prints_report_with_and_without_the_section():
     assert lines[-4].startswith("sweeper report --no-errors") and lines[-4].split()[-1] == "1.00"
     assert lines[-3].startswith("sweeper report (with the error section)")
     assert lines[-1].startswith("the section's cost: ")
+
+
+@pytest.mark.slow
+def test_curves_quick_records_a_table_with_val_and_test():
+    lines = _quick("curves.py")
+    header = lines.index("config seed epoch val_acc test_acc seconds status")
+    rows = [line.split() for line in lines[header + 1:]]
+    assert len(rows) >= 2 and all(r[-1] == "ok" and 0 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows)
