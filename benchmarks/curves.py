@@ -277,20 +277,20 @@ def record(args, data: Path, table: Path) -> int:
           f"{len(todo)} to go", flush=True)
     work_root = args.work or Path(tempfile.mkdtemp(prefix="curves-"))
     cache = setup.prepare_data(spec, work_root)
-    started, trained = time.time(), 0
+    session = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "runs": 0, "hours": 0.0,
+               "machine": machine()}
+    meta["sessions"].append(session)
+    started = time.time()
     for n, origin, c, seed in todo[: args.max_runs]:
         t0 = time.time()
         records, status = record_run(spec, n, c, seed, cache, work_root)
         append(table, rows_of(n, origin, c, seed, with_cumulative_seconds(records), status))
-        trained += 1
+        session.update(runs=session["runs"] + 1, hours=round((time.time() - started) / 3600, 3))
+        meta_path.write_text(json.dumps(meta, indent=1))  # after every run: a killed session is counted too
         last = records[-1] if records else {}
         print(f"config {n} ({origin}) seed {seed}: {status}, val {last.get('val_acc', float('nan')):.3f} "
               f"test {last.get('test_acc', float('nan')):.3f}, {time.time() - t0:.0f} s "
-              f"[{len(have) + trained}/{len(runs) * args.seeds}]", flush=True)
-    meta["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
-                             "runs": trained, "hours": round((time.time() - started) / 3600, 3),
-                             "machine": machine()})
-    meta_path.write_text(json.dumps(meta, indent=1))
+              f"[{len(have) + session['runs']}/{len(runs) * args.seeds}]", flush=True)
     return 0
 
 
