@@ -74,6 +74,19 @@ def test_best_trials_show_and_report_show_the_test_accuracy(tested):
     assert "<th>Test accuracy</th>" in html and f"{best.value:.4f} on 30 test images" in html
 
 
+@pytest.mark.slow
+def test_after_a_recheck_each_run_of_the_chosen_configuration_is_scored(tested):
+    """Runs after the other tests of the module: it adds a run to the study."""
+    cwd, _ = tested
+    first = _best_trial(cwd).number
+    result = runner.invoke(app, ["recheck", "--study", "tested", "--top", "1", "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "mean of 2 runs" in result.output
+    score = json.loads(runner.invoke(app, ["best", "--study", "tested", "--json"]).output)["test_score"]
+    assert score["trial"] == first and len(score["runs"]) == 2
+    assert score["test"] == pytest.approx(sum(score["runs"].values()) / 2)
+
+
 def test_data_inspect_shows_three_splits_and_files_shared_across_them(tmp_path):
     root = make_image_folder(tmp_path / "d", classes=2, per_class=6)
     make_image_folder(root / "test", classes=2, per_class=3, split=False, seed=5)

@@ -15,6 +15,8 @@ def yaml_space(config: TrialConfig, value: float | None = None) -> str:
     doc: dict[str, Any] = {"study": f"{config.study}-trial{config.number}"}
     data: dict[str, Any] = {"root": config.data_root} if config.data_root else {"builtin": config.data_builtin}
     data.update({"val_fraction": config.val_fraction, "num_workers": config.num_workers})
+    if config.test_fraction or config.data_test:  # the retrain is tested on the same held-out images
+        data.update({"test_fraction": config.test_fraction, "test": config.data_test})
     doc["data"] = data
     for knob in KNOBS:
         node = doc
