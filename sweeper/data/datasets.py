@@ -54,9 +54,9 @@ class Source:
 
     @classmethod
     def of(cls, config) -> "Source":
-        """A TrialConfig's (or anything with the same data fields)."""
-        return cls(config.data_root, config.data_builtin, config.val_fraction,
-                   getattr(config, "test_fraction", 0.0), getattr(config, "data_test", None))
+        """A TrialConfig's."""
+        return cls(config.data_root, config.data_builtin, config.val_fraction, config.test_fraction,
+                   config.data_test)
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -218,9 +218,11 @@ def cache_name(source: Source, image_size: int) -> tuple[str, Listing | None]:
     return f"{Path(source.root).name}-{side}px-{key}{image_cache.SUFFIX}", listing
 
 
-def _keyed_items(listing: Listing) -> list[tuple[str, int]]:
+def _keyed_items(listing: Listing) -> list[tuple[str, int | str]]:
+    """Every image with its label and split (train's and val's spelled as before test splits, so
+    that those caches stay valid)."""
     return (listing.train + [(p, -1 - label) for p, label in listing.val]
-            + [(p, -10_000_000 - label) for p, label in listing.test])
+            + [(p, f"test/{label}") for p, label in listing.test])
 
 
 def _decoded(paths: list[str], side: int, progress: Callable[[int, int], None] | None) -> Iterator[np.ndarray]:
