@@ -1,0 +1,479 @@
+"""Replay: sweeper's strategies against recorded learning curves, many optimizer seeds in minutes.
+
+    .venv/bin/python benchmarks/replay.py [--tasks caltech20,...] [--seeds 20] [--workers 2] [--jobs 2]
+    .venv/bin/python benchmarks/replay.py --quick        # benchmarks/curves/quick.csv, 3 seeds, seconds
+    .venv/bin/python benchmarks/replay.py --record-quick # records benchmarks/curves/quick.csv again
+
+What runs is sweeper's own orchestrator (sweep/orchestrator.py) with the study, sampler, pruner,
+asha promotion, budget reserve and epoch budget that `sweeper run` builds from a space file
+(setup.create_study, the same SweepSpec), on a real SQLite store (on tmpfs: optuna's in-memory
+storage has no engine for `store.budget_lock`). Only the workers are simulated:
+
+- `TableLauncher` stands in for fork_server.Launcher (the orchestrator's `launcher` argument).
+  Its `TableWorker` reads the trial's config.json like a real worker, maps the trial's values to
+  a recorded configuration, and speaks the worker's protocol from the table's curve: start,
+  first_step, resumed (a promoted trial's earlier epochs), eval (when train.eval_every < 1),
+  epoch (val_acc, val_balanced_acc, seconds of that epoch) waiting for the orchestrator's
+  continue/stop, then value and complete, or stopped; nonfinite / fail where the recording
+  ended so. It writes resume.pt (holding its epoch) where a real worker saves its state, since
+  promotion checks for that file.
+- `SimulatedEvents` replaces the orchestrator's event queue: every worker's next event carries a
+  simulated time (launch time + start-up + the table's seconds since the epoch it resumed
+  from), and `get` hands out the earliest, advancing the clock. So K workers interleave as they
+  would in real time, and nothing sleeps. A worker waiting for its continue/stop has no next
+  event until the orchestrator replies (which it does while handling the epoch, as for real).
+
+Mapping a suggestion to the table: the nearest recorded configuration in the normalised box of
+curves.Space (lr on a log scale, the rest by index), exact matches first. The sampler keeps the
+space a real run has (restricting it to categorical choices of the design would change what
+TPE models: a 48-way categorical instead of six knobs), and the known configurations, which
+the grid and enqueued trials use, are in the table exactly. The price: a random or TPE point
+between design points trains as its neighbour. `mapped_distance` in the results says how far.
+
+A trial's curve is one of the table's training seeds, drawn from (optimizer seed, trial
+number): real trials all train with train.seed 0, but rerunning a study does not give the same
+curves on a GPU, and a benchmark that drew seed 0 for every trial would measure one noise
+realisation only. The grid therefore also varies with the optimizer seed, which is what makes
+paired differences meaningful.
+
+What is measured for each (task, strategy, budget, optimizer seed): the configuration `sweeper
+best` returns (analyze/ranking.configurations()[0]) and its TEST accuracy from the table (the
+same configuration and training seed, at the epoch whose weights the checkpoint holds:
+value_epoch); its val value; epochs trained (sweep/epochs.trained: the budget's own count);
+configurations screened (trials that trained an epoch); simulated hours.
+
+Fidelity: where a replay can decide differently from a real run of the same curves.
+- Time: nothing in these replays depends on the clock. No --timeout (reserve.tightest's time
+  plan and the deadline are off), no trial_timeout, heartbeats off (one orchestrator). With a
+  timeout the reserve would turn seconds into epochs, and the orchestrator's clock would have
+  to be simulated too; this replay does not support --timeout.
+- Order with K > 1 workers: asha promotes or pauses on the values recorded at a rung *so far*,
+  the reserve counts the trials training *now*. The replay orders events by the table's
+  seconds; a real run adds start-up (fork, data loading: `--startup-s`, default 5 s), resume
+  costs, and contention between workers, which shifts which trial reaches a rung first. With
+  K = 1 there is no interleaving: decisions depend only on values, so a replay makes the same
+  decisions as a real run on the same curves (benchmarks/test_replay.py checks this against
+  a real `sweeper run`).
+- Ties: two events at the same simulated time go to the lower slot first.
+- Curves: a sampled point trains as its nearest recorded neighbour; training noise is the
+  table's 2+ seeds, not a fresh run's.
+- Half-epoch evaluations are emitted when train.eval_every is 0.5 but the orchestrator only
+  acts on whole epochs today.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import heapq
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from curves import Space  # noqa: E402  (benchmarks/curves.py: the design's normalised box)
+from search import ASHA, SIDES, space_doc  # noqa: E402  (benchmarks/search.py: the strategies)
+
+ROOT = Path(__file__).resolve().parents[1]
+CURVES = ROOT / "benchmarks" / "curves"
+QUICK = CURVES / "quick.csv"
+BUDGETS = ((1, 8), (1, 4), (1, 2))  # fractions of the grid's epochs
+GRID = "grid (known, full)"
+BASELINE = "1-epoch"
+STRATEGIES = [GRID, *SIDES]  # search.py's sides: tpe + asha (mf), (final), random + asha, 1-epoch
+SCORES = ("val_acc", "val_balanced_acc", "test_acc")
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Curve:
+    records: list[dict[str, float]]  # every evaluation, by epoch (0.5, 1, 1.5, ...)
+    status: str
+
+    def at(self, epoch: float) -> dict[str, float] | None:
+        return next((r for r in self.records if r["epoch"] == epoch), None)
+
+    def seconds_at(self, epoch: float) -> float:
+        return 0.0 if epoch == 0 else self.at(epoch)["seconds"]
+
+
+class Table:
+    """A learning-curve table (benchmarks/curves.py): configurations, their curves by seed."""
+
+    def __init__(self, path: Path):
+        self.path, self.task = path, path.stem
+        self.configs: dict[int, dict[str, Any]] = {}
+        self.origins: dict[int, str] = {}
+        runs: dict[tuple[int, int], list[dict[str, str]]] = {}
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                n = int(row["config"])
+                if n not in self.configs:
+                    c = {"lr": float(row["lr"]), "batch_size": int(row["batch_size"]),
+                         "frozen_stages": int(row["frozen_stages"]), "schedule": row["schedule"],
+                         "augment": row["augment"]}
+                    if row["schedule"] == "step":
+                        c["milestones"] = json.loads(row["milestones"])
+                    self.configs[n], self.origins[n] = c, row["origin"]
+                runs.setdefault((n, int(row["seed"])), []).append(row)
+        self.curves: dict[tuple[int, int], Curve] = {}
+        for k, rows in runs.items():
+            records = [{"epoch": _epoch(r["epoch"]), **{s: float(r[s]) for s in SCORES}, "seconds": float(r["seconds"])}
+                       for r in rows if r.get("val_acc")]
+            self.curves[k] = Curve(sorted(records, key=lambda r: r["epoch"]), rows[-1]["status"])
+        self.seeds = sorted({s for _, s in self.curves})
+        self.epochs = int(max(r["epoch"] for c in self.curves.values() for r in c.records))
+        # only configurations with a curve for every seed are replayed (a recording in progress)
+        self.configs = {n: c for n, c in self.configs.items() if all((n, s) in self.curves for s in self.seeds)}
+        self.known = [n for n in self.configs if self.origins[n] == "known"]
+
+    def doc(self, study: str) -> dict:
+        """The space file a real run of this task would use (benchmarks/search.py's)."""
+        args = argparse.Namespace(size=96, model="resnet18", pretrained=False, epochs=self.epochs)
+        return space_doc(args, Path("/nonexistent-replay-data"), study, [self.configs[n] for n in self.known])
+
+    def mapper(self) -> "Nearest":
+        return Nearest(Space(self.doc("map")), self.configs)
+
+    def spearman(self, at: float) -> float:
+        """Spearman's rho between val_acc at `at` epochs and at the last epoch, over every run."""
+        from scipy.stats import spearmanr
+
+        pairs = [(c.at(at)["val_acc"], c.records[-1]["val_acc"]) for (n, _), c in self.curves.items()
+                 if n in self.configs and c.at(at) is not None and c.records[-1]["epoch"] == self.epochs]
+        if len(pairs) < 3:
+            return math.nan
+        return float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
+
+
+def _epoch(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+class Nearest:
+    """A trial's values -> the recorded configuration: the same one, else the nearest in the
+    normalised box (ties: the lower number)."""
+
+    def __init__(self, space: Space, configs: dict[int, dict]):
+        for c in configs.values():  # milestones the design has but the space file does not
+            if "milestones" in c and c["milestones"] not in space.milestones:
+                space.milestones.append(c["milestones"])
+        self.space, self.numbers = space, sorted(configs)
+        self.keys = {_key(configs[n]): n for n in reversed(self.numbers)}
+        self.points = np.stack([space.encode(configs[n]) for n in self.numbers])
+
+    def __call__(self, params: dict[str, Any]) -> tuple[int, float]:
+        if (n := self.keys.get(_key(params))) is not None:
+            return n, 0.0
+        c = dict(params)
+        if c.get("schedule") == "step" and c.get("milestones") not in self.space.milestones:
+            c.pop("milestones", None)
+            c["schedule"] = "cosine"  # cannot happen with the table's own space file
+        d = np.linalg.norm(self.points - self.space.encode(c), axis=1)
+        i = int(np.argmin(d))
+        return self.numbers[i], float(d[i])
+
+
+def _key(c: dict) -> tuple:
+    return (round(float(c["lr"]), 6), int(c["batch_size"]), int(c["frozen_stages"]), c["schedule"],
+            tuple(c["milestones"]) if c.get("schedule") == "step" else None, c["augment"])
+
+
+# --- simulated workers ---------------------------------------------------------------------
+
+
+class SimulatedEvents:
+    """The orchestrator's event queue in simulated time: the pending event with the smallest
+    timestamp is handed out next (ties: the lower slot), and the clock moves to it."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.workers: dict[int, TableWorker] = {}  # by slot
+
+    def put(self, item) -> None:
+        """worker_handle's relay thread finds a simulated worker's stdout empty and says it
+        ended; the simulated worker says so itself, in order."""
+
+    def get(self, timeout: float | None = None):
+        ready = [w for w in self.workers.values() if w.next is not None]
+        if not ready:
+            raise RuntimeError("replay: the orchestrator waits for an event no simulated worker has")
+        worker = min(ready, key=lambda w: (w.next[0], w.slot))
+        when, event = worker.next
+        self.now = max(self.now, when)
+        worker.advance()
+        if event is None:
+            del self.workers[worker.slot]
+        return worker.slot, event
+
+
+class TableWorker:
+    """One trial's worker, playing the table's curve (see the module docstring)."""
+
+    pids = itertools.count(10 ** 6)
+
+    def __init__(self, launcher: "TableLauncher", slot: int, config_path: Path):
+        from sweeper.spec.trial_config import TrialConfig
+
+        self.launcher, self.slot, self.pid = launcher, slot, next(self.pids)
+        self.config = TrialConfig.from_json(config_path.read_text())
+        self.dir = Path(self.config.trial_dir)
+        self.stdout: tuple = ()  # the relay thread reads nothing: events come from SimulatedEvents
+        self.stdin = self
+        self.returncode: int | None = None
+        self.reply: str | None = None
+        self.start = launcher.events.now
+        self.script = self._script()
+        self.next: tuple[float, dict | None] | None = None
+        self.advance()
+
+    # the orchestrator's side of the pipes and the process
+    def write(self, text: str) -> None:
+        self.reply = text.strip()
+        if self.next is None and self.returncode is None:
+            self.advance()
+
+    def flush(self) -> None:
+        pass
+
+    def send_signal(self, sig: int) -> None:  # only on Ctrl-C or a bug: end at once
+        self.script = iter(())
+        self.next = (self.launcher.events.now, None)
+
+    kill = terminate = lambda self: self.send_signal(9)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode if self.returncode is not None else 0
+
+    def advance(self) -> None:
+        """The next event, or None while waiting for a reply (or at the end of output)."""
+        if self.next is not None and self.next[1] is None:
+            self.returncode, self.next = 0, None
+            return
+        self.next = next(self.script, None)
+        if self.next is not None and self.next[1] is not None and self.next[1].get("event") == "await":
+            self.next = None  # waits for `write`
+
+    def _script(self) -> Iterator[tuple[float, dict | None]]:
+        c = self.config
+        number, curve, seed = self.launcher.curve_for(c)
+        resumed = 0
+        if c.resume_from:
+            resumed = int(Path(c.resume_from).read_text())
+        t0 = self.start + self.launcher.startup_s - curve.seconds_at(resumed)
+        yield self.start + self.launcher.startup_s, {
+            "event": "start", "classes": [], "device": "cpu", "precision": "replay", "cuda_visible_devices": "",
+            "gpu_sharing": 1, "train_images": 0}
+        yield self.start + self.launcher.startup_s, {"event": "first_step"}
+        if resumed:
+            yield self.start + self.launcher.startup_s, {
+                "event": "resumed", "records": [_record(curve.at(e)) for e in range(1, resumed + 1)]}
+        previous = curve.seconds_at(resumed)
+        chosen = (-math.inf, 0)
+        for r in curve.records:
+            if r["epoch"] <= resumed:
+                if isinstance(r["epoch"], int):
+                    chosen = _offer(c.value, chosen, r[c.objective], r["epoch"])
+                continue
+            when = t0 + r["seconds"]
+            if not isinstance(r["epoch"], int):
+                if c.eval_every < 1:
+                    yield when, {"event": "eval", **_record(r), "seconds": r["seconds"] - previous}
+                continue
+            chosen = _offer(c.value, chosen, r[c.objective], r["epoch"])
+            (self.dir / "resume.pt").write_text(str(r["epoch"]))  # what promotion looks for
+            yield when, {"event": "epoch", **_record(r), "seconds": r["seconds"] - previous}
+            previous = r["seconds"]
+            yield when, {"event": "await"}
+            if self.reply != "continue":
+                yield when, {"event": "stopped"}
+                yield when, None
+                return
+        last = curve.records[-1]["epoch"] if curve.records else 0
+        end = t0 + (curve.records[-1]["seconds"] if curve.records else 0.0)
+        if last < c.epochs:  # the recording ended early
+            if curve.status.startswith("non-finite"):
+                yield end, {"event": "nonfinite", "epoch": math.floor(last) + 1, "train_loss": math.nan}
+                yield end, {"event": "stopped"}
+            else:
+                yield end, {"event": "fail", "reason": f"recorded: {curve.status}"}
+            yield end, None
+            return
+        yield end, {"event": "value", "value": chosen[0], "epoch": chosen[1]}
+        yield end, {"event": "complete"}
+        yield end, None
+
+
+def _record(r: dict) -> dict:
+    return {"epoch": r["epoch"], "val_acc": r["val_acc"], "val_balanced_acc": r["val_balanced_acc"]}
+
+
+def _offer(mode: str, chosen: tuple[float, int], value: float, epoch: int) -> tuple[float, int]:
+    """train/evaluation.Chosen: the last epoch's value, or the best (earliest on ties)."""
+    return (value, epoch) if mode == "last" or value > chosen[0] else chosen
+
+
+class TableLauncher:
+    """fork_server.Launcher's stand-in: launches TableWorkers into SimulatedEvents."""
+
+    def __init__(self, table: Table, mapper: Nearest, events: SimulatedEvents, seed: int, startup_s: float):
+        self.table, self.mapper, self.events, self.seed, self.startup_s = table, mapper, events, seed, startup_s
+        self.trials: dict[int, tuple[int, int, float]] = {}  # trial number: (configuration, seed, distance)
+
+    def curve_for(self, config) -> tuple[int, Curve, int]:
+        if config.number not in self.trials:
+            n, distance = self.mapper(config.params)
+            seed = self.table.seeds[random.Random(f"{self.seed}-{config.number}").randrange(len(self.table.seeds))]
+            self.trials[config.number] = (n, seed, distance)
+        n, seed, _ = self.trials[config.number]
+        return n, self.table.curves[(n, seed)], seed
+
+    def launch(self, slot: int, config_path: Path, env: dict[str, str], stderr) -> TableWorker:
+        worker = TableWorker(self, slot, config_path)
+        self.events.workers[slot] = worker
+        return worker
+
+    def close(self) -> None:
+        pass
+
+
+# --- one replay ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Outcome:
+    task: str
+    strategy: str
+    budget: str  # "1/8" ... or "full"
+    budget_epochs: int | None
+    seed: int
+    test_acc: float | None  # of the configuration sweeper returns; None: it returns none
+    val: float | None
+    config: int | None
+    epochs: int
+    screened: int
+    trials: int
+    mapped_distance: float  # mean, over trials, of the distance to the recorded configuration
+    sim_hours: float
+    seconds: float  # this replay's own wall time
+
+
+class Decisions:
+    """What the orchestrator decided, in order: a SweepProgress that writes it down."""
+
+    def __init__(self):
+        from sweeper.sweep.progress import SweepProgress
+
+        class Recorder(SweepProgress):
+            def started(inner, number, slot, params, epochs):
+                super().started(number, slot, params, epochs)
+                self.log.append(("start", number))
+
+            def finished(inner, number, state, value, reason):
+                super().finished(number, state, value, reason)
+                self.log.append((state, number, reason))
+
+            def message(inner, text):
+                if "promoted at rung" in text:
+                    self.log.append(("promoted", int(text.split()[1].rstrip(":"))))
+
+        self.log: list[tuple] = []
+        self.progress = Recorder("replay", 0, "val_acc")
+
+
+def strategy_doc(table: Table, strategy: str, seed: int, study: str) -> dict:
+    """The space file of a strategy, as benchmarks/search.py writes it."""
+    doc = table.doc(study)
+    known = [table.configs[n] for n in table.known]
+    if strategy == GRID:
+        doc["search"].update(n_trials=len(known), sampler={"name": "random", "seed": seed}, pruner="none")
+        doc["enqueue"] = known
+        return doc
+    _, sampler, pruner = SIDES[strategy]
+    doc["search"].update(sampler={**sampler, "seed": seed}, pruner=pruner)
+    return doc
+
+
+def replay(table: Table, strategy: str, seed: int, budget: tuple[int, int] | None, workers: int = 2,
+           startup_s: float = 5.0, root: Path | None = None, mapper: Nearest | None = None,
+           decisions: Decisions | None = None, sqlite: bool = False) -> Outcome:
+    """One sweep of `strategy` with optimizer seed `seed` on the table; `budget`: a fraction of
+    the grid's epochs (None: the strategy's own end, the grid's n_trials)."""
+    from optuna.trial import TrialState
+
+    from sweeper import store
+    from sweeper.analyze.ranking import configurations
+    from sweeper.spec.sweep_spec import parse_spec
+    from sweeper.sweep import epochs, orchestrator, setup
+    from sweeper.sweep.worker_handle import Slot
+
+    started = time.perf_counter()
+    grid_epochs = len(table.known) * table.epochs
+    budget_epochs = max(table.epochs, grid_epochs * budget[0] // budget[1]) if budget else None
+    doc = strategy_doc(table, strategy, seed, "replay")
+    spec = parse_spec(doc, "replay", {"budget_epochs": budget_epochs})
+    tmp = Path(tempfile.mkdtemp(prefix="replay-", dir=root or _tmpfs()))
+    try:
+        url = f"sqlite:///{tmp / 'studies.db'}"  # its lock files, beside, are the budget lock's
+        storage = store.open_storage(url) if sqlite else _in_memory_storage()()
+        study = setup.create_study(spec, storage, url)
+        events, decisions = SimulatedEvents(), decisions or Decisions()
+        launcher = TableLauncher(table, mapper or table.mapper(), events, seed, startup_s)
+        options = orchestrator.Options(max_retry=0, keep_checkpoints=10 ** 6, heartbeat=1e12)
+        runner = orchestrator.Orchestrator(spec, study, [Slot(i, None) for i in range(workers)], tmp / "cache",
+                                           decisions.progress, tmp / "trials", url, options, launcher=launcher)
+        runner.events = events  # the simulated queue, in place of the relay threads' one
+        runner.run()
+        trials = study.get_trials()
+        if sqlite:
+            storage.engine.dispose()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ranked = configurations(trials)
+    test = val = chosen = None
+    if ranked:
+        best = ranked[0].first
+        chosen, tseed, _ = launcher.trials[best.number]
+        test = table.curves[(chosen, tseed)].at(best.user_attrs["value_epoch"])["test_acc"]
+        val = best.value
+    distances = [d for _, _, d in launcher.trials.values()]
+    return Outcome(table.task, strategy, f"{budget[0]}/{budget[1]}" if budget else "full", budget_epochs, seed,
+                   test, val, chosen, epochs.trained(trials),
+                   sum(1 for t in trials if t.intermediate_values), len(trials),
+                   statistics.fmean(distances) if distances else 0.0, events.now / 3600,
+                   time.perf_counter() - started)
+
+
+def _in_memory_storage():
+    import optuna
+
+    class ReplayStorage(optuna.storages.InMemoryStorage):
+        """Optuna's in-memory store (10x faster than SQLite here); store.study_lock reads an
+        engine (PostgreSQL's advisory locks) but locks an SQLite URL with a file, as here."""
+
+        engine = None
+
+    return ReplayStorage
+
+
+def _tmpfs() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
