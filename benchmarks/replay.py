@@ -147,9 +147,6 @@ class Table:
         args = argparse.Namespace(size=96, model="resnet18", pretrained=False, epochs=self.epochs)
         return space_doc(args, Path("/nonexistent-replay-data"), study, [self.configs[n] for n in self.known])
 
-    def mapper(self) -> "Nearest":
-        return Nearest(Space(self.doc("map")), self.configs)
-
     def spearman(self, at: float) -> float:
         """Spearman's rho between val_acc at `at` epochs and at the last epoch, over every run."""
         from scipy.stats import spearmanr
@@ -395,6 +392,8 @@ class Decisions:
             def message(inner, text):
                 if "promoted at rung" in text:
                     self.log.append(("promoted", int(text.split()[1].rstrip(":"))))
+                elif "the rest of the budget is kept" in text:
+                    self.log.append(("kept", int(text.split()[1].rstrip(":"))))
 
         self.log: list[tuple] = []
         self.progress = Recorder("replay", 0, "val_acc")
@@ -413,31 +412,30 @@ def strategy_doc(table: Table, strategy: str, seed: int, study: str) -> dict:
     return doc
 
 
-def replay(table: Table, strategy: str, seed: int, budget: tuple[int, int] | None, workers: int = 2,
-           startup_s: float = 5.0, root: Path | None = None, mapper: Nearest | None = None,
-           decisions: Decisions | None = None, sqlite: bool = False) -> Outcome:
-    """One sweep of `strategy` with optimizer seed `seed` on the table; `budget`: a fraction of
-    the grid's epochs (None: the strategy's own end, the grid's n_trials)."""
-    from optuna.trial import TrialState
+@dataclasses.dataclass
+class Sweep:
+    trials: list  # the study's trials at the end (FrozenTrial)
+    launcher: TableLauncher
+    events: SimulatedEvents
 
+
+def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers: int = 2, startup_s: float = 5.0,
+          mapper: Nearest | None = None, decisions: Decisions | None = None, sqlite: bool = False) -> Sweep:
+    """`sweeper run --space <doc> --budget-epochs B --workers K` on the table's curves, in a
+    temporary folder on tmpfs; `seed` draws the trials' training seeds (TableLauncher.curve_for)."""
     from sweeper import store
-    from sweeper.analyze.ranking import configurations
     from sweeper.spec.sweep_spec import parse_spec
-    from sweeper.sweep import epochs, orchestrator, setup
+    from sweeper.sweep import orchestrator, setup
     from sweeper.sweep.worker_handle import Slot
 
-    started = time.perf_counter()
-    grid_epochs = len(table.known) * table.epochs
-    budget_epochs = max(table.epochs, grid_epochs * budget[0] // budget[1]) if budget else None
-    doc = strategy_doc(table, strategy, seed, "replay")
     spec = parse_spec(doc, "replay", {"budget_epochs": budget_epochs})
-    tmp = Path(tempfile.mkdtemp(prefix="replay-", dir=root or _tmpfs()))
+    tmp = Path(tempfile.mkdtemp(prefix="replay-", dir=_tmpfs()))
     try:
         url = f"sqlite:///{tmp / 'studies.db'}"  # its lock files, beside, are the budget lock's
         storage = store.open_storage(url) if sqlite else _in_memory_storage()()
         study = setup.create_study(spec, storage, url)
         events, decisions = SimulatedEvents(), decisions or Decisions()
-        launcher = TableLauncher(table, mapper or table.mapper(), events, seed, startup_s)
+        launcher = TableLauncher(table, mapper or Nearest(Space(doc), table.configs), events, seed, startup_s)
         options = orchestrator.Options(max_retry=0, keep_checkpoints=10 ** 6, heartbeat=1e12)
         runner = orchestrator.Orchestrator(spec, study, [Slot(i, None) for i in range(workers)], tmp / "cache",
                                            decisions.progress, tmp / "trials", url, options, launcher=launcher)
@@ -448,18 +446,34 @@ def replay(table: Table, strategy: str, seed: int, budget: tuple[int, int] | Non
             storage.engine.dispose()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    ranked = configurations(trials)
+    return Sweep(trials, launcher, events)
+
+
+def replay(table: Table, strategy: str, seed: int, budget: tuple[int, int] | None, workers: int = 2,
+           startup_s: float = 5.0, mapper: Nearest | None = None, decisions: Decisions | None = None,
+           sqlite: bool = False) -> Outcome:
+    """One sweep of `strategy` with optimizer seed `seed` on the table; `budget`: a fraction of
+    the grid's epochs (None: the strategy's own end, the grid's n_trials)."""
+    from sweeper.analyze.ranking import configurations
+    from sweeper.sweep import epochs
+
+    started = time.perf_counter()
+    grid_epochs = len(table.known) * table.epochs
+    budget_epochs = max(table.epochs, grid_epochs * budget[0] // budget[1]) if budget else None
+    done = sweep(table, strategy_doc(table, strategy, seed, "replay"), seed, budget_epochs, workers, startup_s,
+                 mapper, decisions, sqlite)
+    ranked = configurations(done.trials)  # what `sweeper best` returns first
     test = val = chosen = None
     if ranked:
         best = ranked[0].first
-        chosen, tseed, _ = launcher.trials[best.number]
+        chosen, tseed, _ = done.launcher.trials[best.number]
         test = table.curves[(chosen, tseed)].at(best.user_attrs["value_epoch"])["test_acc"]
         val = best.value
-    distances = [d for _, _, d in launcher.trials.values()]
+    distances = [d for _, _, d in done.launcher.trials.values()]
     return Outcome(table.task, strategy, f"{budget[0]}/{budget[1]}" if budget else "full", budget_epochs, seed,
-                   test, val, chosen, epochs.trained(trials),
-                   sum(1 for t in trials if t.intermediate_values), len(trials),
-                   statistics.fmean(distances) if distances else 0.0, events.now / 3600,
+                   test, val, chosen, epochs.trained(done.trials),
+                   sum(1 for t in done.trials if t.intermediate_values), len(done.trials),
+                   statistics.fmean(distances) if distances else 0.0, done.events.now / 3600,
                    time.perf_counter() - started)
 
 
@@ -477,3 +491,245 @@ def _in_memory_storage():
 
 def _tmpfs() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+# --- the quick table -----------------------------------------------------------------------
+
+
+def record_quick(table: Path = QUICK, epochs: int = 4, known: int = 4) -> None:
+    """benchmarks/curves/quick.csv, recorded once through the real worker as curves.py records
+    (test_resnet at 16 px on generated images): `known` known configurations, 2 mutations and
+    2 uniform ones of curves.design, 2 seeds, `epochs` epochs, every half epoch."""
+    import curves
+    from search import manual_configs
+
+    from sweeper.spec.sweep_spec import parse_spec
+    from sweeper.sweep import setup
+    from sweeper.testing import make_image_folder
+
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_image_folder(Path(tmp) / "quick", classes=4, per_class=24)
+        (data / "val").rename(data / "test")
+        make_image_folder(Path(tmp) / "val", classes=4, per_class=12, seed=1, split=False)
+        (Path(tmp) / "val").rename(data / "val")
+        args = argparse.Namespace(size=16, model="test_resnet", pretrained=False, epochs=epochs)
+        doc = space_doc(args, data, "curves", manual_configs(epochs)[:known])
+        doc["train"]["precision"] = "fp32"
+        spec = parse_spec(doc, "curves")
+        full = curves.design(space_doc(args, data, "curves", manual_configs(epochs)), epochs, 2, 2, 0)
+        runs = [(n, o, c) for n, (o, c) in enumerate(full) if o != "known" or n < known]
+        cache = setup.prepare_data(spec, Path(tmp))
+        table.unlink(missing_ok=True)
+        for n, origin, c in runs:
+            for seed in range(2):
+                records, status = curves.record_run(spec, n, c, seed, cache, Path(tmp) / "work")
+                curves.append(table, curves.rows_of(n, origin, c, seed, curves.with_cumulative_seconds(records), status))
+                print(f"config {n} ({origin}) seed {seed}: {status}", flush=True)
+    meta = {"task": "quick (generated images: 4 classes, 64 train / 48 val / 32 test images, test_resnet 16 px, fp32)",
+            "command": "benchmarks/replay.py --record-quick", "machine": curves.machine(),
+            "recorded": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+            "hours": round((time.time() - started) / 3600, 3)}
+    table.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+
+
+# --- many replays, and what they say ---------------------------------------------------------
+
+
+_tables: dict[Path, tuple[Table, Nearest]] = {}
+
+
+def _run(job: tuple) -> Outcome:
+    path, strategy, seed, budget, workers, startup_s = job
+    if path not in _tables:
+        import optuna
+
+        from sweeper.spec.trial_config import normalization
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        normalization("resnet18")  # timm's import, once a process: not a replay's own seconds
+        table = Table(path)
+        _tables[path] = (table, Nearest(Space(table.doc("map")), table.configs))
+    table, mapper = _tables[path]
+    return replay(table, strategy, seed, budget, workers, startup_s, mapper=mapper)
+
+
+def run_all(paths: list[Path], strategies: list[str], seeds: int, workers: int, startup_s: float,
+            jobs: int) -> list[Outcome]:
+    todo = [(p, s, seed, None if s == GRID else b, workers, startup_s)
+            for p in paths for s in strategies for b in ([None] if s == GRID else BUDGETS) for seed in range(seeds)]
+    if jobs <= 1:
+        return [_run(job) for job in todo]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        return pool.map(_run, todo, chunksize=4)
+
+
+def bootstrap_median(diffs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile-bootstrap interval of the median."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(diffs)
+    medians = np.median(x[rng.integers(0, len(x), (resamples, len(x)))], axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def paired(ours: dict[int, Outcome], theirs: dict[int, Outcome]) -> dict[str, float] | None:
+    """Paired test-accuracy differences over the seeds both have: median, 95% CI, win rate
+    (ties count half). A strategy that returns nothing scores 0."""
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    d = [(ours[s].test_acc or 0.0) - (theirs[s].test_acc or 0.0) for s in seeds]
+    low, high = bootstrap_median(d)
+    wins = sum(x > 0 for x in d) + 0.5 * sum(x == 0 for x in d)
+    return {"median": statistics.median(d), "low": low, "high": high, "win": wins / len(d)}
+
+
+def summarise(outcomes: list[Outcome], tables: dict[str, Table]) -> list[dict[str, Any]]:
+    """One row per (task, budget, strategy): the primary metric against the grid and the
+    one-epoch baseline, and the secondary ones."""
+    by: dict[tuple, dict[int, Outcome]] = {}
+    for o in outcomes:
+        by.setdefault((o.task, o.strategy, o.budget), {})[o.seed] = o
+    rows = []
+    for task in dict.fromkeys(o.task for o in outcomes):
+        table = tables[task]
+        rho = {f"rho_{e:g}": table.spearman(e) for e in (0.5, 1, 2)}
+        grid = by.get((task, GRID, "full"), {})
+        budgets = ["full"] + [f"{a}/{b}" for a, b in BUDGETS]
+        for budget in budgets:
+            base = by.get((task, BASELINE, budget), {})
+            for strategy in STRATEGIES:
+                runs = by.get((task, strategy, budget))
+                if not runs:
+                    continue
+                got = list(runs.values())
+                row = {"task": task, "budget": budget, "budget_epochs": got[0].budget_epochs or "",
+                       "strategy": strategy, "seeds": len(got),
+                       "test": statistics.median(o.test_acc or 0.0 for o in got)}
+                for name, other in (("grid", grid), ("1epoch", base)):
+                    p = paired(runs, other) if other is not runs else None
+                    for k in ("median", "low", "high", "win"):
+                        row[f"vs_{name}_{k}"] = "" if p is None else p[k]
+                row.update({"val": statistics.median(o.val or 0.0 for o in got),
+                            "epochs": statistics.median(o.epochs for o in got), "epochs_max": max(o.epochs for o in got),
+                            "over_budget": sum(o.budget_epochs is not None and o.epochs > o.budget_epochs for o in got),
+                            "screened": statistics.median(o.screened for o in got),
+                            "no_answer": sum(o.test_acc is None for o in got),
+                            "mapped_distance": statistics.fmean(o.mapped_distance for o in got),
+                            "sim_hours": statistics.median(o.sim_hours for o in got),
+                            "s_per_replay": statistics.fmean(o.seconds for o in got), **rho})
+                rows.append(row)
+    return rows
+
+
+def _ci(row: dict, name: str) -> str:
+    if row[f"vs_{name}_median"] == "":
+        return "-"
+    return (f"{row[f'vs_{name}_median']:+.3f} [{row[f'vs_{name}_low']:+.3f}, {row[f'vs_{name}_high']:+.3f}] "
+            f"{row[f'vs_{name}_win']:.0%}")
+
+
+HEAD = ("budget", "strategy", "test acc", "vs grid: median [95% CI] win", "vs 1-epoch: median [95% CI] win",
+        "best val", "epochs (max)", "screened", "s/replay")
+
+
+def _cells(row: dict) -> list[str]:
+    budget = row["budget"] + (f" ({row['budget_epochs']})" if row["budget_epochs"] else "")
+    return [budget, row["strategy"], f"{row['test']:.3f}", _ci(row, "grid"), _ci(row, "1epoch"), f"{row['val']:.3f}",
+            f"{row['epochs']:g} ({row['epochs_max']})", f"{row['screened']:g}", f"{row['s_per_replay']:.2f}"]
+
+
+def _about(rows: list[dict], task: str, tables: dict[str, Table], workers: int) -> str:
+    first = next(r for r in rows if r["task"] == task)
+    t = tables[task]
+    return (f"{task}: {len(t.configs)} configurations ({len(t.known)} known) x {len(t.seeds)} seeds, {t.epochs} "
+            f"epochs; grid {len(t.known) * t.epochs} epochs; {first['seeds']} optimizer seeds, {workers} workers. "
+            f"Spearman rho of val at 1/2, 1, 2 epochs vs the end: {first['rho_0.5']:.2f}, {first['rho_1']:.2f}, "
+            f"{first['rho_2']:.2f}")
+
+
+def text_table(rows: list[dict], tables: dict[str, Table], workers: int) -> str:
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [_cells(r) for r in rows if r["task"] == task]
+        widths = [max(len(h), *(len(c[i]) for c in mine)) for i, h in enumerate(HEAD)]
+        out.append(_about(rows, task, tables, workers))
+        out.append("  ".join(h.ljust(w) for h, w in zip(HEAD, widths)))
+        out.extend("  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in mine)
+        over = sum(r["over_budget"] for r in rows if r["task"] == task)
+        none = sum(r["no_answer"] for r in rows if r["task"] == task)
+        out.append(f"replays over their epoch budget: {over}; without an answer (scored 0): {none}\n")
+    return "\n".join(out)
+
+
+def markdown(rows: list[dict], tables: dict[str, Table], workers: int) -> str:
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        out += [_about(rows, task, tables, workers), "", "| " + " | ".join(HEAD) + " |",
+                "|" + "---|" * len(HEAD)]
+        out += ["| " + " | ".join(_cells(r)) + " |" for r in rows if r["task"] == task]
+        out.append("")
+    return "\n".join(out)
+
+
+def write(outcomes: list[Outcome], rows: list[dict], tables: dict[str, Table], workers: int, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, [field.name for field in dataclasses.fields(Outcome)])
+        w.writeheader()
+        w.writerows(dataclasses.asdict(o) for o in outcomes)
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "summary.md").write_text(markdown(rows, tables, workers))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default=None, help="comma-separated tables under benchmarks/curves/ (default: all but quick)")
+    parser.add_argument("--seeds", type=int, default=20, help="optimizer seeds per (task, strategy, budget)")
+    parser.add_argument("--workers", type=int, default=2, help="simulated workers (slots)")
+    parser.add_argument("--startup-s", type=float, default=5.0, help="simulated seconds before a worker's first step")
+    parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel (processes)")
+    parser.add_argument("--out", type=Path, default=None, help="runs.csv, summary.csv, summary.md (default: benchmarks/replay/)")
+    parser.add_argument("--quick", action="store_true", help="benchmarks/curves/quick.csv, 3 seeds")
+    parser.add_argument("--record-quick", action="store_true", help="record benchmarks/curves/quick.csv again (minutes)")
+    args = parser.parse_args(argv)
+    if args.record_quick:
+        record_quick()
+        return 0
+    if args.quick:
+        paths, args.seeds = [QUICK], min(args.seeds, 3)
+    else:
+        names = args.tasks.split(",") if args.tasks else sorted(p.stem for p in CURVES.glob("*.csv") if p.stem != "quick")
+        paths = [CURVES / f"{name}.csv" for name in names]
+    missing = [p for p in paths if not p.is_file()]
+    if missing or not paths:
+        print(f"Error: no curve table {missing[0] if missing else CURVES / '*.csv'}; record one with "
+              "benchmarks/curves.py --task NAME", file=sys.stderr)
+        return 2
+    tables = {p.stem: Table(p) for p in paths}
+    for t in tables.values():
+        if len(t.known) < 2 or len(t.configs) < 3:
+            print(f"Error: {t.path} has {len(t.configs)} complete configurations ({len(t.known)} known); "
+                  "a replay needs 2 known and 3 in all", file=sys.stderr)
+            return 2
+    started = time.perf_counter()
+    outcomes = run_all(paths, STRATEGIES, args.seeds, args.workers, args.startup_s, args.jobs)
+    rows = summarise(outcomes, tables)
+    print(text_table(rows, tables, args.workers))
+    out = args.out or (Path(tempfile.mkdtemp(prefix="replay-quick-")) if args.quick else ROOT / "benchmarks" / "replay")
+    write(outcomes, rows, tables, args.workers, out)
+    print(f"{len(outcomes)} replays in {time.perf_counter() - started:.0f} s "
+          f"({statistics.fmean(o.seconds for o in outcomes):.2f} s each, {args.jobs} job(s)); "
+          f"written to {out}/runs.csv, summary.csv, summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -89,3 +89,18 @@ def test_report_errors_quick_prints_report_with_and_without_the_section():
     assert lines[-4].startswith("sweeper report --no-errors") and lines[-4].split()[-1] == "1.00"
     assert lines[-3].startswith("sweeper report (with the error section)")
     assert lines[-1].startswith("the section's cost: ")
+
+
+@pytest.mark.slow
+def test_replay_quick_prints_every_strategy_at_every_budget():
+    lines = _quick("replay.py")
+    assert lines[0].startswith("quick: 8 configurations (4 known) x 2 seeds, 4 epochs; grid 16 epochs; 3 optimizer seeds")
+    assert lines[1].split()[:2] == ["budget", "strategy"] and "vs grid: median [95% CI] win" in lines[1]
+    rows = [line.split("  ")[0:2] for line in lines[2:15]]
+    assert rows[0][0].startswith("full") and "grid (known, full)" in lines[2]
+    for i, budget in enumerate(("1/8", "1/4", "1/2")):
+        for j, strategy in enumerate(("tpe + asha (mf)", "tpe + asha (final)", "random + asha", "1-epoch")):
+            line = lines[3 + 4 * i + j]
+            assert line.startswith(budget) and strategy in line, line
+    assert lines[15].startswith("replays over their epoch budget: ")
+    assert lines[-1].startswith("39 replays in ") and "summary.md" in lines[-1]
