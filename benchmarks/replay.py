@@ -49,7 +49,7 @@ Fidelity: where a replay can decide differently from a real run of the same curv
   to be simulated too; this replay does not support --timeout.
 - Order with K > 1 workers: asha promotes or pauses on the values recorded at a rung *so far*,
   the reserve counts the trials training *now*. The replay orders events by the table's
-  seconds; a real run adds start-up (fork, data loading: `--startup-s`, default 5 s), resume
+  seconds; a real run adds start-up (fork, data loading: `--startup-s`, default 2 s), resume
   costs, and contention between workers, which shifts which trial reaches a rung first. With
   K = 1 there is no interleaving: decisions depend only on values, so a replay makes the same
   decisions as a real run on the same curves (benchmarks/test_replay.py checks this against
@@ -152,7 +152,7 @@ class Table:
         from scipy.stats import spearmanr
 
         pairs = [(c.at(at)["val_acc"], c.records[-1]["val_acc"]) for (n, _), c in self.curves.items()
-                 if n in self.configs and c.at(at) is not None and c.records[-1]["epoch"] == self.epochs]
+                 if n in self.configs and c.records and c.at(at) is not None and c.records[-1]["epoch"] == self.epochs]
         if len(pairs) < 3:
             return math.nan
         return float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
@@ -419,7 +419,7 @@ class Sweep:
     events: SimulatedEvents
 
 
-def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers: int = 2, startup_s: float = 5.0,
+def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers: int = 2, startup_s: float = 2.0,
           mapper: Nearest | None = None, decisions: Decisions | None = None, sqlite: bool = False) -> Sweep:
     """`sweeper run --space <doc> --budget-epochs B --workers K` on the table's curves, in a
     temporary folder on tmpfs; `seed` draws the trials' training seeds (TableLauncher.curve_for)."""
@@ -450,7 +450,7 @@ def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers
 
 
 def replay(table: Table, strategy: str, seed: int, budget: tuple[int, int] | None, workers: int = 2,
-           startup_s: float = 5.0, mapper: Nearest | None = None, decisions: Decisions | None = None,
+           startup_s: float = 2.0, mapper: Nearest | None = None, decisions: Decisions | None = None,
            sqlite: bool = False) -> Outcome:
     """One sweep of `strategy` with optimizer seed `seed` on the table; `budget`: a fraction of
     the grid's epochs (None: the strategy's own end, the grid's n_trials)."""
@@ -691,10 +691,11 @@ def write(outcomes: list[Outcome], rows: list[dict], tables: dict[str, Table], w
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=None, help="comma-separated tables under benchmarks/curves/ (default: all but quick)")
+    parser.add_argument("--tasks", default=None, help="comma-separated tables: names under benchmarks/curves/ or "
+                        "paths to .csv files (default: every table there but quick)")
     parser.add_argument("--seeds", type=int, default=20, help="optimizer seeds per (task, strategy, budget)")
     parser.add_argument("--workers", type=int, default=2, help="simulated workers (slots)")
-    parser.add_argument("--startup-s", type=float, default=5.0, help="simulated seconds before a worker's first step")
+    parser.add_argument("--startup-s", type=float, default=2.0, help="simulated seconds before a worker's first step")
     parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel (processes)")
     parser.add_argument("--out", type=Path, default=None, help="runs.csv, summary.csv, summary.md (default: benchmarks/replay/)")
     parser.add_argument("--quick", action="store_true", help="benchmarks/curves/quick.csv, 3 seeds")
@@ -707,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         paths, args.seeds = [QUICK], min(args.seeds, 3)
     else:
         names = args.tasks.split(",") if args.tasks else sorted(p.stem for p in CURVES.glob("*.csv") if p.stem != "quick")
-        paths = [CURVES / f"{name}.csv" for name in names]
+        paths = [Path(name) if name.endswith(".csv") else CURVES / f"{name}.csv" for name in names]
     missing = [p for p in paths if not p.is_file()]
     if missing or not paths:
         print(f"Error: no curve table {missing[0] if missing else CURVES / '*.csv'}; record one with "
