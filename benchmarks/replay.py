@@ -64,10 +64,8 @@ Fidelity: where a replay can decide differently from a real run of the same curv
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
-import heapq
 import itertools
 import json
 import math
@@ -84,8 +82,10 @@ from typing import Any, Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import Space  # noqa: E402  (benchmarks/curves.py: the design's normalised box)
-from search import ASHA, SIDES, space_doc  # noqa: E402  (benchmarks/search.py: the strategies)
+from curves import Space  # benchmarks/curves.py: the design's normalised box
+from search import SIDES, space_doc  # benchmarks/search.py: the strategies and their space file
+
+from sweeper.sweep.progress import SweepProgress
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVES = ROOT / "benchmarks" / "curves"
@@ -253,11 +253,6 @@ class TableWorker:
         self.script = iter(())
         self.next = (self.launcher.events.now, None)
 
-    kill = terminate = lambda self: self.send_signal(9)
-
-    def poll(self) -> int | None:
-        return self.returncode
-
     def wait(self, timeout: float | None = None) -> int:
         return self.returncode if self.returncode is not None else 0
 
@@ -272,7 +267,7 @@ class TableWorker:
 
     def _script(self) -> Iterator[tuple[float, dict | None]]:
         c = self.config
-        number, curve, seed = self.launcher.curve_for(c)
+        curve = self.launcher.curve_for(c)
         resumed = 0
         if c.resume_from:
             resumed = int(Path(c.resume_from).read_text())
@@ -336,13 +331,15 @@ class TableLauncher:
         self.table, self.mapper, self.events, self.seed, self.startup_s = table, mapper, events, seed, startup_s
         self.trials: dict[int, tuple[int, int, float]] = {}  # trial number: (configuration, seed, distance)
 
-    def curve_for(self, config) -> tuple[int, Curve, int]:
+    def curve_for(self, config) -> Curve:
+        """The trial's curve: its recorded configuration, and a training seed drawn from (optimizer
+        seed, trial number) -- the same when a paused trial resumes."""
         if config.number not in self.trials:
             n, distance = self.mapper(config.params)
             seed = self.table.seeds[random.Random(f"{self.seed}-{config.number}").randrange(len(self.table.seeds))]
             self.trials[config.number] = (n, seed, distance)
         n, seed, _ = self.trials[config.number]
-        return n, self.table.curves[(n, seed)], seed
+        return self.table.curves[(n, seed)]
 
     def launch(self, slot: int, config_path: Path, env: dict[str, str], stderr) -> TableWorker:
         worker = TableWorker(self, slot, config_path)
@@ -374,29 +371,25 @@ class Outcome:
     seconds: float  # this replay's own wall time
 
 
-class Decisions:
-    """What the orchestrator decided, in order: a SweepProgress that writes it down."""
+class Decisions(SweepProgress):
+    """What the orchestrator decided, in order (`log`): a silent SweepProgress that writes it down."""
 
     def __init__(self):
-        from sweeper.sweep.progress import SweepProgress
-
-        class Recorder(SweepProgress):
-            def started(inner, number, slot, params, epochs):
-                super().started(number, slot, params, epochs)
-                self.log.append(("start", number))
-
-            def finished(inner, number, state, value, reason):
-                super().finished(number, state, value, reason)
-                self.log.append((state, number, reason))
-
-            def message(inner, text):
-                if "promoted at rung" in text:
-                    self.log.append(("promoted", int(text.split()[1].rstrip(":"))))
-                elif "the rest of the budget is kept" in text:
-                    self.log.append(("kept", int(text.split()[1].rstrip(":"))))
-
+        super().__init__("replay", 0, "val_acc")
         self.log: list[tuple] = []
-        self.progress = Recorder("replay", 0, "val_acc")
+
+    def started(self, number, slot, params, epochs):
+        super().started(number, slot, params, epochs)
+        self.log.append(("start", number))
+
+    def finished(self, number, state, value, reason):
+        super().finished(number, state, value, reason)
+        self.log.append((state, number, reason))
+
+    def message(self, text):
+        for words, kind in (("promoted at rung", "promoted"), ("the rest of the budget is kept", "kept")):
+            if words in text:
+                self.log.append((kind, int(text.split()[1].rstrip(":"))))
 
 
 def strategy_doc(table: Table, strategy: str, seed: int, study: str) -> dict:
@@ -438,7 +431,7 @@ def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers
         launcher = TableLauncher(table, mapper or Nearest(Space(doc), table.configs), events, seed, startup_s)
         options = orchestrator.Options(max_retry=0, keep_checkpoints=10 ** 6, heartbeat=1e12)
         runner = orchestrator.Orchestrator(spec, study, [Slot(i, None) for i in range(workers)], tmp / "cache",
-                                           decisions.progress, tmp / "trials", url, options, launcher=launcher)
+                                           decisions, tmp / "trials", url, options, launcher=launcher)
         runner.events = events  # the simulated queue, in place of the relay threads' one
         runner.run()
         trials = study.get_trials()

@@ -13,11 +13,11 @@ import optuna
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import replay  # noqa: E402
-from curves import FIELDS  # noqa: E402
-from search import ASHA, SIDES, manual_configs, space_doc  # noqa: E402
+import replay
+from curves import FIELDS
+from search import ASHA, SIDES, manual_configs, space_doc
 
-from sweeper.testing import make_image_folder, write_space  # noqa: E402
+from sweeper.testing import make_image_folder, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
