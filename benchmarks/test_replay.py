@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fidelity
 import replay
-from curves import FIELDS
-from search import ASHA, SIDES, manual_configs, space_doc
 
-from sweeper.testing import make_image_folder, write_space
+from sweeper.testing import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,51 +49,27 @@ def test_two_simulated_workers_interleave_by_the_table_s_seconds():
     assert sum(len(t.intermediate_values) for t in done.trials) >= 12
 
 
-def _real_run(tmp: Path, sampler: dict, budget: int, epochs: int = 3) -> tuple[dict, list]:
-    data = make_image_folder(tmp / "data", classes=3, per_class=18)
-    args = argparse.Namespace(size=16, model="test_resnet", pretrained=False, epochs=epochs)
-    doc = space_doc(args, data, "real", manual_configs(epochs)[:4])
-    doc["train"]["precision"] = "fp32"
-    doc["search"].update(sampler=sampler, pruner=ASHA)
-    space = write_space(tmp / "real.yaml", doc)
-    done = subprocess.run([sys.executable, "-m", "sweeper", "run", "--space", str(space), "--workers", "1",
-                           "--budget-epochs", str(budget)], cwd=tmp, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    trials = optuna.load_study(study_name="real", storage=f"sqlite:///{tmp / 'studies.db'}").get_trials()
-    return doc, trials
-
-
-def _as_table(trials, path: Path) -> replay.Table:
-    """Each real trial's curve (val_acc by epoch, from the store) as a configuration of its own."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for t in trials:
-            params = json.loads((Path(t.user_attrs["trial_dir"]) / "config.json").read_text())["params"]
-            knobs = {**params, "milestones": json.dumps(params.get("milestones", ""))}
-            for epoch, value in sorted(t.intermediate_values.items()):
-                w.writerow({"config": t.number, "origin": "real", "seed": 0, **knobs, "epoch": epoch,
-                            "val_acc": value, "val_balanced_acc": value, "test_acc": value,
-                            "seconds": 10.0 * epoch, "status": "ok"})
-    return replay.Table(path)
-
-
-def _decisions(trials) -> list[tuple]:
-    return [(t.number, t.params, t.state.name, t.user_attrs.get("pauses"), t.user_attrs.get("reason"),
-             t.user_attrs.get("epochs_run"), bool(t.user_attrs.get("finished_by_reserve")),
-             dict(t.intermediate_values), t.value) for t in trials]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,budget", [("random + asha", 8), ("tpe + asha (mf)", 10)])
 def test_one_worker_replay_decides_as_the_real_run_it_replays(tmp_path, strategy, budget):
     """A real `sweeper run --workers 1`, then a replay of its own curves: the same trials with the
     same values, in the same order, paused, promoted, pruned and finished alike. (A decision the
     real run never made would ask the table for an epoch it lacks: the trial would fail.)"""
-    _, sampler, _ = SIDES[strategy]
-    doc, real = _real_run(tmp_path, {**sampler, "seed": 3}, budget)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=18)
+    doc, real = fidelity.real_run(tmp_path, data, strategy, 3, budget, workers=1)
     assert any(t.user_attrs.get("pauses") for t in real), "the real run paused nothing: a weak check"
-    table = _as_table(real, tmp_path / "real.csv")
-    replayed = replay.sweep(table, doc, 0, budget, workers=1)
-    assert _decisions(replayed.trials) == _decisions(real)
+    replayed = fidelity.replay_of(doc, real, tmp_path, budget, workers=1)
+    assert fidelity.decisions(replayed.trials) == fidelity.decisions(real)
     assert all(d == 0.0 for _, _, d in replayed.launcher.trials.values())
+
+
+@pytest.mark.slow
+def test_fidelity_with_two_workers_prints_every_trial_and_what_agrees():
+    """With two workers decisions may differ (timing); the script shows each trial's, side by side."""
+    done = subprocess.run([sys.executable, "benchmarks/fidelity.py", "--workers", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("random + asha, sampler seed 3, budget 12 epochs, 2 worker(s)")
+    assert lines[1].split()[:2] == ["trial", "real:"]
+    assert lines[-1].startswith("trials: ") and "decisions that differ: " in lines[-1] and "answer: trial" in lines[-1]
