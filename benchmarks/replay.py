@@ -53,7 +53,8 @@ Fidelity: where a replay can decide differently from a real run of the same curv
   costs, and contention between workers, which shifts which trial reaches a rung first. With
   K = 1 there is no interleaving: decisions depend only on values, so a replay makes the same
   decisions as a real run on the same curves (benchmarks/test_replay.py checks this against
-  a real `sweeper run`).
+  real `sweeper run`s; benchmarks/fidelity.py shows a real run and its replay side by side,
+  with any number of workers).
 - Ties: two events at the same simulated time go to the lower slot first.
 - Curves: a sampled point trains as its nearest recorded neighbour; training noise is the
   table's 2+ seeds, not a fresh run's.
