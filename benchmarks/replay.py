@@ -691,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="simulated workers (slots)")
     parser.add_argument("--startup-s", type=float, default=2.0, help="simulated seconds before a worker's first step")
     parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel (processes)")
-    parser.add_argument("--out", type=Path, default=None, help="runs.csv, summary.csv, summary.md (default: benchmarks/replay/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="runs.csv, summary.csv, summary.md (default: benchmarks/replay/; with --quick: none)")
     parser.add_argument("--quick", action="store_true", help="benchmarks/curves/quick.csv, 3 seeds")
     parser.add_argument("--record-quick", action="store_true", help="record benchmarks/curves/quick.csv again (minutes)")
     args = parser.parse_args(argv)
@@ -718,11 +719,12 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = run_all(paths, STRATEGIES, args.seeds, args.workers, args.startup_s, args.jobs)
     rows = summarise(outcomes, tables)
     print(text_table(rows, tables, args.workers))
-    out = args.out or (Path(tempfile.mkdtemp(prefix="replay-quick-")) if args.quick else ROOT / "benchmarks" / "replay")
-    write(outcomes, rows, tables, args.workers, out)
+    out = args.out or (None if args.quick else ROOT / "benchmarks" / "replay")  # --quick: nothing, unless asked
+    if out is not None:
+        write(outcomes, rows, tables, args.workers, out)
     print(f"{len(outcomes)} replays in {time.perf_counter() - started:.0f} s "
           f"({statistics.fmean(o.seconds for o in outcomes):.2f} s each, {args.jobs} job(s)); "
-          f"written to {out}/runs.csv, summary.csv, summary.md")
+          + (f"written to {out}/runs.csv, summary.csv, summary.md" if out else "--out DIR writes them as CSV and markdown"))
     return 0
 
 

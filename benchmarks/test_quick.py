@@ -92,8 +92,11 @@ def test_report_errors_quick_prints_report_with_and_without_the_section():
 
 
 @pytest.mark.slow
-def test_replay_quick_prints_every_strategy_at_every_budget():
-    lines = _quick("replay.py")
+def test_replay_quick_prints_every_strategy_at_every_budget(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/replay.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("quick: 8 configurations (4 known) x 2 seeds, 4 epochs; grid 16 epochs; 3 optimizer seeds")
     assert lines[1].split()[:2] == ["budget", "strategy"] and "vs grid: median [95% CI] win" in lines[1]
     rows = [line.split("  ")[0:2] for line in lines[2:15]]
@@ -103,4 +106,6 @@ def test_replay_quick_prints_every_strategy_at_every_budget():
             line = lines[3 + 4 * i + j]
             assert line.startswith(budget) and strategy in line, line
     assert lines[15].startswith("replays over their epoch budget: ")
-    assert lines[-1].startswith("39 replays in ") and "summary.md" in lines[-1]
+    assert lines[-1].startswith("39 replays in ") and lines[-1].endswith(f"written to {tmp_path}/runs.csv, summary.csv, summary.md")
+    assert len((tmp_path / "runs.csv").read_text().splitlines()) == 1 + 39
+    assert (tmp_path / "summary.md").read_text().count("| 1/4 (4) |") == 4

@@ -73,3 +73,17 @@ def test_fidelity_with_two_workers_prints_every_trial_and_what_agrees():
     assert lines[0].startswith("random + asha, sampler seed 3, budget 12 epochs, 2 worker(s)")
     assert lines[1].split()[:2] == ["trial", "real:"]
     assert lines[-1].startswith("trials: ") and "decisions that differ: " in lines[-1] and "answer: trial" in lines[-1]
+
+
+def _outcome(seed: int, test: float | None) -> replay.Outcome:
+    return replay.Outcome("t", "s", "1/4", 24, seed, test, test, 0, 24, 5, 5, 0.0, 1.0, 0.1)
+
+
+def test_paired_differences_count_ties_as_half_a_win_and_no_answer_as_zero():
+    ours = {s: _outcome(s, v) for s, v in enumerate([0.7, 0.6, None, 0.5])}
+    theirs = {s: _outcome(s, v) for s, v in enumerate([0.6, 0.6, 0.4, 0.6, 0.9])}  # seed 4: unpaired
+    got = replay.paired(ours, theirs)
+    assert got["win"] == (1 + 0.5) / 4  # +0.1, 0, -0.4 (no answer scores 0), -0.1
+    assert got["median"] == pytest.approx(-0.05)
+    assert got["low"] <= got["median"] <= got["high"]
+    assert replay.paired(ours, {}) is None
