@@ -98,6 +98,7 @@ def test_replay_quick_prints_every_strategy_at_every_budget(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("quick: 8 configurations (4 known) x 2 seeds, 4 epochs; grid 16 epochs; 3 optimizer seeds")
+    assert "Best mean test acc over seeds: " in lines[0] and "Spearman rho of val at 1/2, 1, 2 epochs" in lines[0]
     assert lines[1].split()[:2] == ["budget", "strategy"] and "vs grid: median [95% CI] win" in lines[1]
     rows = [line.split("  ")[0:2] for line in lines[2:15]]
     assert rows[0][0].startswith("full") and "grid (known, full)" in lines[2]

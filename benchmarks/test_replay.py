@@ -76,7 +76,7 @@ def test_fidelity_with_two_workers_prints_every_trial_and_what_agrees():
 
 
 def _outcome(seed: int, test: float | None) -> replay.Outcome:
-    return replay.Outcome("t", "s", "1/4", 24, seed, test, test, 0, 24, 5, 5, 0.0, 1.0, 0.1)
+    return replay.Outcome("t", "s", "1/4", 24, seed, test, test, 0, 24, 5, 5, 5, 0.0, 1.0, 0.1)
 
 
 def test_paired_differences_count_ties_as_half_a_win_and_no_answer_as_zero():
