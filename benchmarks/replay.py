@@ -6,8 +6,10 @@
 
 What runs is sweeper's own orchestrator (sweep/orchestrator.py) with the study, sampler, pruner,
 asha promotion, budget reserve and epoch budget that `sweeper run` builds from a space file
-(setup.create_study, the same SweepSpec), on a real SQLite store (on tmpfs: optuna's in-memory
-storage has no engine for `store.budget_lock`). Only the workers are simulated:
+(setup.create_study, the same SweepSpec). The store is optuna's in-memory one: store.budget_lock
+locks an SQLite URL with a file (a temporary folder on tmpfs holds it and the trial folders) and
+only reads the storage's engine, which this one has as None; it makes the same decisions as an
+SQLite file (`sqlite=True`; a test compares them) about 30x faster. Only the workers are simulated:
 
 - `TableLauncher` stands in for fork_server.Launcher (the orchestrator's `launcher` argument).
   Its `TableWorker` reads the trial's config.json like a real worker, maps the trial's values to
@@ -22,6 +24,11 @@ storage has no engine for `store.budget_lock`). Only the workers are simulated:
   from), and `get` hands out the earliest, advancing the clock. So K workers interleave as they
   would in real time, and nothing sleeps. A worker waiting for its continue/stop has no next
   event until the orchestrator replies (which it does while handling the epoch, as for real).
+  worker_handle's relay thread still starts; it finds the simulated worker's stdout empty, and
+  its end-of-output is ignored (the worker announces its own end, in order).
+- The orchestrator's clock is not simulated (time.monotonic and time.time are left alone): in
+  these replays no decision reads it (see Fidelity), so event order is all that matters, and
+  timestamps in the store (segments, startup_s) are simply the replay's own.
 
 Mapping a suggestion to the table: the nearest recorded configuration in the normalised box of
 curves.Space (lr on a log scale, the rest by index), exact matches first. The sampler keeps the
@@ -40,7 +47,8 @@ What is measured for each (task, strategy, budget, optimizer seed): the configur
 best` returns (analyze/ranking.configurations()[0]) and its TEST accuracy from the table (the
 same configuration and training seed, at the epoch whose weights the checkpoint holds:
 value_epoch); its val value; epochs trained (sweep/epochs.trained: the budget's own count);
-configurations screened (trials that trained an epoch); simulated hours.
+configurations screened (trials that trained an epoch) and the distinct recorded configurations
+they trained as; simulated hours.
 
 Fidelity: where a replay can decide differently from a real run of the same curves.
 - Time: nothing in these replays depends on the clock. No --timeout (reserve.tightest's time
