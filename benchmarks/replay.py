@@ -73,6 +73,7 @@ Fidelity: where a replay can decide differently from a real run of the same curv
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
 import itertools
@@ -222,6 +223,7 @@ class SimulatedEvents:
     def __init__(self):
         self.now = 0.0
         self.workers: dict[int, TableWorker] = {}  # by slot
+        self.handed: collections.Counter[str] = collections.Counter()  # events handed out, by kind
 
     def put(self, item) -> None:
         """worker_handle's relay thread finds a simulated worker's stdout empty and says it
@@ -237,6 +239,7 @@ class SimulatedEvents:
         worker.advance()
         if event is None:
             del self.workers[worker.slot]
+        self.handed[event["event"] if event else "end"] += 1
         return worker.slot, event
 
 

@@ -87,3 +87,19 @@ def test_paired_differences_count_ties_as_half_a_win_and_no_answer_as_zero():
     assert got["median"] == pytest.approx(-0.05)
     assert got["low"] <= got["median"] <= got["high"]
     assert replay.paired(ours, {}) is None
+
+
+def test_half_epoch_evaluations_reach_the_orchestrator_and_change_no_decision_today():
+    """The table's half-epoch values are sent as `eval` events under train.eval_every 0.5; the
+    orchestrator acts on whole epochs only (rungs are epochs), so nothing it decides changes."""
+    table = replay.Table(replay.QUICK)
+    doc = replay.strategy_doc(table, "random + asha", 2, "e")
+    half = {**doc, "train": {**doc["train"], "eval_every": 0.5}}
+    whole, halves = replay.Decisions(), replay.Decisions()
+    a = replay.sweep(table, doc, 2, 8, decisions=whole)
+    b = replay.sweep(table, half, 2, 8, decisions=halves)
+    assert whole.log == halves.log
+    assert [t.intermediate_values for t in a.trials] == [t.intermediate_values for t in b.trials]
+    assert all(float(e).is_integer() for t in b.trials for e in t.intermediate_values)
+    assert b.events.handed["eval"] > 0 and a.events.handed["eval"] == 0
+    assert a.events.handed["epoch"] == b.events.handed["epoch"] > 0
