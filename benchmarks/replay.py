@@ -86,6 +86,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -176,7 +177,9 @@ class Table:
                  if n in self.configs and c.records and c.at(at) is not None and c.records[-1]["epoch"] == self.epochs]
         if len(pairs) < 3:
             return math.nan
-        return float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
+        with warnings.catch_warnings():  # constant values (every run predicts one class): nan, said once
+            warnings.simplefilter("ignore")
+            return float(spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic)
 
 
 def _epoch(text: str) -> float | int:
@@ -453,7 +456,7 @@ def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers
         study = setup.create_study(spec, storage, url)
         events, decisions = SimulatedEvents(), decisions or Decisions()
         launcher = TableLauncher(table, mapper or Nearest(Space(doc), table.configs), events, seed, startup_s)
-        options = orchestrator.Options(max_retry=0, keep_checkpoints=10 ** 6, heartbeat=1e12)
+        options = orchestrator.Options(heartbeat=1e12)  # `run`'s defaults; one orchestrator: no heartbeats
         runner = orchestrator.Orchestrator(spec, study, [Slot(i, None) for i in range(workers)], tmp / "cache",
                                            decisions, tmp / "trials", url, options, launcher=launcher)
         runner.events = events  # the simulated queue, in place of the relay threads' one
