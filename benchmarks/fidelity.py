@@ -10,8 +10,9 @@ test_resnet at 16 px, 3 epochs a trial: about 30 s). Its trials become a table, 
 configuration of its own: val_acc by epoch from the store, seconds from its metrics.csv. The
 replay gets the same space file, budget and worker count, and the run's median start-up
 (ask -> first step). For each trial it prints the real and the replayed decision (state,
-rungs it paused at, reason, epochs), then whether the trials, the answer (`sweeper best`) and
-the epochs trained agree. With one worker they must all agree (benchmarks/test_replay.py); with
+rungs it paused at, reason, epochs), whether the sequence of decisions (starts, pauses,
+promotions, the reserve's, ends) is the same, then whether the trials, the answer (`sweeper
+best`) and the epochs trained agree. With one worker they must all agree (benchmarks/test_replay.py); with
 more, a decision may differ where two trials reach a rung or the budget close together in time.
 A replay that asks for an epoch the real run never trained fails that trial ("recorded: ...").
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -34,8 +36,9 @@ from search import SIDES, manual_configs, space_doc  # benchmarks/search.py: the
 
 
 def real_run(folder: Path, data: Path, strategy: str, seed: int, budget: int, workers: int, model: str = "test_resnet",
-             size: int = 16, epochs: int = 3, pretrained: str | bool = False) -> tuple[dict, list]:
-    """`sweeper run` of the strategy in `folder`: its space file and its trials."""
+             size: int = 16, epochs: int = 3, pretrained: str | bool = False) -> tuple[dict, list, list[tuple]]:
+    """`sweeper run` of the strategy in `folder`: its space file, its trials and the sequence of
+    its decisions (read from its output as replay.Decisions writes a replay's down)."""
     import optuna
 
     args = argparse.Namespace(size=size, model=model, pretrained=pretrained, epochs=epochs)
@@ -51,7 +54,22 @@ def real_run(folder: Path, data: Path, strategy: str, seed: int, budget: int, wo
                            "--budget-epochs", str(budget)], cwd=folder, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"sweeper run failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return doc, optuna.load_study(study_name="real", storage=f"sqlite:///{folder / 'studies.db'}").get_trials()
+    trials = optuna.load_study(study_name="real", storage=f"sqlite:///{folder / 'studies.db'}").get_trials()
+    return doc, trials, sequence(done.stdout)
+
+
+def sequence(output: str) -> list[tuple]:
+    """A run's decisions in order, from its progress lines (progress.LineProgress: `trial=N
+    event=start ...`, `trial=N event=finish state=S ... reason="..."`, and its messages)."""
+    log = replay.Decisions()
+    for line in output.splitlines():
+        if m := re.match(r"trial=(\d+) event=start", line):
+            log.started(int(m[1]), 0, {}, 0)
+        elif m := re.match(r'trial=(\d+) event=finish state=(\w+)[^"]*(?:reason="(.*)")?$', line):
+            log.finished(int(m[1]), m[2], None, m[3])
+        else:
+            log.message(line)
+    return log.log
 
 
 def as_table(trials: list, path: Path) -> replay.Table:
@@ -83,9 +101,10 @@ def decisions(trials: list) -> list[tuple]:
              dict(t.intermediate_values), t.value) for t in trials]
 
 
-def replay_of(doc: dict, real: list, folder: Path, budget: int, workers: int) -> replay.Sweep:
+def replay_of(doc: dict, real: list, folder: Path, budget: int, workers: int,
+              log: replay.Decisions | None = None) -> replay.Sweep:
     startup = statistics.median(t.user_attrs.get("startup_s", 1.0) for t in real if "startup_s" in t.user_attrs)
-    return replay.sweep(as_table(real, folder / "real.csv"), doc, 0, budget, workers, startup)
+    return replay.sweep(as_table(real, folder / "real.csv"), doc, 0, budget, workers, startup, decisions=log)
 
 
 def _show(d: tuple | None) -> str:
@@ -112,9 +131,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = args.data.resolve() if args.data else make_image_folder(folder / "data", classes=3, per_class=18)
-        doc, real = real_run(folder, data, args.strategy, args.seed, args.budget, args.workers, args.model,
-                             args.size, args.epochs, pretrained)
-        replayed = replay_of(doc, real, folder, args.budget, args.workers).trials
+        doc, real, real_order = real_run(folder, data, args.strategy, args.seed, args.budget, args.workers,
+                                         args.model, args.size, args.epochs, pretrained)
+        order = replay.Decisions()
+        replayed = replay_of(doc, real, folder, args.budget, args.workers, order).trials
     print(f"{args.strategy}, sampler seed {args.seed}, budget {args.budget} epochs, {args.workers} worker(s), "
           f"{args.model} at {args.size} px, {args.epochs} epochs a trial")
     print(f"{'trial':>5}  {'real: state, paused at, reason, epochs':<58} replay")
@@ -125,6 +145,12 @@ def main() -> int:
         b = theirs[i] if i < len(theirs) else None
         differ += a != b
         print(f"{i:>5}  {_show(a):<58} {'same' if a == b else _show(b)}")
+    first = next((i for i, (a, b) in enumerate(zip(real_order, order.log)) if a != b),
+                 None if len(real_order) == len(order.log) else min(len(real_order), len(order.log)))
+    print(f"sequence of decisions (starts, pauses, promotions, reserve, ends): {len(real_order)} real, "
+          f"{len(order.log)} replayed, " + ("the same" if first is None else
+                                           f"first different at step {first + 1}: {real_order[first:first + 1]} "
+                                           f"real, {order.log[first:first + 1]} replayed"))
     best = [c[0].first.number if c else None for c in (configurations(real), configurations(replayed))]
     print(f"trials: {len(real)} real, {len(replayed)} replayed; decisions that differ: {differ}; answer: trial "
           f"{best[0]} real, {best[1]} replayed; epochs trained: {epochs.trained(real)} real, "

@@ -56,9 +56,12 @@ def test_one_worker_replay_decides_as_the_real_run_it_replays(tmp_path, strategy
     same values, in the same order, paused, promoted, pruned and finished alike. (A decision the
     real run never made would ask the table for an epoch it lacks: the trial would fail.)"""
     data = make_image_folder(tmp_path / "data", classes=3, per_class=18)
-    doc, real = fidelity.real_run(tmp_path, data, strategy, 3, budget, workers=1)
+    doc, real, real_order = fidelity.real_run(tmp_path, data, strategy, 3, budget, workers=1)
     assert any(t.user_attrs.get("pauses") for t in real), "the real run paused nothing: a weak check"
-    replayed = fidelity.replay_of(doc, real, tmp_path, budget, workers=1)
+    assert any(d[0] == "promoted" for d in real_order), real_order  # the sequence has promotions to compare
+    order = replay.Decisions()
+    replayed = fidelity.replay_of(doc, real, tmp_path, budget, workers=1, log=order)
+    assert order.log == real_order
     assert fidelity.decisions(replayed.trials) == fidelity.decisions(real)
     assert all(d == 0.0 for _, _, d in replayed.launcher.trials.values())
 
@@ -72,6 +75,7 @@ def test_fidelity_with_two_workers_prints_every_trial_and_what_agrees():
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("random + asha, sampler seed 3, budget 12 epochs, 2 worker(s)")
     assert lines[1].split()[:2] == ["trial", "real:"]
+    assert lines[-2].startswith("sequence of decisions (starts, pauses, promotions, reserve, ends): ")
     assert lines[-1].startswith("trials: ") and "decisions that differ: " in lines[-1] and "answer: trial" in lines[-1]
 
 
