@@ -202,11 +202,7 @@ class Nearest:
     def __call__(self, params: dict[str, Any]) -> tuple[int, float]:
         if (n := self.keys.get(_key(params))) is not None:
             return n, 0.0
-        c = dict(params)
-        if c.get("schedule") == "step" and c.get("milestones") not in self.space.milestones:
-            c.pop("milestones", None)
-            c["schedule"] = "cosine"  # cannot happen with the table's own space file
-        d = np.linalg.norm(self.points - self.space.encode(c), axis=1)
+        d = np.linalg.norm(self.points - self.space.encode(params), axis=1)
         i = int(np.argmin(d))
         return self.numbers[i], float(d[i])
 
