@@ -97,3 +97,24 @@ def test_curves_quick_records_a_table_with_val_and_test():
     header = lines.index("config seed epoch val_acc test_acc seconds status")
     rows = [line.split() for line in lines[header + 1:]]
     assert len(rows) >= 2 and all(r[-1] == "ok" and 0 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_replay_quick_prints_every_strategy_at_every_budget(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/replay.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("quick: 8 configurations (4 known) x 2 seeds, 4 epochs; grid 16 epochs; 3 optimizer seeds")
+    assert "Best mean test acc over seeds: " in lines[0] and "Spearman rho of val at 1/2, 1, 2 epochs" in lines[0]
+    assert lines[1].split()[:2] == ["budget", "strategy"] and "vs grid: median [95% CI] win" in lines[1]
+    rows = [line.split("  ")[0:2] for line in lines[2:15]]
+    assert rows[0][0].startswith("full") and "grid (known, full)" in lines[2]
+    for i, budget in enumerate(("1/8", "1/4", "1/2")):
+        for j, strategy in enumerate(("tpe + asha (mf)", "tpe + asha (final)", "random + asha", "1-epoch")):
+            line = lines[3 + 4 * i + j]
+            assert line.startswith(budget) and strategy in line, line
+    assert lines[15].startswith("replays over their epoch budget: ")
+    assert lines[-1].startswith("39 replays in ") and lines[-1].endswith(f"written to {tmp_path}/runs.csv, summary.csv, summary.md")
+    assert len((tmp_path / "runs.csv").read_text().splitlines()) == 1 + 39
+    assert (tmp_path / "summary.md").read_text().count("| 1/4 (4) |") == 4

@@ -46,10 +46,10 @@ class Options:
 
 class Orchestrator:
     def __init__(self, spec: SweepSpec | None, study: optuna.Study, slots: list[Slot], data_cache: Path,
-                 progress: SweepProgress, trials_root: Path = Path("trials"),
-                 storage_url: str = store.DEFAULT_STORAGE, options: Options = Options(),
-                 source: "TrialSource | None" = None, artifact_store: ArtifactStore | None = None):
-        self.spec, self.study, self.slots = spec, study, slots
+                 progress: SweepProgress, trials_root: Path = Path("trials"), storage_url: str = store.DEFAULT_STORAGE,
+                 options: Options = Options(), source: "TrialSource | None" = None,
+                 artifact_store: ArtifactStore | None = None, launcher: Launcher | None = None):
+        self.spec, self.study, self.slots, self.launcher = spec, study, slots, launcher
         self.data_cache, self.progress, self.trials_root = data_cache, progress, trials_root
         self.storage_url, self.options = storage_url, options
         self.events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
@@ -329,7 +329,7 @@ class Orchestrator:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
-        self.launcher = Launcher()
+        self.launcher = self.launcher or Launcher()  # given: benchmarks/replay.py's simulated workers
         try:
             self._loop()
         except BaseException:  # a bug here: stop workers, leave nothing RUNNING
