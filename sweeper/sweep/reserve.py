@@ -6,7 +6,7 @@ else trains an epoch, the orchestrator asks `plan` whether that epoch is free:
 
 - the candidate is the unfinished trial (training or paused, any orchestrator's) closest to its
   last epoch, the better value at that epoch first: the one that rose highest through the
-  rungs. It is worth finishing while no trial is COMPLETE, or while it beats every COMPLETE
+  rungs; once the reserve has taken a trial, that trial stays the candidate. It is worth finishing while no trial is COMPLETE, or while it beats every COMPLETE
   trial at the epoch it reached and still fits in the budget;
 - `room` = epochs left - what the candidate still needs - one epoch for every other trial
   training now (an epoch that has started cannot be stopped).
@@ -62,7 +62,10 @@ def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None
                   and RECHECK_OF not in t.user_attrs]
     if not unfinished:
         return None
-    candidate = max(unfinished, key=lambda t: (*_reached(t), -t.number))
+    # a trial the reserve took trains to its end whatever the others report: it stays the
+    # candidate, or two trials in lockstep would each be kept in turn and both finished
+    taken = [t for t in unfinished if t.user_attrs.get(FINISHED_BY_RESERVE)]
+    candidate = max(taken or unfinished, key=lambda t: (*_reached(t), -t.number))
     reached, value = _reached(candidate)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete and not all(value > t.intermediate_values.get(reached, float("-inf")) for t in complete):

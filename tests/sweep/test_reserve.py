@@ -43,6 +43,17 @@ def test_no_reserve_for_a_trial_no_better_than_a_complete_one_at_its_epoch():
     assert reserve.plan([done, worse, better], budget=40).trial == 2
 
 
+def test_the_trial_the_reserve_took_stays_its_candidate():
+    """Two trials promoted together train in lockstep; the one the reserve took first trains to
+    its end whatever the other reports, so the other's epochs must not be kept for it as well
+    (seen in replays: both trained to the end, 18 epochs of a 12-epoch budget)."""
+    taken = trial(1, {1: 0.5, 2: 0.6}, **{reserve.FINISHED_BY_RESERVE: True})
+    other = trial(2, {1: 0.5, 2: 0.7})  # now higher at the same epoch
+    kept = reserve.plan([taken, other], budget=10, deciding=2)
+    assert (kept.trial, kept.need) == (1, 6)
+    assert kept.room == 10 - 4 - 6 < 1  # trial 2 is stopped: "budget kept for trial 1"
+
+
 def test_paused_trials_are_not_counted_as_training():
     a = trial(0, {1: 0.9, 2: 0.9, 3: 0.9})
     paused = [trial(n, {1: 0.1}, **{PAUSED: True}) for n in range(1, 4)]
