@@ -123,7 +123,10 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
     uploads.submit("config.json", "classes.txt")
 
+    phase.now = "creating the model"
     model = models.create(config.model, len(classes), config.pretrained, config.drop_path_rate)
+    if fault == "oom_model":
+        raise_fault("oom")
     frozen = models.freeze_stages(model, config.frozen_stages)
     phase.now = "moving the model to the device"
     model.to(device, memory_format=torch.channels_last)
