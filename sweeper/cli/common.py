@@ -101,8 +101,8 @@ def scoring_device(gpus_text: str | None):
     chosen = gpus.choose(gpus_text)
     if not chosen:
         return in_process(None)
-    with CpuShare(gpu=chosen[0].token) as share:
-        neighbours = share.on_gpu(chosen[0].token) - 1
+    with CpuShare(gpu=chosen[0].identity) as share:
+        neighbours = share.on_gpu(chosen[0].identity) - 1
     return in_process(chosen[0].token, neighbours)
 
 

@@ -86,7 +86,7 @@ def _run_trial(config: TrialConfig, report: Report, uploads: Uploads) -> str:
     device = devices.pick_device()
     # every worker registers on the host (cpu_share.py): a GPU worker's loader processes take
     # its share of the cores; a CPU worker trains with its share of threads
-    share = CpuShare(gpu=os.environ.get("CUDA_VISIBLE_DEVICES") if device.type == "cuda" else None)
+    share = CpuShare(gpu=devices.gpu_identity() if device.type == "cuda" else None)
     phase = Phase()
     try:
         if device.type == "cpu":
