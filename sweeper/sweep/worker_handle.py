@@ -129,7 +129,7 @@ def start(launcher: Launcher, slot: Slot, slots: list[Slot], trial: optuna.Trial
     env = worker_env(slot, slots, state.get("alone", False))
     with open(out / "stderr.txt", "w") as err:
         # in a session of its own (see fork_server.Launcher): the orchestrator stops it on Ctrl-C
-        proc = launcher.launch(slot.index, out / "config.json", env, err)
+        proc = launcher.launch(out / "config.json", env, err)
     threading.Thread(target=_relay, args=(slot.index, proc, events), daemon=True).start()
     # capped at a share of its GPU, a trial shares it even when no other trial runs there yet
     return Running(trial, config, slot, proc, shared=env.get("SWEEPER_GPU_SHARING", "1") != "1", **state)
