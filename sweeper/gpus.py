@@ -224,9 +224,9 @@ def compute_modes() -> dict[str, int]:
     driver's own library (torch does not expose the mode); {} where NVML cannot be loaded."""
     try:
         nvml = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return {}
-    if nvml.nvmlInit_v2() != 0:
+        if nvml.nvmlInit_v2() != 0:
+            return {}
+    except (OSError, AttributeError):  # no NVML, or one without these entry points
         return {}
     modes: dict[str, int] = {}
     try:
