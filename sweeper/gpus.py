@@ -96,14 +96,12 @@ def visible_tokens(env: dict[str, str]) -> list[str] | None:
 
 def nothing_visible(env: dict[str, str]) -> bool:
     """Certainly no GPU, without asking CUDA (cheap: the common CPU case skips the probe): the user
-    hid them all, torch is a CPU-only build, or no NVIDIA driver library is installed. Anything else
-    is for torch to say, in the probe."""
+    hid them all, or no NVIDIA driver library is installed. Anything else is for torch to say, in
+    the probe."""
     tokens = visible_tokens(env)
     if tokens is not None and (not tokens or tokens[0] == "-1"):
         return True
-    import torch  # not CUDA: only the build's version
-
-    return torch.version.cuda is None or not driver_library(env)
+    return not driver_library(env)
 
 
 def driver_library(env: dict[str, str]) -> bool:
@@ -183,10 +181,13 @@ def from_json(found: dict, env: dict[str, str]) -> Probe:
     return Probe(**{**found, "gpus": gpus}, visible=env.get("CUDA_VISIBLE_DEVICES"))
 
 
-def unavailable_reason(said: list[str]) -> str:
+def unavailable_reason(said: list[str], cpu_build: bool) -> str:
     """Why torch.cuda.is_available() is False: torch warns when CUDA fails (an old driver...) and
-    says nothing when CUDA simply finds no device (no GPU, no driver, a UUID that names none)."""
-    return said[0] if said else NO_GPU
+    says nothing when CUDA simply finds no device (no GPU, a UUID that names none) or when it is a
+    CPU-only build, which beside an NVIDIA driver is a wrong install, not a CPU machine."""
+    if said:
+        return said[0]
+    return "this is a CPU-only build of torch, on a machine with an NVIDIA driver" if cpu_build else NO_GPU
 
 
 def _probe_here(check: list[int] | None = None) -> dict:
@@ -202,7 +203,7 @@ def _probe_here(check: list[int] | None = None) -> dict:
     said = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
     out = {"torch": torch.__version__, "cuda": torch.version.cuda, "arch_list": torch.cuda.get_arch_list(),
            "driver": driver_version(), "available": available, "gpus": [],
-           "problem": None if available else unavailable_reason(said)}
+           "problem": None if available else unavailable_reason(said, torch.version.cuda is None)}
     modes = compute_modes() if available else {}
     for i in range(torch.cuda.device_count() if available else 0):
         p = torch.cuda.get_device_properties(i)

@@ -135,9 +135,13 @@ def test_a_machine_without_dev_nvidia_is_asked_of_torch(tmp_path):
     assert not found.available and found.problem == gpus.NO_GPU
     assert gpus.select(None, found) == []  # the default trains on the CPU
     # torch says nothing when CUDA finds no device; it warns when CUDA fails
-    assert gpus.unavailable_reason([]) == gpus.NO_GPU
+    assert gpus.unavailable_reason([], cpu_build=False) == gpus.NO_GPU
     too_old = "CUDA initialization: The NVIDIA driver on your system is too old (found version 12020)."
-    assert gpus.unavailable_reason([too_old]) == too_old
+    assert gpus.unavailable_reason([too_old], cpu_build=False) == too_old
+    # a CPU-only torch beside a driver is a wrong install: the default does not quietly train on the CPU
+    wrong = _probe([], available=False, problem=gpus.unavailable_reason([], cpu_build=True))
+    with pytest.raises(SpecError, match="cannot use CUDA here: this is a CPU-only build of torch"):
+        gpus.select(None, wrong)
 
 
 def test_the_probe_starts_cuda_on_the_gpus_the_command_uses_only(monkeypatch):
