@@ -27,7 +27,11 @@ if ! "$PY" -c "import optuna, sqlalchemy, alembic, colorlog, cmaes" 2>/dev/null;
     exit 2
   fi
   SITE=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check-site.XXXXXX")
-  "$PY" -m pip install --quiet --no-index --no-deps --target "$SITE" .whl/*.whl
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install --quiet --no-index --no-deps --target "$SITE" .whl/*.whl
+  else  # no pip there: a wheel is a zip of the package folders, which is all an import needs
+    for wheel in .whl/*.whl; do "$PY" -m zipfile -e "$wheel" "$SITE"; done
+  fi
   export PYTHONPATH="$PYTHONPATH:$SITE"  # ahead of that python's site-packages, which lack these
 fi
 exec "$PY" benchmarks/gpu_check.py "$@"
