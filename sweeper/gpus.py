@@ -259,24 +259,30 @@ def parse(text: str | None) -> list[str] | None:
     return ids
 
 
-def choose(text: str | None, env: dict[str, str] | None = None) -> list[Gpu]:
-    """`--gpus` checked against this machine, the kernel run on those GPUs only. UUIDs and MIG ids
-    are resolved by CUDA itself: the probe sees exactly those devices, in that order."""
+def choose(text: str | None, env: dict[str, str] | None = None, first_only: bool = False) -> list[Gpu]:
+    """`--gpus` checked against this machine, the kernel run on those GPUs only (`first_only`: a
+    command that scores on one GPU, the first). UUIDs and MIG ids are resolved by CUDA itself: the
+    probe sees exactly those devices, in that order."""
     requested = parse(text)
     if requested == []:
         return []
+    if first_only and requested is not None:
+        requested = requested[:1]
     env = dict(os.environ if env is None else env)
     if requested is not None and not requested[0].isdigit():
         # one probe each: a process sees at most one MIG device, whatever the variable lists
         with ThreadPoolExecutor() as pool:
             each = list(pool.map(lambda token: probe({**env, "CUDA_VISIBLE_DEVICES": token}), requested))
         return select_ids(requested, each, lambda: probe(env, check=[]))
-    return select(requested, probe(env, check=checked_positions(requested)))
+    chosen = select(requested, probe(env, check=checked_positions(requested, first_only)))
+    return chosen[:1] if first_only else chosen
 
 
-def checked_positions(requested: list[str] | None) -> list[int] | None:
+def checked_positions(requested: list[str] | None, first_only: bool = False) -> list[int] | None:
     """The visible GPUs `--gpus` numbers, where the probe runs its kernel (None: every one)."""
-    return None if requested is None else sorted({int(r) for r in requested})
+    if requested is None:
+        return [0] if first_only else None
+    return sorted({int(r) for r in requested})
 
 
 def select_ids(requested: list[str], each: list[Probe], machine: Callable[[], Probe]) -> list[Gpu]:

@@ -176,6 +176,7 @@ def test_the_probe_starts_cuda_on_the_gpus_the_command_uses_only(monkeypatch):
     # the probe passes what the command asked for: `--gpus 0` checks GPU 0, the default all
     assert gpus.checked_positions(["0"]) == [0] and gpus.checked_positions(["3", "1", "3"]) == [1, 3]
     assert gpus.checked_positions(None) is None
+    assert gpus.checked_positions(None, first_only=True) == [0]  # ensemble, predict: they score on one
 
 
 def test_an_exclusive_process_gpu_takes_one_trial_at_a_time():

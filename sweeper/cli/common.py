@@ -98,7 +98,7 @@ def scoring_device(gpus_text: str | None):
     from sweeper.cpu_share import CpuShare
     from sweeper.train.device import in_process
 
-    chosen = gpus.choose(gpus_text)
+    chosen = gpus.choose(gpus_text, first_only=True)
     if not chosen:
         return in_process(None)
     with CpuShare(gpu=chosen[0].identity) as share:
