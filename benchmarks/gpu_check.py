@@ -263,7 +263,7 @@ def kill_resume(c: Check) -> list[Row]:
     stuck = [t.number for t in after if t.state.name == "RUNNING"]
     retry = next((t for t in after if t.user_attrs.get("retry_of") == 0), None)
     resumed = retry.user_attrs.get("resumed_after_epoch") if retry else None
-    return [("kill -9 of the orchestrator mid-trial (fp16)", f"processes left {left}; epoch 2 reached: {reached}; "
+    return [(f"kill -9 of the orchestrator mid-trial ({'auto' if c.rehearse else 'fp16'})", f"processes left {left}; epoch 2 reached: {reached}; "
              f"GradScaler scale in its resume.pt: {scale}", "[]; a scale", gone and reached and bool(scale or c.rehearse)),
             ("next run: stuck trials; retry", f"{stuck}; {retry.state.name if retry else 'none'} on "
              f"{retry.user_attrs.get('device') if retry else '-'}, resumed after epoch {resumed}{said(done)}",
@@ -305,7 +305,7 @@ def throughput(c: Check) -> list[Row]:
     loader = loader_rate(c.work / "throughput", c.work / "throughput" / "trials" / "bench" / "0" / "config.json",
                          device)
     classes = len(list((c.data / "train").iterdir()))
-    bare = model_rate(classes, 30 if not c.rehearse else 5, args, device)
+    bare = model_rate(classes, 50 if not c.rehearse else 5, args, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return [(f"{model} {size} px batch {batch}: sweep / bare timm loop",

@@ -114,6 +114,7 @@ def plain_rate(data: Path, args, device: torch.device, sweeper_step: bool) -> fl
 
 def model_rate(classes: int, steps: int, args, device: torch.device) -> float:
     """(c): the same step on one batch already on the device."""
+    torch.backends.cudnn.benchmark = True  # as the worker trains (fixed input sizes)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, classes, (args.batch,), device=device)
     model = _model(args.model, classes, device, True)
