@@ -14,7 +14,8 @@ if [ "${1:-}" != "--rehearse" ]; then
     echo "gpu_check: no GPU: nvidia-smi not found (no NVIDIA driver); --rehearse runs the flow on the CPU" >&2
     exit 2
   fi
-  if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  LISTED=$(nvidia-smi -L 2>/dev/null || true)  # read whole: under pipefail, grep -q may cut it with SIGPIPE
+  if ! grep -q '^GPU ' <<<"$LISTED"; then
     echo "gpu_check: no GPU: nvidia-smi lists none; --rehearse runs the flow on the CPU" >&2
     exit 2
   fi
