@@ -26,7 +26,6 @@ check the script on a machine without a GPU; its figures say nothing about GPUs.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import signal
