@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -113,10 +114,33 @@ def plain_rate(data: Path, args, device: torch.device, sweeper_step: bool) -> fl
 
 def model_rate(classes: int, steps: int, args, device: torch.device) -> float:
     """(c): the same step on one batch already on the device."""
+    torch.backends.cudnn.benchmark = True  # as the worker trains (fixed input sizes)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, classes, (args.batch,), device=device)
     model = _model(args.model, classes, device, True)
     return _timed_steps(model, ((x, y) for _ in range(steps + 3)), device, precision_here("auto", device), True, warmup=3)
+
+
+def loader_rate(sweep: Path, config_path: Path, device: torch.device) -> float:
+    """A trial's own train loader alone (its config.json, its loader processes), images/s of the
+    second epoch with each batch copied to the device: what bounds (a) when (a) is below (c).
+    `sweep`: the folder its `sweeper run` ran in (the cache path is relative to it)."""
+    from sweeper.cpu_share import CpuShare
+    from sweeper.data.loading import make_loaders
+    from sweeper.spec.trial_config import TrialConfig
+
+    config = TrialConfig.from_json(config_path.read_text())
+    config = dataclasses.replace(config, data_cache=str(sweep / config.data_cache))
+    with CpuShare() as share:
+        train = make_loaders(config, device, share).train
+        for epoch in range(2):
+            seen, start = 0, time.perf_counter()
+            for x, y in train:
+                x.to(device, non_blocking=True)
+                seen += len(y)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -98,11 +98,11 @@ def scoring_device(gpus_text: str | None):
     from sweeper.cpu_share import CpuShare
     from sweeper.train.device import in_process
 
-    chosen = gpus.choose(gpus_text)
+    chosen = gpus.choose(gpus_text, first_only=True)
     if not chosen:
         return in_process(None)
-    with CpuShare(gpu=chosen[0].token) as share:
-        neighbours = share.on_gpu(chosen[0].token) - 1
+    with CpuShare(gpu=chosen[0].identity) as share:
+        neighbours = share.on_gpu(chosen[0].identity) - 1
     return in_process(chosen[0].token, neighbours)
 
 

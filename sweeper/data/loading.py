@@ -125,7 +125,10 @@ def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> 
                 f"(each holds {PREFETCH} batches of {batch_bytes / 2**20:.1f} MiB there); "
                 "`docker run --shm-size=8g` lifts this")
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                  prefetch_factor=PREFETCH if workers else None)  # no re-fork of loader processes each epoch
+                  prefetch_factor=PREFETCH if workers else None)
+    # both loaders keep their processes: no re-fork of a process holding the model (and a CUDA
+    # context) each epoch; the idle val ones cost ~14 MiB each, the rest is shared copy-on-write
+    # (benchmarks/README.md, "Fork servers and loader processes")
     generator = torch.Generator().manual_seed(config.seed)
     batches = ShuffledBatches(len(train_set), config.batch_size,
                               drops_last_batch(len(train_set), config.batch_size), generator)

@@ -1,5 +1,8 @@
-"""Warm trial start: per slot, a process that has already imported torch, timm and the worker
-forks each trial's worker, so a trial no longer pays ~3 s of imports before its first step.
+"""Warm trial start: a process that has already imported torch, timm and the worker forks each
+trial's worker, so a trial no longer pays ~3 s of imports before its first step. One server
+serves every slot of an orchestrator (each request carries its worker's environment, GPU
+included): one per slot made `--workers 16` import torch 16 times at once and keep 16 copies
+(benchmarks/README.md, "Fork servers").
 
 Each trial still gets a process of its own (its own session, environment, CUDA_VISIBLE_DEVICES,
 pipes and stderr file, and a clean exit that frees everything it allocated). That is safe
@@ -137,7 +140,7 @@ class ForkedWorker:
 
 
 class ForkServer:
-    """One slot's server; `launch` forks a worker from it."""
+    """The server; `launch` forks a worker from it."""
 
     def __init__(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -228,38 +231,37 @@ class ForkServer:
 
 
 class Launcher:
-    """Starts trial workers: forked by the slot's server when there is one, else (disabled, or
-    its server is gone) as a fresh `python -m sweeper.train.worker`. A slot's server starts with its
-    first trial (which waits for its imports, as a fresh interpreter would), so an orchestrator
-    with nothing to run starts none."""
+    """Starts trial workers: forked by the orchestrator's server when there is one, else
+    (disabled, or the server is gone) as a fresh `python -m sweeper.train.worker`. The server
+    starts with the first trial (which waits for its imports, as a fresh interpreter would), so
+    an orchestrator with nothing to run starts none."""
 
-    def __init__(self, use_servers: bool | None = None):
-        self.use = enabled() if use_servers is None else use_servers
-        self.servers: dict[int, ForkServer | None] = {}  # None: this slot's server failed
+    def __init__(self, use_server: bool | None = None):
+        self.use = enabled() if use_server is None else use_server
+        self.server: ForkServer | None = None
 
-    def _server(self, slot: int) -> ForkServer | None:
-        if self.use and slot not in self.servers:
+    def _server(self) -> ForkServer | None:
+        if self.use and self.server is None:
             try:
-                self.servers[slot] = ForkServer()
+                self.server = ForkServer()
             except OSError:
-                self.servers[slot] = None
-        return self.servers.get(slot)
+                self.use = False
+        return self.server
 
-    def launch(self, slot: int, config_path: Path, env: dict[str, str], stderr: IO):
-        server = self._server(slot)
+    def launch(self, config_path: Path, env: dict[str, str], stderr: IO):
+        server = self._server()
         if server is not None:
             try:
                 return server.launch([str(config_path)], env, stderr)
             except OSError:
-                server.close()
-                self.servers[slot] = None  # this slot starts fresh interpreters from now on
+                self.close()
+                self.use = False  # fresh interpreters from now on
         return subprocess.Popen(
             [sys.executable, "-m", "sweeper.train.worker", str(config_path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
             start_new_session=True)  # a Ctrl-C at the terminal reaches the orchestrator only
 
     def close(self) -> None:
-        for server in self.servers.values():
-            if server is not None:
-                server.close()
-        self.servers.clear()
+        if self.server is not None:
+            self.server.close()
+            self.server = None

@@ -44,8 +44,11 @@ def make_slots(workers: int | None, gpus_text: str | None, spec: SweepSpec | Non
             print("warning: train.precision fp16 on the CPU: torch emulates it (about 5x slower than fp32 "
                   "on a Xeon); fp16 is for GPUs below sm_80, auto picks bf16 or fp32 here", file=sys.stderr)
     k = workers or max(1, len(chosen))
-    return [Slot(i, chosen[i % len(chosen)].token, chosen[i % len(chosen)].label) if chosen else Slot(i, None)
-            for i in range(k)]
+    if not chosen:
+        return [Slot(i, None) for i in range(k)]
+    assigned = [chosen[i % len(chosen)] for i in range(k)]  # round-robin
+    gpus.check_exclusive(assigned)
+    return [Slot(i, g.token, g.label, g.identity) for i, g in enumerate(assigned)]
 
 
 def _values(spec: SweepSpec, knob: str) -> list[Any]:

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from sweeper import artifacts, store
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep.fork_server import ForkedWorker, Launcher
+from sweeper.train.device import GPU_ID_ENV
 
 Events = queue.Queue  # of (slot index, event dict | None at the worker's end of output)
 
@@ -31,6 +32,7 @@ class Slot:
     index: int
     gpu: str | None  # the worker's CUDA_VISIBLE_DEVICES (None: the CPU)
     label: str = "CPU"
+    identity: str | None = None  # the GPU's UUID, however the user named it (gpus.Gpu.identity)
 
 
 def worker_env(slot: Slot, slots: list[Slot], alone: bool = False) -> dict[str, str]:
@@ -39,6 +41,7 @@ def worker_env(slot: Slot, slots: list[Slot], alone: bool = False) -> dict[str, 
     if slot.gpu is not None:
         env["SWEEPER_DEVICE"] = "cuda"
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu  # the user's own token (gpus.py)
+        env[GPU_ID_ENV] = slot.identity or slot.gpu  # what it registers on the host (cpu_share.py)
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         sharing = 1 if alone else sum(1 for s in slots if s.gpu == slot.gpu)
         env["SWEEPER_GPU_SHARING"] = str(sharing)
@@ -126,7 +129,7 @@ def start(launcher: Launcher, slot: Slot, slots: list[Slot], trial: optuna.Trial
     env = worker_env(slot, slots, state.get("alone", False))
     with open(out / "stderr.txt", "w") as err:
         # in a session of its own (see fork_server.Launcher): the orchestrator stops it on Ctrl-C
-        proc = launcher.launch(slot.index, out / "config.json", env, err)
+        proc = launcher.launch(out / "config.json", env, err)
     threading.Thread(target=_relay, args=(slot.index, proc, events), daemon=True).start()
     # capped at a share of its GPU, a trial shares it even when no other trial runs there yet
     return Running(trial, config, slot, proc, shared=env.get("SWEEPER_GPU_SHARING", "1") != "1", **state)

@@ -20,6 +20,7 @@ from sweeper.errors import WorkerError
 
 DEVICE_ENV = "SWEEPER_DEVICE"
 SHARING_ENV = "SWEEPER_GPU_SHARING"  # trials this orchestrator runs on the worker's GPU at once
+GPU_ID_ENV = "SWEEPER_GPU_ID"  # the worker's GPU by UUID, one name however the user spelt it
 NATIVE_BF16 = (8, 0)
 CONTEXT_HEADROOM = 0.95  # of a GPU shared by k trials, each caps its allocator at 0.95 / k
 # what allocators say when memory runs out (CUDA's caching allocator raises OutOfMemoryError;
@@ -43,6 +44,12 @@ def pick_device() -> torch.device:
         raise WorkerError(f"this slot was given GPU {os.environ.get('CUDA_VISIBLE_DEVICES')!r} but torch "
                           f"cannot use CUDA in the worker: {said[0] if said else 'torch.cuda.is_available() is False'}")
     return torch.device("cpu")
+
+
+def gpu_identity() -> str | None:
+    """This worker's GPU as the host registry names it (cpu_share.py): its UUID from the
+    orchestrator, else (a worker started by hand) its CUDA_VISIBLE_DEVICES."""
+    return os.environ.get(GPU_ID_ENV) or os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def cpu_native_bf16() -> bool:

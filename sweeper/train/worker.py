@@ -88,7 +88,7 @@ def _run_trial(config: TrialConfig, report: Report, uploads: Uploads) -> str:
     device = devices.pick_device()
     # every worker registers on the host (cpu_share.py): a GPU worker's loader processes take
     # its share of the cores; a CPU worker trains with its share of threads
-    share = CpuShare(gpu=os.environ.get("CUDA_VISIBLE_DEVICES") if device.type == "cuda" else None)
+    share = CpuShare(gpu=devices.gpu_identity() if device.type == "cuda" else None)
     phase = Phase()
     try:
         if device.type == "cpu":
@@ -125,7 +125,10 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
     uploads.submit("config.json", "classes.txt")
 
+    phase.now = "creating the model"
     model = models.create(config.model, len(classes), config.pretrained, config.drop_path_rate)
+    if fault == "oom_model":
+        raise_fault("oom")
     frozen = models.freeze_stages(model, config.frozen_stages)
     phase.now = "moving the model to the device"
     model.to(device, memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""What only a GPU can show; these run where CUDA works (`pytest -m gpu`) and skip elsewhere.
+"""What only a GPU can show; these run where CUDA works (`pytest tests/gpu`) and skip elsewhere.
 Every sweeper command runs as its own process, so CUDA never starts in the test process."""
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def _trials(cwd, study):
 
 def test_two_trials_share_one_gpu_each_on_cuda_at_its_precision(colour_folder, tmp_path):
     first = gpus.choose("0")[0]
-    space = write_space(tmp_path / "space.yaml", tiny_space(colour_folder, study="gpu", train={"epochs": 2}))
+    # tiny_space pins fp32 for the CPU suite; auto is what a GPU sweep runs
+    space = write_space(tmp_path / "space.yaml", tiny_space(colour_folder, study="gpu",
+                                                            train={"epochs": 2, "precision": "auto"}))
     done = _sweeper(tmp_path, "run", "--space", space, "--workers", "2", "--gpus", "0", "--n-trials", "2")
     assert done.returncode == 0, done.stderr
     found = _trials(tmp_path, "gpu")

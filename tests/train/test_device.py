@@ -82,6 +82,14 @@ def test_out_of_memory_in_validation_is_named_with_the_original_message(colour_f
                                  "Tried to allocate 2.00 GiB (injected)")
 
 
+def test_out_of_memory_while_creating_the_model_is_not_called_loading_data(colour_folder, tmp_path, monkeypatch):
+    config = _config(colour_folder, tmp_path, number=2)
+    monkeypatch.setenv("SWEEPER_INJECT_FAULT", "oom_model:2")
+    with pytest.raises(WorkerError, match="^out of memory in creating the model at batch_size=8: CUDA out of memory"):
+        run_trial(config, lambda e: True)
+    assert not (Path(config.trial_dir) / "metrics.csv").exists()
+
+
 def test_a_gpu_slot_whose_worker_cannot_use_cuda_fails_instead_of_training_on_the_cpu(colour_folder, tmp_path):
     config = _config(colour_folder, tmp_path)
     config.save()
