@@ -49,7 +49,7 @@ def broken_image(folder):
     return doc_with(root)
 
 
-def test_with_a_class_train_lacks(folder):
+def extra_class_in_test(folder):
     root = make_image_folder(folder.parent / "extra_test_class", classes=2, per_class=6)
     make_image_folder(root / "test", classes=3, per_class=3, split=False)
     return doc_with(root)
@@ -125,7 +125,7 @@ CASES = [
     ("empty-data", empty_folder, [], "no images found for train"),
     ("class-mismatch", mismatched_classes, [], "only in train: class_1; only in val: class_7"),
     ("unreadable-image", broken_image, [], "cannot read image"),
-    ("test-class-train-lacks", test_with_a_class_train_lacks, [], "has classes that train lacks: class_2"),
+    ("test-class-train-lacks", extra_class_in_test, [], "has classes that train lacks: class_2"),
     ("empty-test-folder", empty_test_folder, [], "no images found in the test split"),
     ("test-folder-missing", changed(data={"test": "no/such/test"}), [], "data.test: test folder 'no/such/test' not found"),
     ("fractions-leave-no-train", changed(data={"val_fraction": 0.5, "test_fraction": 0.5}), [],
