@@ -15,16 +15,9 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from sweeper.errors import StorageError
+from sweeper.redaction import redact
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden, for every message and log line."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable storage URL>"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -92,8 +85,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
                            "pip install 'psycopg[binary]'") from None
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot open study store {redact(url)}: "
-                           f"{reason.replace(url, redact(url))}") from None
+        raise StorageError(redact(f"cannot open study store {url}: {reason}")) from None
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:

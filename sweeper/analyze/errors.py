@@ -25,6 +25,7 @@ from PIL import Image
 
 from sweeper.artifacts import TrialFiles
 from sweeper.errors import StorageError, SweeperError
+from sweeper.redaction import redact
 
 if TYPE_CHECKING:  # the scoring side (torch) is imported where a checkpoint is scored, so that a
     import torch  # report without the section, and the figures, start without it
@@ -195,7 +196,7 @@ def of_best(trials: list[FrozenTrial], study: str, files: TrialFiles, trials_dir
     try:
         return analyse(ens.best_member(trials, study, files), trials_dir, score)
     except Exception as exc:  # a missing checkpoint or dataset, a store down, a damaged file
-        return str(exc) if isinstance(exc, SweeperError) else f"{type(exc).__name__}: {exc}"
+        return redact(str(exc) if isinstance(exc, SweeperError) else f"{type(exc).__name__}: {exc}")
 
 
 def summary(e: Errors) -> dict:

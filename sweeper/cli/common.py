@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 
 from sweeper.errors import SpecError, SweeperError
+from sweeper.redaction import redact
 
 _state = {"debug": False}
 
@@ -44,7 +45,7 @@ def user_errors(command: Callable) -> Callable:
         except SweeperError as exc:
             if _state["debug"]:
                 raise
-            err(f"Error: {exc}")
+            err(f"Error: {redact(str(exc))}")
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper

@@ -29,6 +29,7 @@ from sweeper.cli.paths import (
     check_output_file,
     check_storage,
 )
+from sweeper.redaction import redact
 
 app = typer.Typer()
 
@@ -217,14 +218,15 @@ def show(
         return
     config = trial_config_text(t, files)
     log = files.read(t, "log.txt")
-    log_tail = log.decode(errors="replace").splitlines()[-lines:] if log is not None else []
+    # redacted as shown: a study written before redaction may hold credentials
+    log_tail = redact(log.decode(errors="replace")).splitlines()[-lines:] if log is not None else []
     info = {"trial": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "intermediate_values": t.intermediate_values, "user_attrs": t.user_attrs,
             "config": json.loads(config) if config else None, "log_tail": log_tail}
     if as_json:
         print_json(info)
         return
-    reason = t.user_attrs.get("reason")
+    reason = redact(t.user_attrs["reason"]) if t.user_attrs.get("reason") else None
     print(f"trial {t.number}: {t.state.name}" + (f" {t.value:.4f}" if t.value is not None else "")
           + (f" ({reason})" if reason else ""))
     print(files.where(t))

@@ -24,6 +24,7 @@ from sweeper.cli.common import (
     user_errors,
 )
 from sweeper.cli.paths import check_output_dir, check_storage
+from sweeper.redaction import redact
 
 app = typer.Typer()
 LogOpt = Annotated[Optional[str], typer.Option("--log", help="Also log trials to: tensorboard, mlflow (comma-separated; none: neither), instead of the space file's `logging:`.")]
@@ -92,7 +93,7 @@ def run(
     where = ", ".join(s.label for s in slots)
     start = time.monotonic()
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
-        progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
+        progress.message(f"study={spec.study} storage={redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
         options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat, logging)
         if artifact_store is not None:
