@@ -154,6 +154,15 @@ def cache_name(root: str | None, builtin: str | None, val_fraction: float, image
     return f"{Path(root).name}-{side}px-{key}{image_cache.SUFFIX}", listing
 
 
+# the stems cache_name makes (and earlier sweepers made, as .pt): <folder>-<side>px-<key> or
+# <builtin>-<val_fraction>; `cache clean` touches no other file
+_CACHE_STEM = re.compile(rf"(?:.+-\d+px-[0-9a-f]{{16}}|(?:{'|'.join(BUILTIN_CLASSES)})-[0-9.e-]+)")
+
+
+def is_cache_stem(stem: str) -> bool:
+    return _CACHE_STEM.fullmatch(stem) is not None
+
+
 def _keyed_items(listing: Listing) -> list[tuple[str, int]]:
     return listing.train + [(p, -1 - label) for p, label in listing.val]
 
