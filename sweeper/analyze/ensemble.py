@@ -91,36 +91,47 @@ def best_member(trials: list[FrozenTrial], study: str, files: TrialFiles) -> Mem
     return usable[0]
 
 
-@torch.no_grad()
+class Scorer:
+    """One member's network, loaded once, giving class probabilities [N, C] for decoded HWC
+    uint8 images, batch by batch (`predict` feeds it a folder a chunk at a time)."""
+
+    def __init__(self, member: Member, tta: str = "none", device: torch.device = torch.device("cpu")):
+        data = member.files.read(member.trial, CHECKPOINT)
+        if data is None:  # removed since the members were chosen (another sweep's keep_best)
+            raise StorageError(f"trial {member.trial.number}'s {CHECKPOINT} is gone from {member.files.where(member.trial)}")
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        self.net = models.create(member.config.model, len(checkpoint["classes"]), False)
+        self.net.load_state_dict(checkpoint["state_dict"])
+        self.net.to(device, memory_format=torch.channels_last).eval()
+        self.amp = Amp(precision_here(member.config.precision, device), device)
+        self.transform = eval_transform(member.config.image_size)
+        self.normalize = Normalize(member.config.mean, member.config.std, device)
+        self.tta = tta
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), BATCH):
+            batch = torch.stack([self.transform(Image.fromarray(images[i]))
+                                 for i in range(start, min(start + BATCH, len(images)))])
+            views = [batch] + ([batch.flip(3)] if self.tta == "flip" else [])
+            probs = 0
+            for view in views:
+                view = self.normalize(view)
+                with self.amp.autocast():
+                    logits = self.net(view)
+                probs = probs + logits.float().softmax(dim=1).cpu()
+            out.append(probs / len(views))
+            if progress:
+                progress(len(out[-1]))
+        return torch.cat(out)
+
+
 def probabilities(member: Member, images: Sequence[np.ndarray], tta: str = "none",
                   progress: Callable[[int], None] | None = None,
                   device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Class probabilities [N, C] of one member for decoded HWC uint8 images."""
-    data = member.files.read(member.trial, CHECKPOINT)
-    if data is None:  # removed since the members were chosen (another sweep's keep_best)
-        raise StorageError(f"trial {member.trial.number}'s {CHECKPOINT} is gone from {member.files.where(member.trial)}")
-    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    net = models.create(member.config.model, len(checkpoint["classes"]), False)
-    net.load_state_dict(checkpoint["state_dict"])
-    net.to(device, memory_format=torch.channels_last).eval()
-    amp = Amp(precision_here(member.config.precision, device), device)
-    transform = eval_transform(member.config.image_size)
-    normalize = Normalize(member.config.mean, member.config.std, device)
-    out = []
-    for start in range(0, len(images), BATCH):
-        batch = torch.stack([transform(Image.fromarray(images[i]))
-                             for i in range(start, min(start + BATCH, len(images)))])
-        views = [batch] + ([batch.flip(3)] if tta == "flip" else [])
-        probs = 0
-        for view in views:
-            view = normalize(view)
-            with amp.autocast():
-                logits = net(view)
-            probs = probs + logits.float().softmax(dim=1).cpu()
-        out.append(probs / len(views))
-        if progress:
-            progress(len(out[-1]))
-    return torch.cat(out)
+    return Scorer(member, tta, device)(images, progress)
 
 
 def combine(member_probs: list[torch.Tensor], method: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,13 +107,12 @@ def scoring_device(gpus_text: str | None):
     return in_process(chosen[0].token, neighbours)
 
 
-def member_probabilities(members, images, tta: str, label: str, device) -> list:
-    """Each member's class probabilities on the images (ensemble.probabilities), with a progress
-    bar; on CPU this process takes its share of the cores beside any sweep's workers."""
-    from sweeper.analyze import ensemble as ens
+@contextlib.contextmanager
+def scoring(label: str, total: int, device) -> Iterator[Callable[[int], None]]:
+    """Around scoring `total` images: a progress bar fed by the callback it yields (images
+    scored), and on CPU this process's share of the cores beside any sweep's workers."""
     from sweeper.cpu_share import CpuShare
 
-    total = len(members) * len(images)
     with progress_bar(label, total) as callback, \
             (CpuShare() if device.type == "cpu" else contextlib.nullcontext()) as share:
         if share:
@@ -126,4 +125,13 @@ def member_probabilities(members, images, tta: str, label: str, device) -> list:
             if callback:
                 callback(scored, total)
 
+        yield advance
+
+
+def member_probabilities(members, images, tta: str, label: str, device) -> list:
+    """Each member's class probabilities on the images (ensemble.probabilities), with `scoring`'s
+    progress bar and CPU share."""
+    from sweeper.analyze import ensemble as ens
+
+    with scoring(label, len(members) * len(images), device) as advance:
         return [ens.probabilities(m, images, tta, advance, device) for m in members]

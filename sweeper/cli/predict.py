@@ -20,6 +20,7 @@ from sweeper.cli.common import (
     member_probabilities,
     open_study,
     print_json,
+    scoring,
     scoring_device,
     trial_files,
     user_errors,
@@ -102,12 +103,8 @@ def predict(
     paths = ens.list_images(images)
     if not paths:
         raise DataError(f"no images under {images} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    decoded = {side: ens.decode_all(paths, side) for side in {ens.decode_side(m) for m in members}}
-    _, ok, bad = decoded[ens.decode_side(members[0])]
-    probs = []
-    for m in members:
-        probs += member_probabilities([m], decoded[ens.decode_side(m)][0], tta, f"predicting (trial {m.trial.number})",
-                               device)
+    with scoring("predicting", len(members) * len(paths), device) as advance:
+        probs, ok, bad = predicting.label_folder(members, paths, tta, device, advance)
     predicted, mean = ens.combine(probs, method)
     predicting.write_csv(out, images, ok, predicted, mean, classes)
     info = {"study": study, "members": [m.trial.number for m in members], "method": method, "tta": tta,

@@ -25,6 +25,7 @@ from PIL import Image
 
 from sweeper.data import image_cache
 from sweeper.data.augment import CROP_RATIO
+from sweeper.data.image_file import TooLarge, open_image
 from sweeper.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -101,7 +102,7 @@ def list_folder(root: Path, val_fraction: float) -> Listing:
 def decode(path: str, side: int) -> np.ndarray:
     """Decode to RGB (grayscale, palette and alpha images included), shorter side <= side."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.draft("RGB", (side, side))  # JPEG: decode at reduced scale when possible
             im = im.convert("RGB")
             scale = side / min(im.size)
@@ -109,6 +110,8 @@ def decode(path: str, side: int) -> np.ndarray:
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                                Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8).copy()
+    except TooLarge:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 

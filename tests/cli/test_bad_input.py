@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sweeper.cli import app
-from sweeper.testing import make_image_folder, tiny_space
+from sweeper.testing import huge_png, make_image_folder, tiny_space
 
 runner = CliRunner()
 
@@ -56,6 +56,12 @@ def laughs(levels: int) -> str:
     for i in range(1, levels + 1):
         lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
     return "\n".join([*lines, f"train: {{epochs: *l{levels}}}", ""])
+
+
+def huge_image(folder):
+    root = make_image_folder(folder.parent / "huge", classes=2, per_class=6)
+    huge_png(root / "train" / "class_0" / "huge.png")
+    return doc_with(root)
 
 
 def latin1(folder):
@@ -125,6 +131,7 @@ CASES = [
     ("empty-data", empty_folder, [], "no images found for train"),
     ("class-mismatch", mismatched_classes, [], "only in train: class_1; only in val: class_7"),
     ("unreadable-image", broken_image, [], "cannot read image"),
+    ("huge-image", huge_image, [], "huge.png is 13000x13000 = 169,000,000 pixels, above the cap of 64,000,000"),
     ("bad-gpus", changed(), ["--gpus", "first"], "--gpus: must be GPU numbers"),
     ("absent-gpu", changed(), ["--gpus", "0"], "--gpus: torch 2.14.1"),
     ("storage-folder-missing", changed(), ["--storage", "sqlite:///no/such/dir/s.db"],
