@@ -95,6 +95,8 @@ def run(
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
+        if (said := sweep_setup.check_cpu_bf16(spec, slots)) is not None:
+            progress.message(said)
         options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat, logging)
         if artifact_store is not None:
             progress.message(f"artifacts: {artifact_store.url}")  # a folder or s3://bucket/prefix: no secret

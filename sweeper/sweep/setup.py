@@ -47,6 +47,22 @@ def make_slots(workers: int | None, gpus_text: str | None, spec: SweepSpec | Non
             for i in range(k)]
 
 
+def check_cpu_bf16(spec: SweepSpec, slots: list[Slot]) -> str | None:
+    """Before CPU workers train with `precision: auto`: is bf16 sound on this CPU
+    (train/bf16_check.py, once per machine)? The workers inherit the fallback (a capped oneDNN, or
+    fp32) through this process's environment; returns the line saying so, if there is one."""
+    from sweeper.train import bf16_check
+    from sweeper.train.device import cpu_native_bf16
+
+    if all(s.gpu is not None for s in slots) or "auto" not in _values(spec, "precision"):
+        return None
+    if not cpu_native_bf16() and not os.environ.get(bf16_check.FORCE_ENV):
+        return None  # auto is fp32 here anyway
+    found = bf16_check.verdict()
+    os.environ.update(found.env())
+    return found.message()
+
+
 def _values(spec: SweepSpec, knob: str) -> list[Any]:
     """Every value a knob can take in this sweep."""
     if knob in spec.space.names:
