@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
 from sweeper.analyze.ranking import configurations
+from sweeper import store
 from sweeper.artifacts import TrialFiles
 from sweeper.data import datasets
 from sweeper.data.augment import Normalize, eval_transform
@@ -153,8 +154,8 @@ def scores(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> d
     return {"accuracy": hit.float().mean().item(), "balanced_accuracy": float(np.mean(per_class))}
 
 
-def check_classes(members: list[Member]) -> list[str]:
-    classes = [m.trial.user_attrs.get("classes") for m in members]
+def check_classes(members: list[Member], study_user_attrs: dict) -> list[str]:
+    classes = [store.classes_of(m.trial, study_user_attrs) for m in members]
     if any(c != classes[0] for c in classes):
         raise SpecError("--top", [("", "the members were trained on different class lists; "
                                        "ensemble trials of one dataset")])

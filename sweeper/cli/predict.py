@@ -51,7 +51,7 @@ def ensemble(
     the_study = open_study(study, storage)
     files = trial_files(the_study, artifacts)
     members = ens.top_members(the_study.get_trials(deepcopy=False), top, study, files)
-    classes = ens.check_classes(members)
+    classes = ens.check_classes(members, the_study.user_attrs)
     images, labels = ens.validation_set(members[0], trials_dir)
     probs = member_probabilities(members, images, "none", "scoring members", device)
     result = {"study": study, **ens.evaluate(members, probs, labels, len(classes), method)}
@@ -99,7 +99,7 @@ def predict(
     the_study = open_study(study, storage)
     members, method = predicting.predictors(the_study.get_trials(deepcopy=False), top, study,
                                             ens.saved_path(trials_dir, study), trial_files(the_study, artifacts))
-    classes = ens.check_classes(members)
+    classes = ens.check_classes(members, the_study.user_attrs)
     paths = ens.list_images(images)
     if not paths:
         raise DataError(f"no images under {images} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -91,6 +92,7 @@ def best(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the best configuration; with --export, write it as an mmcls/mmpretrain config or YAML space."""
+    from sweeper import store
     from sweeper.analyze import export as exporter
     from sweeper.analyze.report_data import value_source
     from sweeper.sweep.recovery import IMPORTED
@@ -113,7 +115,10 @@ def best(
             "runs": config_rank.count, "lucky": config_rank.lucky,
             "run_trials": [t.number for t in config_rank.runs], "imported": imported}
     if export is not None:
-        fmt, paths = exporter.export_trial(trial, study, export, format, files)
+        # the export reads the classes from the trial; the study keeps them (store.remember_classes)
+        with_classes = copy.copy(trial)
+        with_classes.user_attrs = {**trial.user_attrs, store.CLASSES: store.classes_of(trial, the_study.user_attrs)}
+        fmt, paths = exporter.export_trial(with_classes, study, export, format, files)
         info["exported"] = {"path": str(paths[0]), "format": fmt, "files": [str(p) for p in paths[1:]]}
     if as_json:
         print_json(info)

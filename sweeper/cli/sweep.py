@@ -55,11 +55,12 @@ def run(
     from optuna.trial import TrialState
 
     from sweeper import store
+    from sweeper import artifacts as artifact_urls
+    from sweeper.data import datasets
     from sweeper.spec.sweep_spec import load_spec
     from sweeper.spec.tracking import choose as choose_trackers
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
-    from sweeper import artifacts as artifact_urls
     from sweeper.sweep import study_artifacts
     from sweeper.sweep.progress import make_progress
 
@@ -85,8 +86,11 @@ def run(
     with progress_bar("decoding images") as callback:
         cache = sweep_setup.prepare_data(spec, trials_dir, callback)
     optuna_storage = store.open_storage(storage_url)
+    classes = datasets.load(cache).classes
+    store.check_classes(optuna_storage, spec.study, classes)
     the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
     store.remember_space(the_study, space, spec)
+    store.remember_classes(the_study, classes)
     artifact_store = study_artifacts.join(the_study, artifact_store)
     if artifact_store is not None:
         study_artifacts.share_split(the_study, artifact_store, cache)
