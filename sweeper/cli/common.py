@@ -12,7 +12,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from sweeper.errors import SpecError, SweeperError
+from sweeper.errors import SpecError, SweeperError, quoted
 from sweeper.redaction import redact
 
 _state = {"debug": False}
@@ -53,7 +53,7 @@ def user_errors(command: Callable) -> Callable:
 
 def check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise SpecError(option, [("", f"unknown {value!r}; valid: {', '.join(valid)}")])
+        raise SpecError(option, [("", f"unknown {quoted(value)}; valid: {', '.join(valid)}")])
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from sweeper.errors import DataError
+from sweeper.errors import DataError, quoted
 
 MAX_PIXELS_ENV = "SWEEPER_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000; a camera's largest photos are below it
@@ -25,7 +25,7 @@ def max_pixels() -> int:
     try:
         return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
     except ValueError:
-        raise DataError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r} is not a whole number of "
+        raise DataError(f"{MAX_PIXELS_ENV}={quoted(os.environ[MAX_PIXELS_ENV])} is not a whole number of "
                         "pixels") from None
 
 
