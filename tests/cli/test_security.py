@@ -129,6 +129,24 @@ def test_mlflow_tracking_uri_with_userinfo_never_shows_it(tmp_path, monkeypatch)
     assert logs and not any("SECRETPW" in text for text in logs)
 
 
+def test_a_worker_error_quoting_a_secret_is_redacted_in_its_reason_logs_and_output(tmp_path, monkeypatch):
+    """The worker's own failure (a checkpoint it cannot load, whose path holds password=...)."""
+    monkeypatch.chdir(tmp_path)
+    weights = tmp_path / "password=SECRETPW" / "w.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"not a checkpoint")
+    space = write_space(tmp_path / "s.yaml", tiny_space(
+        model={"name": "test_resnet", "pretrained": str(weights)}, search={"n_trials": 1}, train={"epochs": 1}))
+    result = runner.invoke(app, ["run", "--space", str(space)])
+    assert result.exit_code == 0, result.output
+    [trial] = optuna.load_study(study_name="tiny", storage="sqlite:///studies.db").trials
+    assert trial.state.name == "FAIL" and "cannot load checkpoint" in trial.user_attrs["reason"]
+    assert "password=***" in trial.user_attrs["reason"] and "SECRETPW" not in trial.user_attrs["reason"]
+    assert "SECRETPW" not in result.output
+    logs = {p.name: p.read_text() for p in (tmp_path / "trials").rglob("*.txt")}
+    assert "stderr.txt" in logs and not any("SECRETPW" in t for t in logs.values())
+
+
 def test_show_and_report_hide_credentials_an_older_study_stored(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     study = make_study(f"sqlite:///{tmp_path / 'studies.db'}", "old", complete=3)
