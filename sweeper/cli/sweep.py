@@ -99,7 +99,7 @@ def run(
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
-        if (said := sweep_setup.check_cpu_bf16(spec, slots)) is not None:
+        if (said := sweep_setup.check_cpu_bf16(sweep_setup.values(spec, "precision"), slots)) is not None:
             progress.message(said)
         options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat, logging)
         if artifact_store is not None:
@@ -190,6 +190,7 @@ def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_u
     from sweeper.analyze.ranking import configurations
     from sweeper.artifacts import TrialFiles
     from sweeper.sweep import orchestrator
+    from sweeper.sweep import setup as sweep_setup
     from sweeper.sweep.progress import make_progress
 
     study = the_study.study_name
@@ -204,6 +205,8 @@ def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_u
             progress.message(f"re-checking {len(chosen)} configuration(s) (trials "
                              f"{', '.join(str(t.number) for t in chosen)}): {len(todo)} run(s) "
                              f"with new seeds on {len(slots)} worker(s)")
+            if (said := sweep_setup.check_cpu_bf16([p.base.precision for p in todo], slots)) is not None:
+                progress.message(said)
             source = rechecking.RecheckSource(the_study, todo, trials_dir, options.heartbeat, storage_url)
             runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
                                                storage_url, options, source, artifact_store)

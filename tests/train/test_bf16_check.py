@@ -70,3 +70,19 @@ def test_fp32_and_bf16_sweeps_never_pay_for_the_check(fresh_machine, monkeypatch
     result = runner.invoke(app, ["run", "--space", str(space)])  # tiny_space trains in fp32
     assert result.exit_code == 0 and "precision auto" not in result.output
     assert not (fresh_machine / "cache").exists()
+
+
+@pytest.mark.slow
+def test_recheck_checks_too(fresh_machine, monkeypatch):
+    monkeypatch.setenv(bf16_check.FORCE_ENV, "nan")
+    space = write_space(fresh_machine / "s.yaml", tiny_space(
+        study="rc", search={"n_trials": 1}, train={"epochs": 1, "precision": "auto"}))
+    (fresh_machine / "runs.csv").write_text("lr,val_acc\n0.05,0.5\n")
+    imported = runner.invoke(app, ["import", "--study", "rc", "--space", str(space), "--from", "runs.csv"])
+    assert imported.exit_code == 0, imported.output
+    result = runner.invoke(app, ["recheck", "--study", "rc", "--top", "1", "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "CPU workers train in fp32" in result.output
+    rerun = [t for t in optuna.load_study(study_name="rc", storage="sqlite:///studies.db").trials
+             if "recheck_of" in t.user_attrs]
+    assert [t.user_attrs["precision"] for t in rerun] == ["fp32"]
