@@ -20,7 +20,6 @@ import json
 import mimetypes
 import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import BinaryIO, Callable, TypeVar
 from urllib.parse import urlparse
 
 from sweeper.errors import StorageError
+from sweeper.redaction import redact
 
 ENV = "SWEEPER_ARTIFACTS"
 PATIENCE_ENV = "SWEEPER_ARTIFACT_PATIENCE"  # seconds of retrying an unreachable store (default 60)
@@ -42,14 +42,6 @@ T = TypeVar("T")
 
 class Unreachable(StorageError):
     """The store did not answer within its patience (or refused: no such bucket, no access)."""
-
-
-def redact(text: str) -> str:
-    """Hide credentials that an error from boto3 or a URL could carry."""
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"):
-        if secret := os.environ.get(name):
-            text = text.replace(secret, "***")
-    return re.sub(r"//[^/@\s]+:[^/@\s]+@", "//***:***@", text)
 
 
 class _AtomicFolder:
@@ -207,6 +199,10 @@ class ArtifactStore:
 def open_store(url: str, patience: float | None = None) -> ArtifactStore:
     """A folder path or s3://bucket/prefix; a malformed URL or missing folder is a StorageError."""
     parsed = urlparse(url)
+    if redact(url) != url:  # the study records the URL, where optuna-dashboard shows it
+        raise StorageError(f"--artifacts {redact(url)}: credentials do not belong in the URL (the "
+                           "study records it); give them as boto3 reads them (AWS_ACCESS_KEY_ID, "
+                           "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials)")
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StorageError(f"--artifacts {url}: no bucket; use s3://bucket/prefix")

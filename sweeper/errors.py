@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+QUOTE_LIMIT = 80  # characters of a user's value that a message quotes
+_QUOTING = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_QUOTING.maxlevel, _QUOTING.maxstring, _QUOTING.maxlong, _QUOTING.maxother = 2, QUOTE_LIMIT, 40, QUOTE_LIMIT
+_QUOTING.maxtuple = _QUOTING.maxlist = _QUOTING.maxdict = _QUOTING.maxset = _QUOTING.maxfrozenset = 4
+
+
+def quoted(value: Any) -> str:
+    """A user's value as a message quotes it (its repr), at most about QUOTE_LIMIT characters: a
+    huge or deeply nested value costs neither time nor memory to describe."""
+    text = _QUOTING.repr(value)
+    return text if len(text) <= QUOTE_LIMIT + 10 else f"{text[:QUOTE_LIMIT]}..."
+
 
 class SweeperError(Exception):
     """A problem the user can fix; printed as `Error: ...` with no traceback."""

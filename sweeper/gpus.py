@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sweeper.errors import SpecError
+from sweeper.errors import SpecError, quoted
 
 NONE = "none"
 MARKER = "SWEEPER_GPUS "  # the probe's answer line (anything else on stdout is not ours)
@@ -255,7 +255,7 @@ def parse(text: str | None) -> list[str] | None:
     numbers = all(g.isdigit() for g in ids)
     if not ids or not (numbers or all(re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z-]+(/\d+/\d+)?", g) for g in ids)):
         raise SpecError("--gpus", [("", "must be GPU numbers (0,1), or UUIDs (GPU-...) and MIG ids (MIG-...), "
-                                        f"separated by commas, or none; got {text!r}")])
+                                        f"separated by commas, or none; got {quoted(text)}")])
     return ids
 
 

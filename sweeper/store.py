@@ -14,17 +14,10 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from sweeper.errors import StorageError
+from sweeper.errors import DataError, StorageError, quoted
+from sweeper.redaction import redact
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
-
-
-def redact(url: str) -> str:
-    """The URL with its password hidden, for every message and log line."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable storage URL>"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -92,8 +85,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
                            "pip install 'psycopg[binary]'") from None
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot open study store {redact(url)}: "
-                           f"{reason.replace(url, redact(url))}") from None
+        raise StorageError(redact(f"cannot open study store {url}: {reason}")) from None
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
@@ -163,6 +155,30 @@ def study_lock(storage: optuna.storages.BaseStorage, url: str, study: str, purpo
     """A lock of the study's own for one purpose, shared by every orchestrator on the store."""
     engine = getattr(storage, "_backend", storage).engine  # a study wraps it in a cache
     return _lock(url, f"{purpose}-{zlib.crc32(study.encode())}", engine)
+
+
+CLASSES = "classes"  # the dataset's class list: a study user attribute (a trial's, in older studies)
+
+
+def check_classes(storage: optuna.storages.BaseStorage, study: str, classes: list[str]) -> None:
+    """Before a run touches the study: a study is one dataset's, so another class list is refused."""
+    recorded = next((s.user_attrs.get(CLASSES) for s in storage.get_all_studies() if s.study_name == study), None)
+    if recorded is not None and recorded != list(classes):
+        raise DataError(f"study {study!r} was trained on {len(recorded)} classes ({quoted(recorded)}); "
+                        f"this dataset has {len(classes)} ({quoted(list(classes))}); point --data at the "
+                        "study's dataset or pick another study name")
+
+
+def remember_classes(study: optuna.Study, classes: list[str]) -> None:
+    """The class list, once per study: not on every trial (10,000 class names on each of
+    thousands of trials would be most of the store)."""
+    if study.user_attrs.get(CLASSES) is None:
+        retrying(lambda: study.set_user_attr(CLASSES, list(classes)))
+
+
+def classes_of(trial, study_user_attrs: dict) -> list[str] | None:
+    """The class list a trial trained on: the study's, or the trial's own in an older study."""
+    return trial.user_attrs.get(CLASSES) or study_user_attrs.get(CLASSES)
 
 
 def remember_space(study: optuna.Study, path: Path, spec) -> None:

@@ -42,6 +42,14 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: i
     return root
 
 
+def huge_png(path: Path, side: int = 13000) -> Path:
+    """A one-colour PNG of side x side pixels: ~160 KB on disk, hundreds of MB decoded (drawn
+    1 bit a pixel, 21 MB here, never decoded whole by what it tests)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("1", (side, side), 1).save(path, optimize=False)
+    return path
+
+
 def tiny_space(data_root: Path | None = None, **sections: Any) -> dict[str, Any]:
     """A search space that trains in seconds on CPU; sections override (merged one level deep)."""
     doc: dict[str, Any] = {

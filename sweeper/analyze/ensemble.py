@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
 from sweeper.analyze.ranking import configurations
+from sweeper import store
 from sweeper.artifacts import TrialFiles
 from sweeper.data import datasets
 from sweeper.data.augment import Normalize, eval_transform
@@ -91,36 +92,47 @@ def best_member(trials: list[FrozenTrial], study: str, files: TrialFiles) -> Mem
     return usable[0]
 
 
-@torch.no_grad()
+class Scorer:
+    """One member's network, loaded once, giving class probabilities [N, C] for decoded HWC
+    uint8 images, batch by batch (`predict` feeds it a folder a chunk at a time)."""
+
+    def __init__(self, member: Member, tta: str = "none", device: torch.device = torch.device("cpu")):
+        data = member.files.read(member.trial, CHECKPOINT)
+        if data is None:  # removed since the members were chosen (another sweep's keep_best)
+            raise StorageError(f"trial {member.trial.number}'s {CHECKPOINT} is gone from {member.files.where(member.trial)}")
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        self.net = models.create(member.config.model, len(checkpoint["classes"]), False)
+        self.net.load_state_dict(checkpoint["state_dict"])
+        self.net.to(device, memory_format=torch.channels_last).eval()
+        self.amp = Amp(precision_here(member.config.precision, device), device)
+        self.transform = eval_transform(member.config.image_size)
+        self.normalize = Normalize(member.config.mean, member.config.std, device)
+        self.tta = tta
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), BATCH):
+            batch = torch.stack([self.transform(Image.fromarray(images[i]))
+                                 for i in range(start, min(start + BATCH, len(images)))])
+            views = [batch] + ([batch.flip(3)] if self.tta == "flip" else [])
+            probs = 0
+            for view in views:
+                view = self.normalize(view)
+                with self.amp.autocast():
+                    logits = self.net(view)
+                probs = probs + logits.float().softmax(dim=1).cpu()
+            out.append(probs / len(views))
+            if progress:
+                progress(len(out[-1]))
+        return torch.cat(out)
+
+
 def probabilities(member: Member, images: Sequence[np.ndarray], tta: str = "none",
                   progress: Callable[[int], None] | None = None,
                   device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Class probabilities [N, C] of one member for decoded HWC uint8 images."""
-    data = member.files.read(member.trial, CHECKPOINT)
-    if data is None:  # removed since the members were chosen (another sweep's keep_best)
-        raise StorageError(f"trial {member.trial.number}'s {CHECKPOINT} is gone from {member.files.where(member.trial)}")
-    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    net = models.create(member.config.model, len(checkpoint["classes"]), False)
-    net.load_state_dict(checkpoint["state_dict"])
-    net.to(device, memory_format=torch.channels_last).eval()
-    amp = Amp(precision_here(member.config.precision, device), device)
-    transform = eval_transform(member.config.image_size)
-    normalize = Normalize(member.config.mean, member.config.std, device)
-    out = []
-    for start in range(0, len(images), BATCH):
-        batch = torch.stack([transform(Image.fromarray(images[i]))
-                             for i in range(start, min(start + BATCH, len(images)))])
-        views = [batch] + ([batch.flip(3)] if tta == "flip" else [])
-        probs = 0
-        for view in views:
-            view = normalize(view)
-            with amp.autocast():
-                logits = net(view)
-            probs = probs + logits.float().softmax(dim=1).cpu()
-        out.append(probs / len(views))
-        if progress:
-            progress(len(out[-1]))
-    return torch.cat(out)
+    return Scorer(member, tta, device)(images, progress)
 
 
 def combine(member_probs: list[torch.Tensor], method: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +154,8 @@ def scores(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> d
     return {"accuracy": hit.float().mean().item(), "balanced_accuracy": float(np.mean(per_class))}
 
 
-def check_classes(members: list[Member]) -> list[str]:
-    classes = [m.trial.user_attrs.get("classes") for m in members]
+def check_classes(members: list[Member], study_user_attrs: dict) -> list[str]:
+    classes = [store.classes_of(m.trial, study_user_attrs) for m in members]
     if any(c != classes[0] for c in classes):
         raise SpecError("--top", [("", "the members were trained on different class lists; "
                                        "ensemble trials of one dataset")])

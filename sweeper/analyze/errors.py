@@ -25,6 +25,7 @@ from PIL import Image
 
 from sweeper.artifacts import TrialFiles
 from sweeper.errors import StorageError, SweeperError
+from sweeper.redaction import redact
 
 if TYPE_CHECKING:  # the scoring side (torch) is imported where a checkpoint is scored, so that a
     import torch  # report without the section, and the figures, start without it
@@ -37,6 +38,10 @@ THUMBNAIL = 128  # px, the longer side
 # scipy's optimal leaf ordering grows with the cube of the classes; past this the plain
 # dendrogram order (confused pairs still side by side, clusters in merge order) is used
 OPTIMAL_ORDER_UP_TO = 300
+# classes: past this the report's heatmap shows the MATRIX_UP_TO classes most confused (a
+# 10,000-class matrix is 10^8 cells: gigabytes of HTML), and no matrix is clustered (linkage
+# needs C^2 memory); confusion.csv keeps every class, in class order
+MATRIX_UP_TO = 300
 
 # what a member's probabilities are computed with: ensemble.probabilities, or the CLI's wrapper
 # of it (progress bar, CPU share, --gpus)
@@ -95,6 +100,8 @@ def class_order(confusion: np.ndarray) -> list[int]:
     from scipy.spatial.distance import squareform
 
     c = len(confusion)
+    if c > MATRIX_UP_TO:
+        return list(range(c))
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     similarity = rates + rates.T
     np.fill_diagonal(similarity, 0)
@@ -105,6 +112,15 @@ def class_order(confusion: np.ndarray) -> list[int]:
     tree = linkage(squareform(distance, checks=False), method="average",
                    optimal_ordering=c <= OPTIMAL_ORDER_UP_TO)
     return leaves_list(tree).tolist()
+
+
+def most_confused(confusion: np.ndarray, k: int = MATRIX_UP_TO) -> list[int]:
+    """The k classes with the most misclassified images, as true or as predicted class, in
+    class order."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    involved = off.sum(axis=0) + off.sum(axis=1)
+    return sorted(np.argsort(-involved, kind="stable")[:k].tolist())
 
 
 def confused_pairs(e: Errors, k: int = PAIRS) -> pd.DataFrame:
@@ -195,7 +211,7 @@ def of_best(trials: list[FrozenTrial], study: str, files: TrialFiles, trials_dir
     try:
         return analyse(ens.best_member(trials, study, files), trials_dir, score)
     except Exception as exc:  # a missing checkpoint or dataset, a store down, a damaged file
-        return str(exc) if isinstance(exc, SweeperError) else f"{type(exc).__name__}: {exc}"
+        return redact(str(exc) if isinstance(exc, SweeperError) else f"{type(exc).__name__}: {exc}")
 
 
 def summary(e: Errors) -> dict:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import store
@@ -39,6 +38,7 @@ class Planned:
 def _from_space(study: optuna.Study, first: FrozenTrial, trials_root: Path, progress) -> TrialConfig:
     """An imported configuration, rebuilt from the search space remembered by the study."""
     from sweeper.spec.sweep_spec import parse_spec
+    from sweeper.spec.yaml_file import parse_yaml
     from sweeper.spec.trial_config import resolve
     from sweeper.sweep import setup as sweep_setup
 
@@ -47,7 +47,7 @@ def _from_space(study: optuna.Study, first: FrozenTrial, trials_root: Path, prog
         raise StorageError(f"trial {first.number} was imported and study {study.study_name!r} "
                            "keeps no search space to rebuild it from; import it again with --space")
     source = study.user_attrs.get("space_source", "the study's search space")
-    spec = parse_spec(yaml.safe_load(text), source, {"study": study.study_name,
+    spec = parse_spec(parse_yaml(text, source), source, {"study": study.study_name,
                                                       "data_root": study.user_attrs.get("data_root")})
     values = {}
     for name, label in first.params.items():

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analyze.ranking import Configuration, configurations, has_rechecks
 from sweeper.artifacts import TrialFiles
+from sweeper.redaction import redact
 from sweeper.sweep import epochs
 from sweeper.sweep.recovery import IMPORTED, RECHECK_OF
 
@@ -122,7 +123,7 @@ def trial_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
             **{f"params_{k}": _display(v) for k, v in t.params.items()},
             "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
             "epochs": planned_epochs(t),
-            "duration_s": duration, "reason": t.user_attrs.get("reason"),
+            "duration_s": duration, "reason": redact(r) if (r := t.user_attrs.get("reason")) else None,
             "origin": origin(t), "slot": t.user_attrs.get("slot"),
             "start": t.datetime_start, "end": t.datetime_complete,
         })
@@ -154,7 +155,7 @@ def _importance(study_trials: list[FrozenTrial], label: str) -> Importance:
                 result.by_evaluator[name] = optuna.importance.get_param_importances(
                     scratch, evaluator=evaluator)
         except Exception as exc:  # e.g. every trial has the same params
-            result.missing = f"{name}: {exc}"
+            result.missing = redact(f"{name}: {exc}")
     if not any(result.by_evaluator.values()):
         result.missing = result.missing or "no parameter varies across the completed trials"
     return result

@@ -23,9 +23,15 @@ WORST_SHOWN = 50  # rows of the per-class table in the report (the JSON and CSV 
 
 
 def confusion_figure(e: analysis.Errors) -> go.Figure:
-    order = analysis.class_order(e.confusion)
+    """The confusion matrix, clustered; past analysis.MATRIX_UP_TO classes, only the rows and
+    columns of the classes most confused."""
+    shown = analysis.most_confused(e.confusion) if len(e.classes) > analysis.MATRIX_UP_TO else list(range(len(e.classes)))
+    sub = e.confusion[np.ix_(shown, shown)]
+    order = [shown[i] for i in analysis.class_order(sub)]
     names = [e.classes[i] for i in order]
     counts = e.confusion[np.ix_(order, order)]
+    of = (f"the {len(shown)} classes (of {len(e.classes)}) most confused; "
+          if len(shown) < len(e.classes) else "")
     off = counts.copy()
     np.fill_diagonal(off, 0)
     # the colour saturates at the largest confusion: the diagonal would otherwise wash it out
@@ -38,7 +44,7 @@ def confusion_figure(e: analysis.Errors) -> go.Figure:
         hovertemplate="true %{y}<br>predicted %{x}<br>%{z} image(s)<extra></extra>"))
     side = max(460, min(2400, 160 + 14 * len(names)))
     fig.update_layout(
-        title=f"Confusion matrix of trial {e.trial.number} (rows: true class; colour saturates at "
+        title=f"Confusion matrix of trial {e.trial.number} ({of}rows: true class; colour saturates at "
               f"{top}, the largest confusion; classes confused with each other side by side)",
         xaxis={"title": "predicted", "tickfont": {"size": 9 if many else 12}, "showticklabels": len(names) <= 150},
         yaxis={"title": "true", "autorange": "reversed", "tickfont": {"size": 9 if many else 12},

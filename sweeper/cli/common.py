@@ -12,7 +12,8 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from sweeper.errors import SpecError, SweeperError
+from sweeper.errors import SpecError, SweeperError, quoted
+from sweeper.redaction import redact
 
 _state = {"debug": False}
 
@@ -44,7 +45,7 @@ def user_errors(command: Callable) -> Callable:
         except SweeperError as exc:
             if _state["debug"]:
                 raise
-            err(f"Error: {exc}")
+            err(f"Error: {redact(str(exc))}")
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -52,7 +53,7 @@ def user_errors(command: Callable) -> Callable:
 
 def check_choice(option: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise SpecError(option, [("", f"unknown {value!r}; valid: {', '.join(valid)}")])
+        raise SpecError(option, [("", f"unknown {quoted(value)}; valid: {', '.join(valid)}")])
 
 
 @contextlib.contextmanager
@@ -106,13 +107,12 @@ def scoring_device(gpus_text: str | None):
     return in_process(chosen[0].token, neighbours)
 
 
-def member_probabilities(members, images, tta: str, label: str, device) -> list:
-    """Each member's class probabilities on the images (ensemble.probabilities), with a progress
-    bar; on CPU this process takes its share of the cores beside any sweep's workers."""
-    from sweeper.analyze import ensemble as ens
+@contextlib.contextmanager
+def scoring(label: str, total: int, device) -> Iterator[Callable[[int], None]]:
+    """Around scoring `total` images: a progress bar fed by the callback it yields (images
+    scored), and on CPU this process's share of the cores beside any sweep's workers."""
     from sweeper.cpu_share import CpuShare
 
-    total = len(members) * len(images)
     with progress_bar(label, total) as callback, \
             (CpuShare() if device.type == "cpu" else contextlib.nullcontext()) as share:
         if share:
@@ -125,4 +125,13 @@ def member_probabilities(members, images, tta: str, label: str, device) -> list:
             if callback:
                 callback(scored, total)
 
+        yield advance
+
+
+def member_probabilities(members, images, tta: str, label: str, device) -> list:
+    """Each member's class probabilities on the images (ensemble.probabilities), with `scoring`'s
+    progress bar and CPU share."""
+    from sweeper.analyze import ensemble as ens
+
+    with scoring(label, len(members) * len(images), device) as advance:
         return [ens.probabilities(m, images, tta, advance, device) for m in members]

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from sweeper.errors import SpecError
+from sweeper.redaction import redact
 
 
 def _refuse(option: str, message: str):
@@ -89,7 +90,7 @@ def check_storage(url: str | None, write: bool) -> None:
     try:
         make_url(url).get_dialect()
     except ArgumentError as exc:  # unparseable, or an unknown database (NoSuchModuleError)
-        _refuse("--storage", f"storage URL {store.redact(url)} is not valid ({type(exc).__name__}); "
+        _refuse("--storage", f"storage URL {redact(url)} is not valid ({type(exc).__name__}); "
                              "use e.g. sqlite:///studies.db or postgresql://user@host/db")
     path = store.sqlite_path(url)
     if path is None:
@@ -101,7 +102,7 @@ def check_storage(url: str | None, write: bool) -> None:
         base = _nearest("--storage", path.parent)
         what = (f"{base} is a file, not a folder;" if base.is_file() else
                 f"folder {path.parent} does not exist; create it or")
-        _refuse("--storage", f"cannot open study store {store.redact(url)}: {what} pass another --storage")
+        _refuse("--storage", f"cannot open study store {redact(url)}: {what} pass another --storage")
     if write:
         # SQLite writes its journal and sweeper its lock files beside the store
         _folder_writable("--storage", path, path.parent)

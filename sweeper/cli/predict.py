@@ -20,6 +20,7 @@ from sweeper.cli.common import (
     member_probabilities,
     open_study,
     print_json,
+    scoring,
     scoring_device,
     trial_files,
     user_errors,
@@ -50,7 +51,7 @@ def ensemble(
     the_study = open_study(study, storage)
     files = trial_files(the_study, artifacts)
     members = ens.top_members(the_study.get_trials(deepcopy=False), top, study, files)
-    classes = ens.check_classes(members)
+    classes = ens.check_classes(members, the_study.user_attrs)
     images, labels = ens.validation_set(members[0], trials_dir)
     probs = member_probabilities(members, images, "none", "scoring members", device)
     result = {"study": study, **ens.evaluate(members, probs, labels, len(classes), method)}
@@ -98,16 +99,12 @@ def predict(
     the_study = open_study(study, storage)
     members, method = predicting.predictors(the_study.get_trials(deepcopy=False), top, study,
                                             ens.saved_path(trials_dir, study), trial_files(the_study, artifacts))
-    classes = ens.check_classes(members)
+    classes = ens.check_classes(members, the_study.user_attrs)
     paths = ens.list_images(images)
     if not paths:
         raise DataError(f"no images under {images} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    decoded = {side: ens.decode_all(paths, side) for side in {ens.decode_side(m) for m in members}}
-    _, ok, bad = decoded[ens.decode_side(members[0])]
-    probs = []
-    for m in members:
-        probs += member_probabilities([m], decoded[ens.decode_side(m)][0], tta, f"predicting (trial {m.trial.number})",
-                               device)
+    with scoring("predicting", len(members) * len(paths), device) as advance:
+        probs, ok, bad = predicting.label_folder(members, paths, tta, device, advance)
     predicted, mean = ens.combine(probs, method)
     predicting.write_csv(out, images, ok, predicted, mean, classes)
     info = {"study": study, "members": [m.trial.number for m in members], "method": method, "tta": tta,

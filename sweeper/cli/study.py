@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -29,6 +30,7 @@ from sweeper.cli.paths import (
     check_output_file,
     check_storage,
 )
+from sweeper.redaction import redact
 
 app = typer.Typer()
 
@@ -98,6 +100,7 @@ def best(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the best configuration; with --export, write it as an mmcls/mmpretrain config or YAML space."""
+    from sweeper import store
     from sweeper.analyze import export as exporter
     from sweeper.analyze import test_score
     from sweeper.analyze.report_data import value_source
@@ -122,7 +125,10 @@ def best(
             "run_trials": [t.number for t in config_rank.runs], "imported": imported,
             "test_score": _test_score_of(the_study, trial.number)}
     if export is not None:
-        fmt, paths = exporter.export_trial(trial, study, export, format, files)
+        # the export reads the classes from the trial; the study keeps them (store.remember_classes)
+        with_classes = copy.copy(trial)
+        with_classes.user_attrs = {**trial.user_attrs, store.CLASSES: store.classes_of(trial, the_study.user_attrs)}
+        fmt, paths = exporter.export_trial(with_classes, study, export, format, files)
         info["exported"] = {"path": str(paths[0]), "format": fmt, "files": [str(p) for p in paths[1:]]}
     if as_json:
         print_json(info)
@@ -238,7 +244,8 @@ def show(
         return
     config = trial_config_text(t, files)
     log = files.read(t, "log.txt")
-    log_tail = log.decode(errors="replace").splitlines()[-lines:] if log is not None else []
+    # redacted as shown: a study written before redaction may hold credentials
+    log_tail = redact(log.decode(errors="replace")).splitlines()[-lines:] if log is not None else []
     tested = test_score.stored(the_study)
     tested = tested if tested is not None and str(t.number) in tested.get("runs", {}) else None
     info = {"trial": t.number, "state": t.state.name, "value": t.value, "params": t.params,
@@ -248,7 +255,7 @@ def show(
     if as_json:
         print_json(info)
         return
-    reason = t.user_attrs.get("reason")
+    reason = redact(t.user_attrs["reason"]) if t.user_attrs.get("reason") else None
     print(f"trial {t.number}: {t.state.name}" + (f" {t.value:.4f}" if t.value is not None else "")
           + (f" ({reason})" if reason else ""))
     if tested:

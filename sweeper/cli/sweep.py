@@ -24,6 +24,7 @@ from sweeper.cli.common import (
     user_errors,
 )
 from sweeper.cli.paths import check_output_dir, check_storage
+from sweeper.redaction import redact
 
 app = typer.Typer()
 LogOpt = Annotated[Optional[str], typer.Option("--log", help="Also log trials to: tensorboard, mlflow (comma-separated; none: neither), instead of the space file's `logging:`.")]
@@ -54,11 +55,12 @@ def run(
     from optuna.trial import TrialState
 
     from sweeper import store
+    from sweeper import artifacts as artifact_urls
+    from sweeper.data import datasets
     from sweeper.spec.sweep_spec import load_spec
     from sweeper.spec.tracking import choose as choose_trackers
     from sweeper.sweep import orchestrator
     from sweeper.sweep import setup as sweep_setup
-    from sweeper import artifacts as artifact_urls
     from sweeper.sweep import study_artifacts
     from sweeper.sweep.progress import make_progress
 
@@ -84,16 +86,21 @@ def run(
     with progress_bar("decoding images") as callback:
         cache = sweep_setup.prepare_data(spec, trials_dir, callback)
     optuna_storage = store.open_storage(storage_url)
+    classes = datasets.load(cache).classes
+    store.check_classes(optuna_storage, spec.study, classes)
     the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
     store.remember_space(the_study, space, spec)
+    store.remember_classes(the_study, classes)
     artifact_store = study_artifacts.join(the_study, artifact_store)
     if artifact_store is not None:
         study_artifacts.share_split(the_study, artifact_store, cache)
     where = ", ".join(s.label for s in slots)
     start = time.monotonic()
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
-        progress.message(f"study={spec.study} storage={store.redact(storage_url)} "
+        progress.message(f"study={spec.study} storage={redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
+        if (said := sweep_setup.check_cpu_bf16(sweep_setup.values(spec, "precision"), slots)) is not None:
+            progress.message(said)
         options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat, logging)
         if artifact_store is not None:
             progress.message(f"artifacts: {artifact_store.url}")  # a folder or s3://bucket/prefix: no secret
@@ -185,6 +192,7 @@ def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_u
     from sweeper.analyze.ranking import configurations
     from sweeper.artifacts import TrialFiles
     from sweeper.sweep import orchestrator
+    from sweeper.sweep import setup as sweep_setup
     from sweeper.sweep.progress import make_progress
 
     study = the_study.study_name
@@ -199,6 +207,8 @@ def _recheck(the_study, top: int, seeds: int, slots, trials_dir: Path, storage_u
             progress.message(f"re-checking {len(chosen)} configuration(s) (trials "
                              f"{', '.join(str(t.number) for t in chosen)}): {len(todo)} run(s) "
                              f"with new seeds on {len(slots)} worker(s)")
+            if (said := sweep_setup.check_cpu_bf16([p.base.precision for p in todo], slots)) is not None:
+                progress.message(said)
             source = rechecking.RecheckSource(the_study, todo, trials_dir, options.heartbeat, storage_url)
             runner = orchestrator.Orchestrator(None, the_study, slots, Path(), progress, trials_dir,
                                                storage_url, options, source, artifact_store)

@@ -37,16 +37,22 @@ def _size(path: Path) -> int:
     return path.stat().st_size + (split.stat().st_size if split.exists() else 0)
 
 
+MAX_PID = 2**22  # Linux's largest pid_max: a larger number in a name was never a writer's pid
+
+
 def _entry(path: Path) -> Entry | None:
-    partial = re.search(r"\.tmp(\d+)$", path.name)
+    """The file as a cache, or None: being written, or not a name sweeper makes (a user's file)."""
+    partial = re.fullmatch(rf"(.+){re.escape(image_cache.SUFFIX)}\.tmp(\d{{1,20}})", path.name)
     if partial:
-        if pid_alive(int(partial.group(1))):
+        if not datasets.is_cache_stem(partial[1]):
+            return None
+        if int(partial[2]) <= MAX_PID and pid_alive(int(partial[2])):
             return None  # being written right now
         return Entry(path, PARTIAL, "-", None, path.stat().st_size, "left by a decode that was stopped")
+    if path.suffix not in (".pt", image_cache.SUFFIX) or not datasets.is_cache_stem(path.stem):
+        return None
     if path.suffix == ".pt":
         return Entry(path, OLD, "-", None, _size(path), "written by an earlier sweeper")
-    if path.suffix != image_cache.SUFFIX:
-        return None
     try:
         info = image_cache.describe(path)
     except image_cache.CacheCorrupt as exc:

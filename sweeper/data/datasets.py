@@ -25,6 +25,7 @@ from PIL import Image
 
 from sweeper.data import image_cache
 from sweeper.data.augment import CROP_RATIO
+from sweeper.data.image_file import TooLarge, open_image
 from sweeper.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -159,7 +160,7 @@ def _test_folder(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
 def decode(path: str, side: int) -> np.ndarray:
     """Decode to RGB (grayscale, palette and alpha images included), shorter side <= side."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.draft("RGB", (side, side))  # JPEG: decode at reduced scale when possible
             im = im.convert("RGB")
             scale = side / min(im.size)
@@ -167,6 +168,8 @@ def decode(path: str, side: int) -> np.ndarray:
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                                Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8).copy()
+    except TooLarge:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from None
 
@@ -216,6 +219,15 @@ def cache_name(source: Source, image_size: int) -> tuple[str, Listing | None]:
     listing = list_folder(Path(source.root), source.val_fraction, source.test_fraction, source.test)
     key = _cache_key(source, _keyed_items(listing), side)
     return f"{Path(source.root).name}-{side}px-{key}{image_cache.SUFFIX}", listing
+
+
+# the stems cache_name makes (and earlier sweepers made, as .pt): <folder>-<side>px-<key> or
+# <builtin>-<val_fraction>[-test<test_fraction>]; `cache clean` touches no other file
+_CACHE_STEM = re.compile(rf"(?:.+-\d+px-[0-9a-f]{{16}}|(?:{'|'.join(BUILTIN_CLASSES)})-[0-9.e-]+(?:-test[0-9.e-]+)?)")
+
+
+def is_cache_stem(stem: str) -> bool:
+    return _CACHE_STEM.fullmatch(stem) is not None
 
 
 def _keyed_items(listing: Listing) -> list[tuple[str, int | str]]:

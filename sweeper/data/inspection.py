@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from sweeper.data import datasets
+from sweeper.data.image_file import open_image
 
 GRAYSCALE = {"1", "L", "LA", "I", "I;16", "F"}
 PALETTE = {"P", "PA"}
@@ -119,7 +119,7 @@ def inspect_folder(root: Path, val_fraction: float, progress: Callable[[int, int
     for i, (path, split) in enumerate(files):
         rel = os.path.relpath(path, root)
         try:
-            with Image.open(path) as im:  # reads the header only
+            with open_image(path) as im:  # reads the header only; refuses an image above the cap
                 result.sizes.append((im.width, im.height, split))
                 result.modes[_kind(im.mode, im.info)] += 1
             readable.append((path, split))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
+from sweeper.errors import quoted
+
 PAUSED = "paused"  # user attribute: True while the trial waits at a rung (RUNNING, no worker)
 
 
@@ -22,10 +24,10 @@ class AshaPruner(optuna.pruners.BasePruner):
     def __init__(self, min_resource: int = 1, reduction_factor: int = 3, max_resource: int | None = None):
         for name, value, least in (("min_resource", min_resource, 1), ("reduction_factor", reduction_factor, 2)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+                raise ValueError(f"{name} must be an integer >= {least}, got {quoted(value)}")
         if max_resource is not None and (not isinstance(max_resource, int) or max_resource <= min_resource):
             raise ValueError(f"max_resource must be an integer > min_resource ({min_resource}), "
-                             f"got {max_resource!r}; leave it out to use train.epochs")
+                             f"got {quoted(max_resource)}; leave it out to use train.epochs")
         self.min_resource, self.reduction_factor, self.max_resource = min_resource, reduction_factor, max_resource
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import optuna
 
+from sweeper.errors import quoted
 from sweeper.search.asha import AshaPruner
 from sweeper.search.multi_fidelity import MultiFidelitySampler
 
@@ -85,7 +86,7 @@ def parse_named(
     options = dict(raw)
     name = options.pop("name")
     if name not in registry:
-        problems.append((f"{path}.name", f"unknown {name!r}; valid names: {', '.join(registry)}"))
+        problems.append((f"{path}.name", f"unknown {quoted(name)}; valid names: {', '.join(registry)}"))
         return None
     wrapped = None
     if name == "patient":
@@ -100,11 +101,11 @@ def parse_named(
     if registry is SAMPLERS and name in MULTI_FIDELITY:
         valid += _MULTI_FIDELITY_OPTIONS
         if not isinstance(options.get("multi_fidelity", True), bool):
-            problems.append((f"{path}.multi_fidelity", f"must be true or false, got {options['multi_fidelity']!r}"))
+            problems.append((f"{path}.multi_fidelity", f"must be true or false, got {quoted(options['multi_fidelity'])}"))
         n_min = options.get("n_min", 2)
         if not isinstance(n_min, int) or isinstance(n_min, bool) or n_min < 2:
             problems.append((f"{path}.n_min", f"must be an integer >= 2 (trials an epoch needs before "
-                                              f"the sampler models it), got {n_min!r}"))
+                                              f"the sampler models it), got {quoted(n_min)}"))
     for key in options:
         if key not in valid:
             problems.append((f"{path}.{key}", f"not an option of {name}; valid options: "

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sweeper.errors import quoted
+
 Problems = list[tuple[str, str]]
 
 
@@ -27,9 +29,9 @@ def parse_budget(raw: Any, problems: Problems) -> int | None:
     if raw is None:
         return None
     if not isinstance(raw, dict) or set(raw) != {"epochs"}:
-        problems.append(("search.budget", f"must be {{epochs: N}}, got {raw!r}"))
+        problems.append(("search.budget", f"must be {{epochs: N}}, got {quoted(raw)}"))
     elif not _count(raw["epochs"]):
-        problems.append(("search.budget.epochs", f"must be an integer >= 1, got {raw['epochs']!r}"))
+        problems.append(("search.budget.epochs", f"must be an integer >= 1, got {quoted(raw['epochs'])}"))
     else:
         return raw["epochs"]
     return None
@@ -40,11 +42,11 @@ def parse_recheck(raw: Any, problems: Problems) -> Recheck | None:
         return None
     if not isinstance(raw, dict) or set(raw) != {"top", "seeds"}:
         problems.append(("search.recheck", f"must be {{top: K, seeds: S}} (re-check the K best "
-                                           f"configurations with S more seeds), got {raw!r}"))
+                                           f"configurations with S more seeds), got {quoted(raw)}"))
         return None
     for key in ("top", "seeds"):
         if not _count(raw[key]):
-            problems.append((f"search.recheck.{key}", f"must be an integer >= 1, got {raw[key]!r}"))
+            problems.append((f"search.recheck.{key}", f"must be an integer >= 1, got {quoted(raw[key])}"))
     return Recheck(raw["top"], raw["seeds"]) if _count(raw["top"]) and _count(raw["seeds"]) else None
 
 

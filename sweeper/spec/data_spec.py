@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeper.errors import quoted
+
 BUILTIN_DATASETS = ("digits",)
 DATA_KEYS = ("root", "builtin", "val_fraction", "test_fraction", "test", "num_workers")
 
@@ -33,24 +35,24 @@ def parse_data(raw: Any, problems: Problems) -> DataSpec:
         problems.append(("data.root", "missing: give an image folder (root/train/<class>/*, "
                                       "root/val/<class>/*) or data.builtin: digits"))
     if builtin is not None and builtin not in BUILTIN_DATASETS:
-        problems.append(("data.builtin", f"unknown {builtin!r}; valid: {', '.join(BUILTIN_DATASETS)}"))
+        problems.append(("data.builtin", f"unknown {quoted(builtin)}; valid: {', '.join(BUILTIN_DATASETS)}"))
     vf = raw.get("val_fraction", 0.2)
     if not isinstance(vf, (int, float)) or not 0 < vf < 1:
-        problems.append(("data.val_fraction", f"must be a number between 0 and 1, got {vf!r}"))
+        problems.append(("data.val_fraction", f"must be a number between 0 and 1, got {quoted(vf)}"))
     tf = raw.get("test_fraction", 0.0)
     if not isinstance(tf, (int, float)) or isinstance(tf, bool) or not 0 <= tf < 1:
-        problems.append(("data.test_fraction", f"must be a number from 0 (no test split) to below 1, got {tf!r}"))
+        problems.append(("data.test_fraction", f"must be a number from 0 (no test split) to below 1, got {quoted(tf)}"))
     elif isinstance(vf, (int, float)) and 0 < vf < 1 and vf + tf >= 1:
         problems.append(("data.test_fraction", f"val_fraction {vf} + test_fraction {tf} leave no training "
                                                "images; keep their sum below 1"))
     test = raw.get("test")
     if test is not None and not isinstance(test, str):
-        problems.append(("data.test", f"must be a folder path, got {test!r}"))
+        problems.append(("data.test", f"must be a folder path, got {quoted(test)}"))
     elif test is not None and not Path(test).expanduser().is_dir():
-        problems.append(("data.test", f"test folder {test!r} not found; give a folder of <class>/ folders"))
+        problems.append(("data.test", f"test folder {quoted(test)} not found; give a folder of <class>/ folders"))
     nw = raw.get("num_workers", "auto")
     if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
-        problems.append(("data.num_workers", f"must be auto or an integer >= 0, got {nw!r}"))
+        problems.append(("data.num_workers", f"must be auto or an integer >= 0, got {quoted(nw)}"))
     return DataSpec(
         root=Path(root).expanduser().resolve() if isinstance(root, str) else None,
         builtin=builtin if isinstance(builtin, str) else None,

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from sweeper.errors import quoted
+
 Check = Callable[[Any], "str | None"]
 
 
@@ -22,7 +24,7 @@ def _is_number(v: Any) -> bool:
 
 
 def int_at_least(lo: int) -> Check:
-    return lambda v: None if _is_int(v) and v >= lo else f"must be an integer >= {lo}, got {v!r}"
+    return lambda v: None if _is_int(v) and v >= lo else f"must be an integer >= {lo}, got {quoted(v)}"
 
 
 def float_range(lo: float, hi: float | None = None, lo_open: bool = False) -> Check:
@@ -33,33 +35,33 @@ def float_range(lo: float, hi: float | None = None, lo_open: bool = False) -> Ch
         bound = f"> {lo}" if lo_open else f">= {lo}"
         if hi is not None:
             bound += f" and <= {hi}"
-        return f"must be a number {bound}, got {v!r}"
+        return f"must be a number {bound}, got {quoted(v)}"
 
     return check
 
 
 def one_of(*names: str) -> Check:
-    return lambda v: None if v in names else f"must be one of {', '.join(names)}; got {v!r}"
+    return lambda v: None if v in names else f"must be one of {', '.join(names)}; got {quoted(v)}"
 
 
 def boolean(v: Any) -> str | None:
-    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+    return None if isinstance(v, bool) else f"must be true or false, got {quoted(v)}"
 
 
 def text(v: Any) -> str | None:
-    return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
+    return None if isinstance(v, str) and v else f"must be a non-empty string, got {quoted(v)}"
 
 
 def pretrained(v: Any) -> str | None:
     if isinstance(v, bool) or (isinstance(v, str) and v):
         return None
-    return f"must be true (timm hub weights), false, or a checkpoint path; got {v!r}"
+    return f"must be true (timm hub weights), false, or a checkpoint path; got {quoted(v)}"
 
 
 def ema_decay(v: Any) -> str | None:
     if _is_number(v) and 0 <= v < 1:
         return None
-    return f"must be 0 (no EMA) or a number between 0 and 1, e.g. 0.9998; got {v!r}"
+    return f"must be 0 (no EMA) or a number between 0 and 1, e.g. 0.9998; got {quoted(v)}"
 
 
 def fraction_of_epoch(v: Any) -> str | None:
@@ -76,7 +78,7 @@ def milestones(v: Any) -> str | None:
         and all(a < b for a, b in zip(v, v[1:]))
     ):
         return None
-    return f"must be a list of increasing positive epoch numbers, e.g. [30, 60, 90]; got {v!r}"
+    return f"must be a list of increasing positive epoch numbers, e.g. [30, 60, 90]; got {quoted(v)}"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from sweeper.errors import quoted
 from sweeper.spec.knobs import BY_NAME
 from sweeper.spec.space import (
     CategoricalParam,
@@ -20,7 +21,7 @@ Problems = list[tuple[str, str]]
 
 def did_you_mean(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = f"did you mean {quoted(close[0])}? " if close else ""
     return f"unknown key; {hint}valid keys here: {', '.join(valid)}"
 
 
@@ -79,9 +80,9 @@ def parse_param(name: str, raw: Any, problems: Problems) -> Param | None:
         elif (msg := knob.check(v)) is not None:
             problems.append((f"{path}.{key}", msg))
     if not isinstance(log, bool):
-        problems.append((f"{path}.log", f"must be true or false, got {log!r}"))
+        problems.append((f"{path}.log", f"must be true or false, got {quoted(log)}"))
     if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
-        problems.append((f"{path}.step", f"must be a number > 0, got {step!r}"))
+        problems.append((f"{path}.step", f"must be a number > 0, got {quoted(step)}"))
     if len(problems) > n_before:
         return None
     if low > high:
@@ -160,7 +161,7 @@ def parse_enqueue(raw: Any, space: SearchSpace, problems: Problems) -> tuple[dic
                 problems.append((f"{path}.{key}", f"not a searched parameter; searched: "
                                                   f"{', '.join(space.names) or '(none)'}"))
             elif not space[key].contains(as_number(value) if BY_NAME[key].kind == "float" else value):
-                problems.append((f"{path}.{key}", f"{value!r} is outside the space "
+                problems.append((f"{path}.{key}", f"{quoted(value)} is outside the space "
                                                   f"({space[key].describe()})"))
         out.append({k: as_number(v) if BY_NAME.get(k) and BY_NAME[k].kind == "float" else v
                     for k, v in entry.items()})

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from sweeper.errors import SpecError
+from sweeper.errors import SpecError, quoted
 from sweeper.search.strategies import (
     PRUNERS,
     SAMPLERS,
@@ -27,6 +26,7 @@ from sweeper.spec.policies import BUILTIN_POLICIES, OPERATIONS
 from sweeper.spec.space import CategoricalParam, FloatParam, SearchSpace
 from sweeper.spec.space_yaml import as_number, did_you_mean, parse_enqueue, parse_space
 from sweeper.spec.tracking import parse_section
+from sweeper.spec.yaml_file import read_yaml
 
 OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
 TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue", "logging")
@@ -83,43 +83,10 @@ class SweepSpec:
         return None if s.budget_epochs is None else s.budget_epochs - recheck_epochs(s.recheck, self.max_epochs)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load that also rejects duplicate keys (YAML silently keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise SpecError(str(path), [("", "file not found; pass --space path/to/space.yaml")])
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(str(path), [(f"byte {exc.start}", f"not UTF-8 text (byte "
-                                     f"0x{exc.object[exc.start]:02x}); save the file as UTF-8")]) from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(exc, "problem", None) or str(exc)
-        if "could not determine a constructor" in str(what):
-            what += " (only plain YAML is accepted; remove the !! tag)"
-        raise SpecError(str(path), [(where, f"invalid YAML: {what}")]) from None
-
-
 def validate_study_name(name: Any) -> str | None:
     if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
         return ("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
-                f"(it names the folder trials/<study>); got {name!r}")
+                f"(it names the folder trials/<study>); got {quoted(name)}")
     return None
 
 
@@ -161,15 +128,15 @@ def _parse_policies(raw: Any, problems: Problems) -> dict[str, tuple[str, ...] |
     for name, ops in raw.items():
         path = f"augment_policies.{name}"
         if name in ("none", "flip_crop"):
-            problems.append((path, f"{name!r} is built in; choose another name"))
+            problems.append((path, f"{quoted(name)} is built in; choose another name"))
         elif not isinstance(ops, list) or not ops:
             problems.append((path, "must be a non-empty list of operations"))
         else:
             for i, op in enumerate(ops):
-                if op not in OPERATIONS:
+                if not isinstance(op, str) or op not in OPERATIONS:
                     close = difflib.get_close_matches(str(op), list(OPERATIONS), n=1)
-                    hint = f"did you mean {close[0]!r}? " if close else ""
-                    problems.append((f"{path}[{i}]", f"unknown operation {op!r}; {hint}"
+                    hint = f"did you mean {quoted(close[0])}? " if close else ""
+                    problems.append((f"{path}[{i}]", f"unknown operation {quoted(op)}; {hint}"
                                                      f"valid: {', '.join(OPERATIONS)}"))
             policies[str(name)] = tuple(ops)
     return policies
@@ -187,16 +154,16 @@ def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
     defaults = SearchSpec()
     n = raw.get("n_trials", defaults.n_trials)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        problems.append(("search.n_trials", f"must be an integer >= 1, got {n!r}"))
+        problems.append(("search.n_trials", f"must be an integer >= 1, got {quoted(n)}"))
     timeout = raw.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        problems.append(("search.timeout", f"must be seconds > 0, got {timeout!r}"))
+        problems.append(("search.timeout", f"must be seconds > 0, got {quoted(timeout)}"))
     objective = raw.get("objective", defaults.objective)
     if objective not in OBJECTIVES:
-        problems.append(("search.objective", f"unknown {objective!r}; valid: {', '.join(OBJECTIVES)}"))
+        problems.append(("search.objective", f"unknown {quoted(objective)}; valid: {', '.join(OBJECTIVES)}"))
     value = raw.get("value", defaults.value)
     if value not in VALUE_MODES:
-        problems.append(("search.value", f"unknown {value!r}; valid: last (the last epoch's "
+        problems.append(("search.value", f"unknown {quoted(value)}; valid: last (the last epoch's "
                                          "objective) or best (the best epoch's)"))
     sampler = parse_named(raw.get("sampler", "tpe"), SAMPLERS, "search.sampler", problems)
     pruner = parse_named(raw.get("pruner", "median"), PRUNERS, "search.pruner", problems)
@@ -223,11 +190,11 @@ def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, prob
                              f"{int(max_epochs)}); set milestones below it or raise epochs"))
     for path, name in values.get("augment", []):
         if isinstance(name, str) and name not in policies:
-            problems.append((path, f"unknown augmentation policy {name!r}; defined: "
+            problems.append((path, f"unknown augmentation policy {quoted(name)}; defined: "
                                    f"{', '.join(policies)} (add it under augment_policies)"))
     for path, p in values.get("pretrained", []):
         if isinstance(p, str) and not Path(p).expanduser().is_file():
-            problems.append((path, f"checkpoint {p!r} not found; give a .pth file, true for "
+            problems.append((path, f"checkpoint {quoted(p)} not found; give a .pth file, true for "
                                    "timm hub weights, or false"))
     if numbers("warmup_iters") and numbers("warmup_epochs") and max(numbers("warmup_iters")) > 0 \
             and max(numbers("warmup_epochs")) > 0:
@@ -246,7 +213,7 @@ def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, prob
             if m.split(".")[0] not in known_set:
                 close = difflib.get_close_matches(m, known, n=3)
                 hint = f"; close matches: {', '.join(close)}" if close else ""
-                problems.append((path, f"unknown timm model {m!r}{hint}"))
+                problems.append((path, f"unknown timm model {quoted(m)}{hint}"))
 
 
 def _parse_fixed(raw: dict, data_root: str | None, problems: Problems
@@ -312,7 +279,7 @@ def parse_spec(raw: Any, source: str = "", overrides: dict[str, Any] | None = No
     """Validate a loaded YAML document.
 
     Args:
-        raw: what `yaml.safe_load` returned.
+        raw: the YAML document (yaml_file.read_yaml).
         source: the file name, for messages.
         overrides: command-line values: `study`, `data_root`, `n_trials`, `timeout`, `budget_epochs`.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from sweeper.errors import SpecError
+from sweeper.errors import SpecError, quoted
 from sweeper.spec.space_yaml import did_you_mean
 
 # name -> (the module its writer imports, the pip extra that installs it)
@@ -25,7 +25,7 @@ def parse_section(raw: Any, problems: list[tuple[str, str]]) -> tuple[str, ...]:
         if key not in TRACKERS:
             problems.append((f"logging.{key}", did_you_mean(str(key), list(TRACKERS))))
         elif not isinstance(on, bool):
-            problems.append((f"logging.{key}", f"must be true or false, got {on!r}"))
+            problems.append((f"logging.{key}", f"must be true or false, got {quoted(on)}"))
         elif on:
             chosen.append(key)
     return tuple(chosen)

@@ -25,7 +25,7 @@ from optuna.distributions import (
 )
 
 from sweeper import store
-from sweeper.errors import SpecError
+from sweeper.errors import SpecError, quoted
 from sweeper.spec.knobs import BY_NAME
 from sweeper.spec.space import (
     CategoricalParam,
@@ -36,6 +36,7 @@ from sweeper.spec.space import (
     choice_label,
 )
 from sweeper.spec.space_yaml import as_number, did_you_mean
+from sweeper.spec.yaml_file import StrictLoader
 from sweeper.sweep.recovery import IMPORTED
 
 NOTE = "note"  # an optional free-text column, kept with the trial
@@ -70,7 +71,7 @@ def _on_grid(p: Param, value: Any) -> bool:
 
 
 def _cell(text: str, name: str) -> Any:
-    value = yaml.safe_load(text)
+    value = yaml.load(text, Loader=StrictLoader)  # no aliases: a cell cannot expand to gigabytes
     knob = BY_NAME.get(name)
     return as_number(value) if knob is not None and knob.kind == "float" else value
 
@@ -91,7 +92,7 @@ def _parse_row(cells: dict[str, str], space: SearchSpace, objective: str) -> tup
         try:
             value = _cell(text, p.name)
         except yaml.YAMLError:
-            return f"{p.name}={text!r} cannot be read"
+            return f"{p.name}={quoted(text)} cannot be read"
         if isinstance(p, FloatParam) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not p.contains(value) or not _on_grid(p, value):
@@ -101,7 +102,7 @@ def _parse_row(cells: dict[str, str], space: SearchSpace, objective: str) -> tup
     try:
         value = float(text)
     except ValueError:
-        return f"{objective}={text!r} is not a number"
+        return f"{objective}={quoted(text)} is not a number"
     if not math.isfinite(value) or not 0 <= value <= 1:
         hint = f"; for a percentage write {value / 100:g}" if 1 < value <= 100 else ""
         return f"{objective}={text} is not a fraction in [0, 1]{hint}"
@@ -120,9 +121,9 @@ def read_results(path: Path, space: SearchSpace, objective: str) -> tuple[list[R
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SpecError(str(path), [("", f"cannot be read as CSV ({exc})")]) from None
     known = [*space.names, objective, NOTE]
-    problems = [(f"column {c!r}", did_you_mean(c, known)) for c in header if c not in known]
+    problems = [(f"column {quoted(c)}", did_you_mean(c, known)) for c in header if c not in known]
     required = [p.name for p in space.params if not p.when] + [objective]
-    problems += [(f"column {c!r}", "missing; the file needs a column per searched parameter "
+    problems += [(f"column {quoted(c)}", "missing; the file needs a column per searched parameter "
                                    f"({', '.join(space.names)}) and the objective ({objective})")
                  for c in required if c not in header]
     if not header:
@@ -168,7 +169,7 @@ def import_file(spec, space_file: Path, results: Path, storage_url: str) -> tupl
         the_study = store.load_study(the_storage, study_name)
         theirs = the_study.user_attrs.get("objective", spec.search.objective)
         if theirs != spec.search.objective:
-            raise SpecError(str(space_file), [("search.objective", f"study {study_name!r} maximises "
+            raise SpecError(str(space_file), [("search.objective", f"study {quoted(study_name)} maximises "
                                                f"{theirs}, this file {spec.search.objective}; they "
                                                "cannot be mixed")])
     else:

@@ -171,7 +171,7 @@ class Orchestrator:
         run.last_event = time.monotonic()
         self.tracking.event(run, event)  # MLflow's epochs, before the run's own are updated
         if kind == "start":
-            for key in ("classes", "device", "precision", "cuda_visible_devices", "gpu_sharing", "train_images"):
+            for key in ("device", "precision", "cuda_visible_devices", "gpu_sharing", "train_images"):  # classes: the study's
                 store.retrying(lambda: run.trial.set_user_attr(key, event[key]))
             if event.get("loader_note"):
                 self.progress.note_once(event["loader_note"])

@@ -11,6 +11,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from sweeper.redaction import redact
+
 
 @dataclass
 class _Running:
@@ -56,6 +58,10 @@ class SweepProgress:
             self.best = (number, value)
 
     def message(self, text: str) -> None:
+        """A line for the sweep's output, credentials hidden (it may quote an error)."""
+        self._message(redact(text))
+
+    def _message(self, text: str) -> None:
         pass
 
     def note_once(self, text: str) -> None:
@@ -85,10 +91,10 @@ class LineProgress(SweepProgress):
         super().finished(number, state, value, reason)
         line = f"trial={number} event=finish state={state} epochs={epoch} {self.objective}={_fmt(value)}"
         if reason:
-            line += f' reason="{reason}"'
+            line += f' reason="{redact(reason)}"'
         self._print(line)
 
-    def message(self, text):
+    def _message(self, text):
         self._print(text)
 
 
@@ -142,7 +148,7 @@ class LiveProgress(SweepProgress):
         self.console.print(f"trial {number}: [{colour}]{state.lower()}[/] {_fmt(value)}{extra}")
         self._refresh()
 
-    def message(self, text):
+    def _message(self, text):
         self.console.print(text)
 
 

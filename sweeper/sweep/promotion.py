@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper import artifacts, store
 from sweeper.artifacts import ArtifactStore
 from sweeper.errors import StorageError
+from sweeper.redaction import redact
 from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.search.multi_fidelity import is_paused
 from sweeper.spec.trial_config import TrialConfig
@@ -115,7 +116,7 @@ class Promotions:
             text = self.artifact_store.get(artifacts.artifact_id(key, "config.json"))
             if text is None:
                 raise StorageError(f"trial {trial.number}'s config.json is missing from the artifact "
-                                   f"store {artifacts.redact(self.artifact_store.url)}")
+                                   f"store {redact(self.artifact_store.url)}")
             config = TrialConfig.from_json(text.decode())
             source = resume.ARTIFACT + artifacts.artifact_id(key, resume.RESUME)
             log = here / "log.txt"

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import store
+from sweeper.redaction import redact
 from sweeper.search.asha import PAUSED
 from sweeper.search.strategies import GridSampler
 from sweeper.spec.sweep_spec import SweepSpec
@@ -29,7 +30,7 @@ def failing_if_unstarted(study: optuna.Study, trial: optuna.Trial) -> Iterator[N
     try:
         yield
     except BaseException as exc:
-        trial.set_user_attr("reason", f"could not start: {type(exc).__name__}: {exc}")
+        trial.set_user_attr("reason", redact(f"could not start: {type(exc).__name__}: {exc}"))
         study.tell(trial, state=TrialState.FAIL)
         raise
 

@@ -39,8 +39,8 @@ def make_slots(workers: int | None, gpus_text: str | None, spec: SweepSpec | Non
 
     chosen = gpus.choose(gpus_text)
     if spec is not None:
-        gpus.check_precision(_values(spec, "precision"), chosen)
-        if not chosen and "fp16" in _values(spec, "precision"):
+        gpus.check_precision(values(spec, "precision"), chosen)
+        if not chosen and "fp16" in values(spec, "precision"):
             print("warning: train.precision fp16 on the CPU: torch emulates it (about 5x slower than fp32 "
                   "on a Xeon); fp16 is for GPUs below sm_80, auto picks bf16 or fp32 here", file=sys.stderr)
     k = workers or max(1, len(chosen))
@@ -51,7 +51,23 @@ def make_slots(workers: int | None, gpus_text: str | None, spec: SweepSpec | Non
     return [Slot(i, g.token, g.label, g.identity) for i, g in enumerate(assigned)]
 
 
-def _values(spec: SweepSpec, knob: str) -> list[Any]:
+def check_cpu_bf16(precisions: list[str], slots: list[Slot]) -> str | None:
+    """Before CPU workers train with `precision: auto`: is bf16 sound on this CPU
+    (train/bf16_check.py, once per machine)? The workers inherit the fallback (a capped oneDNN, or
+    fp32) through this process's environment; returns the line saying so, if there is one."""
+    from sweeper.train import bf16_check
+    from sweeper.train.device import cpu_native_bf16
+
+    if all(s.gpu is not None for s in slots) or "auto" not in precisions:
+        return None
+    if not cpu_native_bf16() and not os.environ.get(bf16_check.FORCE_ENV):
+        return None  # auto is fp32 here anyway
+    found = bf16_check.verdict()
+    os.environ.update(found.env())
+    return found.message()
+
+
+def values(spec: SweepSpec, knob: str) -> list[Any]:
     """Every value a knob can take in this sweep."""
     if knob in spec.space.names:
         p = spec.space[knob]
@@ -60,7 +76,7 @@ def _values(spec: SweepSpec, knob: str) -> list[Any]:
 
 
 def max_image_size(spec: SweepSpec) -> int:
-    return max(_values(spec, "image_size"))
+    return max(values(spec, "image_size"))
 
 
 def prepare_data(spec: SweepSpec, trials_root: Path, progress=None) -> Path:
@@ -89,14 +105,14 @@ def prefetch_hub_weights(spec: SweepSpec) -> None:
     Without a route to the hub, weights already in the local cache still work (offline mode,
     passed on to the workers), and missing ones fail at once instead of after a minute of retries.
     """
-    if True not in _values(spec, "pretrained"):
+    if True not in values(spec, "pretrained"):
         return
     if not _hub_reachable():
         import huggingface_hub.constants
 
         os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the workers
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # this process read the variable already
-    for name in _values(spec, "model"):
+    for name in values(spec, "model"):
         print(f"fetching timm hub weights for {name} (once, before the sweep)", file=sys.stderr)
         try:
             models.create(name, 2, True)

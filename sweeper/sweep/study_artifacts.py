@@ -18,6 +18,7 @@ from sweeper import artifacts, store
 from sweeper.artifacts import ArtifactStore
 from sweeper.data import datasets
 from sweeper.errors import DataError, StorageError
+from sweeper.redaction import redact
 
 ORCHESTRATOR_PATIENCE = 10.0  # seconds: well inside a heartbeat's staleness (recovery.STALE_BEATS)
 
@@ -52,8 +53,8 @@ def join(study: optuna.Study, found: ArtifactStore | None) -> ArtifactStore | No
     if found is None and recorded:
         found = open_for_run(recorded)
     elif found is not None and recorded and found.url != recorded:
-        print(f"warning: study {study.study_name!r} keeps its trials' files in {artifacts.redact(recorded)}; "
-              f"this run stores them in {artifacts.redact(found.url)}, which other machines read only if "
+        print(f"warning: study {study.study_name!r} keeps its trials' files in {redact(recorded)}; "
+              f"this run stores them in {redact(found.url)}, which other machines read only if "
               "it is the same store (mounted elsewhere)", file=sys.stderr)
     if found is not None and not recorded:
         store.retrying(lambda: study.set_user_attr("artifacts", found.url))

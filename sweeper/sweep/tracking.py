@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import store
+from sweeper.redaction import redact
 from sweeper.sweep.checkpoints import CHECKPOINT
 from sweeper.sweep.promotion import Waiting
 from sweeper.sweep.worker_handle import Running
@@ -131,7 +132,7 @@ def note(trial_dir: str, text: str) -> None:
     """A tracking problem, in the trial's log.txt; never raises."""
     try:
         with open(Path(trial_dir) / "log.txt", "a") as log:
-            print(f"{text}; training goes on", file=log)
+            print(f"{redact(text)}; training goes on", file=log)
     except OSError:
         pass
 
@@ -183,7 +184,7 @@ class MlflowRuns:
             try:
                 fn(*args)
             except Exception as exc:
-                self.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self.error = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
                 if trial_dir:
                     note(trial_dir, f"MLflow logging stopped ({self.error})")
 

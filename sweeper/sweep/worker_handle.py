@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import artifacts, store
+from sweeper.redaction import redact
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep.fork_server import ForkedWorker, Launcher
 from sweeper.train.device import GPU_ID_ENV
@@ -114,7 +115,7 @@ class Running:
         err = Path(self.config.trial_dir) / "stderr.txt"
         if err.exists():
             lines = [line for line in err.read_text(errors="replace").splitlines() if line.strip()]
-            tail = f": {lines[-1][:300]}" if lines else ""
+            tail = f": {redact(lines[-1])[:300]}" if lines else ""
         return f"worker exited with code {code}{tail}"
 
 

@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 
 from sweeper.errors import WorkerError
+from sweeper.train.bf16_check import CPU_BF16_ENV
 
 DEVICE_ENV = "SWEEPER_DEVICE"
 SHARING_ENV = "SWEEPER_GPU_SHARING"  # trials this orchestrator runs on the worker's GPU at once
@@ -53,6 +54,8 @@ def gpu_identity() -> str | None:
 
 
 def cpu_native_bf16() -> bool:
+    if os.environ.get(CPU_BF16_ENV) == "0":  # the sweep's check found bf16 broken here (bf16_check.py)
+        return False
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 

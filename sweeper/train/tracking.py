@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TextIO
 
+from sweeper.redaction import redact
 from sweeper.spec.trial_config import TrialConfig
 
 # the worker's per-epoch record -> the scalar's tag (TensorBoard groups tags by their prefix)
@@ -53,7 +54,7 @@ class EpochCurves:
             self.writer.add_scalar(tag, record[key], record["epoch"])
 
     def _failed(self, exc: Exception) -> None:
-        print(f"TensorBoard logging stopped ({type(exc).__name__}: {exc}); training goes on",
+        print(redact(f"TensorBoard logging stopped ({type(exc).__name__}: {exc}); training goes on"),
               file=self.log, flush=True)
         writer, self.writer = self.writer, None
         if writer is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sweeper import artifacts
 from sweeper.errors import StorageError, WorkerError
+from sweeper.redaction import redact
 
 UNREACHABLE = "artifact store unreachable"  # a reason train/resume.py counts as resumable
 RESUME = artifacts.RESUME
@@ -94,7 +95,7 @@ class Uploads:
             done = self.cond.wait_for(lambda: (not self.queued and not self.busy) or self.failure, timeout)
         self.check()
         if not done:
-            raise WorkerError(f"{UNREACHABLE}: uploads to {artifacts.redact(self.store.url)} did not "
+            raise WorkerError(f"{UNREACHABLE}: uploads to {redact(self.store.url)} did not "
                               f"finish within {timeout:.0f} s")
         return time.perf_counter() - start
 

@@ -28,6 +28,7 @@ from torch import nn
 from sweeper.cpu_share import CpuShare
 from sweeper.data.loading import make_loaders
 from sweeper.errors import SweeperError, WorkerError
+from sweeper.redaction import redact
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.train import device as devices
 from sweeper.train import model as models
@@ -361,13 +362,13 @@ def main(argv: list[str]) -> int:
         report({"event": outcome})
         return 0
     except SweeperError as exc:
-        report({"event": "fail", "reason": str(exc)})
+        report({"event": "fail", "reason": redact(str(exc))})
         return 1
     except Exception as exc:
         import traceback
 
-        traceback.print_exc()
-        reason = f"{type(exc).__name__}: {exc}"
+        print(redact(traceback.format_exc()), file=sys.stderr, flush=True)
+        reason = redact(f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(Exception):
             report({"event": "fail", "reason": reason.splitlines()[0][:500]})
         return 1

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from sweeper.cli import app
 from sweeper.data import datasets
-from sweeper.testing import tiny_space, write_space
+from sweeper.testing import huge_png, tiny_space, write_space
 
 runner = CliRunner()
 
@@ -131,17 +131,30 @@ def test_an_ensemble_of_two_different_checkpoints_matches_the_hand_computation(p
     assert saved["method"] == "vote" and len(saved["checkpoints"]) == 2
 
 
-def test_predict_writes_one_row_per_image_in_a_stable_order(twins, at, colour_folder, tmp_path):
+def test_predict_writes_one_row_per_image_in_a_stable_order(twins, at, colour_folder, tmp_path, monkeypatch):
     at(twins)
     images = tmp_path / "unlabelled"
     shutil.copytree(colour_folder / "val", images / "nested")
     (images / "broken.jpg").write_bytes(b"not an image")
+    huge_png(images / "huge.png")
     first = cli("predict", "--study", "twins", "--images", images, "--out", tmp_path / "a.csv")
     assert first.exit_code == 0, first.output
     assert "unreadable, skipped: broken.jpg" in first.output
+    assert "skipped: huge.png (image" in first.output and "above the cap of 64,000,000" in first.output
     second = cli("predict", "--study", "twins", "--images", images, "--out", tmp_path / "b.csv")
     assert second.exit_code == 0, second.output
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    whole = cli("predict", "--study", "twins", "--images", images, "--out", tmp_path / "whole.csv",
+                "--top", 2, "--tta", "flip")
+    monkeypatch.setattr("sweeper.analyze.predict.CHUNK", 5)  # decoded and scored 5 images at a time
+    chunked = cli("predict", "--study", "twins", "--images", images, "--out", tmp_path / "chunked.csv",
+                  "--top", 2, "--tta", "flip")
+    monkeypatch.undo()
+    assert chunked.exit_code == 0 and whole.exit_code == 0, chunked.output + whole.output
+    a, b = (list(csv.DictReader(open(tmp_path / f))) for f in ("chunked.csv", "whole.csv"))
+    assert [(r["file"], r["class"]) for r in a] == [(r["file"], r["class"]) for r in b]
+    # the same numbers, up to float rounding in batches of another size
+    assert [float(r["probability"]) for r in a] == pytest.approx([float(r["probability"]) for r in b], abs=1e-5)
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
     files = sorted(p.relative_to(images).as_posix() for p in (images / "nested").rglob("*.*"))
     assert [r["file"] for r in rows] == files

@@ -262,3 +262,18 @@ def test_heatmap_at_120_classes_hides_cell_text_and_keeps_the_hover():
     assert np.array(big.z).sum() == len(labels)
     small = confusion_figure(_errors([0, 1, 2], [0, 2, 2], 3)).data[0]
     assert small.texttemplate == "%{z}"
+
+
+def test_a_matrix_past_the_limit_is_summarised_to_the_classes_most_confused():
+    n = analysis.MATRIX_UP_TO + 200
+    labels = np.repeat(np.arange(n), 2)
+    predicted = labels.copy()
+    predicted[::2] = (labels[::2] + 1) % n  # each class's first image taken for the next class
+    predicted[labels == 7] = 400  # class 7 wholly, class 400 more: the two most confused
+    e = _errors(labels, predicted, n)
+    figure = confusion_figure(e)
+    shown = figure.data[0]
+    assert len(shown.x) == len(shown.y) == analysis.MATRIX_UP_TO
+    assert {"c7", "c400"} <= set(shown.x)
+    assert f"the {analysis.MATRIX_UP_TO} classes (of {n}) most confused" in figure.layout.title.text
+    assert analysis.class_order(e.confusion) == list(range(n))  # not clustered

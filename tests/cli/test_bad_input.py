@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sweeper.cli import app
-from sweeper.testing import make_image_folder, tiny_space
+from sweeper.testing import huge_png, make_image_folder, tiny_space
 
 runner = CliRunner()
 
@@ -62,6 +62,21 @@ def empty_test_folder(folder):
     return doc_with(root)
 
 
+def laughs(levels: int) -> str:
+    """A "billion laughs" space file: each level lists the one before ten times (9 levels: 10**9
+    strings from about 400 bytes), used where a number is expected."""
+    lines = ["study: laughs", "data: {builtin: digits}", "model: {name: test_resnet}", 'l0: &l0 ["lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    return "\n".join([*lines, f"train: {{epochs: *l{levels}}}", ""])
+
+
+def huge_image(folder):
+    root = make_image_folder(folder.parent / "huge", classes=2, per_class=6)
+    huge_png(root / "train" / "class_0" / "huge.png")
+    return doc_with(root)
+
+
 def latin1(folder):
     return (doc_with(folder) + "# r\u00e9sum\u00e9 of the manual runs\n").encode("latin-1")
 
@@ -77,6 +92,8 @@ CASES = [
     ("duplicate-key", raw("study: a\nmodel: {name: resnet18}\nmodel: {name: resnet50}\n"), [],
      "duplicate key 'model'"),
     ("not-a-mapping", raw("- just\n- a list\n"), [], "must be a YAML mapping"),
+    ("billion-laughs", raw(laughs(9)), [], "space.yaml: line 4, column 5: invalid YAML: anchors and aliases"),
+    ("anchor", raw("study: &name x\ndata: {builtin: digits}\n"), [], "line 1, column 8: invalid YAML: anchors"),
     ("unknown-top-key", changed(serach={"n_trials": 3}), [], "serach: unknown key; did you mean 'search'?"),
     ("unknown-nested-key", changed(model={"name": "test_resnet", "frozen_stage": 1}), [],
      "model.frozen_stage: unknown key; did you mean 'frozen_stages'?"),
@@ -96,6 +113,8 @@ CASES = [
      [], "space.lr: fixed at train.lr and searched here"),
     ("unknown-operation", changed(augment_policies={"mine": ["Rotate", "Twirl"]}), [],
      "augment_policies.mine[1]: unknown operation 'Twirl'"),
+    ("nested-policy-list", changed(augment_policies={"mine": [["Rotate", "Solarize"]]}), [],
+     "augment_policies.mine[0]: unknown operation ['Rotate', 'Solarize']"),
     ("unknown-policy", changed(space={"augment": ["flip_crop", "strong"]}), [],
      "space.augment.choices[1]: unknown augmentation policy 'strong'"),
     ("milestones-not-increasing", changed(train={"schedule": "step", "milestones": [3, 2]}), [],
@@ -132,6 +151,7 @@ CASES = [
      "data.test_fraction: val_fraction 0.5 + test_fraction 0.5 leave no training images"),
     ("test-fraction-negative", changed(data={"test_fraction": -0.1}), [], "data.test_fraction: must be a number"),
     ("eval-every-odd", changed(train={"eval_every": 0.3}), [], "train.eval_every: must be 1 (once an epoch) or 1/k"),
+    ("huge-image", huge_image, [], "huge.png is 13000x13000 = 169,000,000 pixels, above the cap of 64,000,000"),
     ("bad-gpus", changed(), ["--gpus", "first"], "--gpus: must be GPU numbers"),
     ("absent-gpu", changed(), ["--gpus", "0"], "--gpus: torch 2.14.1"),
     ("storage-folder-missing", changed(), ["--storage", "sqlite:///no/such/dir/s.db"],
@@ -204,3 +224,37 @@ def test_a_file_that_is_not_utf8_is_named_with_the_offset_of_its_first_bad_byte(
     offset = text.index(b"\xe9")
     assert result.exit_code == 2
     assert f"{space}: byte {offset}: not UTF-8 text (byte 0xe9)" in result.output
+
+
+@pytest.mark.parametrize("value", ["x" * 100_000, list(range(100_000)), {"a": {"b": {"c": {"d": [1] * 1000}}}}])
+def test_messages_quote_a_huge_value_through_a_length_limit(tmp_path, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space(None, train={"precision": value})))
+    result = runner.invoke(app, ["run", "--space", str(space)])
+    assert result.exit_code == 2 and "train.precision: must be one of" in result.output
+    assert len(result.output) < 400, len(result.output)
+
+
+def test_aliases_that_would_expand_inside_a_message_are_refused(tmp_path, monkeypatch):
+    """Six levels: a million strings, which today's message quoted in full."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(laughs(6))
+    result = runner.invoke(app, ["run", "--space", "space.yaml"])
+    assert result.exit_code == 2 and "anchors and aliases (&name, *name) are not accepted" in result.output
+    assert len(result.output) < 400 and not (tmp_path / "studies.db").exists()
+
+
+def test_recheck_refuses_aliases_in_the_space_file_a_study_stored(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space(None, study="stored")))
+    (tmp_path / "runs.csv").write_text("lr,val_acc\n0.05,0.5\n")
+    imported = runner.invoke(app, ["import", "--study", "stored", "--space", str(space), "--from", "runs.csv"])
+    assert imported.exit_code == 0, imported.output
+    study = optuna.load_study(study_name="stored", storage="sqlite:///studies.db")
+    study.set_user_attr("space_yaml", laughs(9))  # as a writer to the study could leave it
+    result = runner.invoke(app, ["recheck", "--study", "stored", "--top", "1", "--seeds", "1"])
+    assert result.exit_code == 2, result.output
+    assert f"Error: {space}: line 4, column 5: invalid YAML: anchors and aliases" in result.output
+    assert "Traceback" not in result.output

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sweeper.cli import app
-from sweeper.testing import make_image_folder
+from sweeper.testing import huge_png, make_image_folder
 
 runner = CliRunner()
 
@@ -47,6 +47,17 @@ def test_counts_modes_sizes_duplicates_and_unreadable_match_the_files(folder, tm
     assert bad["file"] == "train/class_1/broken.png" and "cannot identify image file" in bad["reason"]
     page = out.read_text()
     assert page.count("plotly-graph-div") == 2 and "Images per class" in page and "class_2" in page
+
+
+def test_an_image_above_the_pixel_cap_is_listed_from_its_header_not_decoded(folder, monkeypatch):
+    huge_png(folder / "train" / "class_0" / "huge.png")
+    result = runner.invoke(app, ["data", "inspect", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    reasons = {row["file"]: row["reason"] for row in json.loads(result.output)["unreadable"]}
+    assert "13000x13000 = 169,000,000 pixels, above the cap of 64,000,000" in reasons["train/class_0/huge.png"]
+    monkeypatch.setenv("SWEEPER_MAX_PIXELS", str(13000 * 13000))  # the cap is the user's to raise
+    raised = json.loads(runner.invoke(app, ["data", "inspect", str(folder), "--json"]).output)
+    assert "train/class_0/huge.png" not in {row["file"] for row in raised["unreadable"]}
 
 
 def test_the_terminal_table(folder, tmp_path, monkeypatch):

@@ -100,7 +100,11 @@ def test_cache_list_and_clean(tmp_path, monkeypatch):
     digits = datasets.prepare(datasets.Source(None, "digits", 0.2), 16, cache_dir)
     (cache_dir / "pics-19px-0123456789abcdef.imgcache").write_bytes(b"garbage")
     (cache_dir / "pics-19px-0123456789abcdef.pt").write_bytes(b"an old torch.save cache")
-    (cache_dir / f"x.imgcache.tmp{2**22 + 12345}").write_bytes(b"half")  # no such pid
+    (cache_dir / f"pics-19px-0123456789abcdef.imgcache.tmp{2**22 + 12345}").write_bytes(b"half")  # no such pid
+    (cache_dir / "pics-19px-0123456789abcdef.imgcache.tmp99999999999999999999").write_bytes(b"half")
+    users = ["model.pt", "notes.imgcache", "x.tmp99999999999999999999", "x.imgcache.tmp12", "best.pth"]
+    for name in users:  # a user's files in the folder: never listed, never removed
+        (cache_dir / name).write_bytes(b"mine")
 
     runner = CliRunner()
     listed = runner.invoke(app, ["cache", "list", "--json"])
@@ -109,15 +113,16 @@ def test_cache_list_and_clean(tmp_path, monkeypatch):
     assert states == {old.name: "stale", current.name: "current", digits.name: "current",
                       "pics-19px-0123456789abcdef.imgcache": "broken",
                       "pics-19px-0123456789abcdef.pt": "old format",
-                      f"x.imgcache.tmp{2**22 + 12345}": "partial"}
+                      f"pics-19px-0123456789abcdef.imgcache.tmp{2**22 + 12345}": "partial",
+                      "pics-19px-0123456789abcdef.imgcache.tmp99999999999999999999": "partial"}
     text = runner.invoke(app, ["cache", "list"])
     assert "images added, removed or changed since" in text.output
 
     cleaned = runner.invoke(app, ["cache", "clean"])
     assert cleaned.exit_code == 0, cleaned.output
     assert sorted(p.name for p in cache_dir.iterdir()) == sorted(
-        [current.name, datasets.split_path(current).name, digits.name])
+        [current.name, datasets.split_path(current).name, digits.name, *users])
     assert len(datasets.load(current).val.images) == len(datasets.list_folder(root, 0.2).val)  # intact
 
     everything = runner.invoke(app, ["cache", "clean", "--all"])
-    assert everything.exit_code == 0 and list(cache_dir.iterdir()) == []
+    assert everything.exit_code == 0 and sorted(p.name for p in cache_dir.iterdir()) == sorted(users)

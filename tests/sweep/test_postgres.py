@@ -47,7 +47,7 @@ def test_two_orchestrators_two_workers_each_on_one_postgres_study(colour_folder,
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out
         assert not any(secret in out for secret in _secrets(URL))
-        assert "storage=postgresql://sweeper:***@127.0.0.1" in out
+        assert "storage=postgresql://***@127.0.0.1" in out
     trials = optuna.load_study(study_name=study, storage=URL).get_trials()
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 6

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from sweeper.cli import app
-from sweeper.testing import tiny_space, write_space
+from sweeper.testing import make_image_folder, tiny_space, write_space
 
 runner = CliRunner()
 
@@ -76,10 +76,33 @@ def test_completed_trials_leave_their_folder_and_store_rows(pruning_sweep):
     good = trials[0]
     assert list(good.intermediate_values) == [1, 2, 3]
     assert good.value == good.intermediate_values[3]
-    assert good.user_attrs["classes"] == ["class_0", "class_1", "class_2"]
+    study = optuna.load_study(study_name="prune", storage=f"sqlite:///{cwd / 'studies.db'}")
+    assert study.user_attrs["classes"] == ["class_0", "class_1", "class_2"]  # once, for every trial
+    assert "classes" not in good.user_attrs
     folder = cwd / "trials" / "prune" / "0"
     assert {"config.json", "log.txt", "metrics.csv", "classes.txt"} <= {p.name for p in folder.iterdir()}
     assert '"lr": 0.05' in (folder / "config.json").read_text()
+
+
+def test_a_study_keeps_one_class_list_and_refuses_another_dataset(pruning_sweep, tmp_path, monkeypatch):
+    cwd, _, _, _ = pruning_sweep
+    db = cwd / "studies.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    other = make_image_folder(tmp_path / "other", classes=2, per_class=6)
+    monkeypatch.chdir(cwd)
+    result = sweep(["--space", str(cwd / "space.yaml"), "--data", str(other), "--n-trials", "9"])
+    assert result.exit_code == 2 and result.output.count("Error:") == 1
+    assert ("study 'prune' was trained on 3 classes (['class_0', 'class_1', 'class_2']); this dataset "
+            "has 2 (['class_0', 'class_1'])") in result.output
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # the store untouched
+
+
+def test_older_studies_keep_their_trials_class_lists():
+    from sweeper import store
+
+    older = optuna.trial.create_trial(value=0.5, user_attrs={"classes": ["a", "b"]})
+    assert store.classes_of(older, {}) == ["a", "b"]
+    assert store.classes_of(optuna.trial.create_trial(value=0.5), {"classes": ["a", "b"]}) == ["a", "b"]
 
 
 def test_second_run_adds_to_the_same_study_without_rerunning_enqueued(pruning_sweep):
