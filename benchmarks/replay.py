@@ -221,25 +221,30 @@ class SimulatedEvents:
 
     def __init__(self):
         self.now = 0.0
-        self.workers: dict[int, TableWorker] = {}  # by slot
+        self.workers: list[TableWorker] = []
+        self.running: dict = {}  # the orchestrator's Running by slot index: a worker's slot is where it runs
         self.handed: collections.Counter[str] = collections.Counter()  # events handed out, by kind
+
+    def slot_of(self, worker: "TableWorker") -> int:
+        return next(i for i, run in self.running.items() if run.proc is worker)
 
     def put(self, item) -> None:
         """worker_handle's relay thread finds a simulated worker's stdout empty and says it
         ended; the simulated worker says so itself, in order."""
 
     def get(self, timeout: float | None = None):
-        ready = [w for w in self.workers.values() if w.next is not None]
+        ready = [w for w in self.workers if w.next is not None]
         if not ready:
             raise RuntimeError("replay: the orchestrator waits for an event no simulated worker has")
-        worker = min(ready, key=lambda w: (w.next[0], w.slot))
+        worker = min(ready, key=lambda w: (w.next[0], self.slot_of(w)))
+        slot = self.slot_of(worker)
         when, event = worker.next
         self.now = max(self.now, when)
         worker.advance()
         if event is None:
-            del self.workers[worker.slot]
+            self.workers.remove(worker)
         self.handed[event["event"] if event else "end"] += 1
-        return worker.slot, event
+        return slot, event
 
 
 class TableWorker:
@@ -247,10 +252,10 @@ class TableWorker:
 
     pids = itertools.count(10 ** 6)
 
-    def __init__(self, launcher: "TableLauncher", slot: int, config_path: Path):
+    def __init__(self, launcher: "TableLauncher", config_path: Path):
         from sweeper.spec.trial_config import TrialConfig
 
-        self.launcher, self.slot, self.pid = launcher, slot, next(self.pids)
+        self.launcher, self.pid = launcher, next(self.pids)
         self.config = TrialConfig.from_json(config_path.read_text())
         self.dir = Path(self.config.trial_dir)
         self.stdout: tuple = ()  # the relay thread reads nothing: events come from SimulatedEvents
@@ -363,9 +368,9 @@ class TableLauncher:
         n, seed, _ = self.trials[config.number]
         return self.table.curves[(n, seed)]
 
-    def launch(self, slot: int, config_path: Path, env: dict[str, str], stderr) -> TableWorker:
-        worker = TableWorker(self, slot, config_path)
-        self.events.workers[slot] = worker
+    def launch(self, config_path: Path, env: dict[str, str], stderr) -> TableWorker:
+        worker = TableWorker(self, config_path)
+        self.events.workers.append(worker)
         return worker
 
     def close(self) -> None:
@@ -456,6 +461,7 @@ def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers
         runner = orchestrator.Orchestrator(spec, study, [Slot(i, None) for i in range(workers)], tmp / "cache",
                                            decisions, tmp / "trials", url, options, launcher=launcher)
         runner.events = events  # the simulated queue, in place of the relay threads' one
+        events.running = runner.running
         runner.run()
         trials = study.get_trials()
         if sqlite:
