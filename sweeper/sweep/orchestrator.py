@@ -156,8 +156,8 @@ class Orchestrator:
             attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
                      "worker_pid": run.proc.pid, "host": os.uname().nodename}
             # where its files are in the store; what its retry resumes from if it dies before an epoch
-            attrs.update({k: v for k, v in ((artifacts.KEY, config.artifact_key),
-                                            ("resumed_from", config.resume_from)) if v})
+            attrs.update({k: v for k, v in ((artifacts.KEY, config.artifact_key), ("resumed_from", config.resume_from),
+                                            ("resumed_from_trial", config.resume_trial)) if v is not None})
             for key, value in attrs.items():
                 store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = run

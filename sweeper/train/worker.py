@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweeper import atomic_files
 from sweeper.cpu_share import CpuShare
 from sweeper.data.loading import make_loaders
 from sweeper.errors import SweeperError, WorkerError
@@ -135,7 +136,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     lr_at = LrSchedule.from_config(config, steps)
     chosen = Chosen(config.value)
     # the metrics of every finished epoch, earlier attempts' too
-    done = restore(config, model, optimizer, chosen, amp, loaders.generator, ema)
+    done, not_resumed = restore(config, model, optimizer, chosen, amp, loaders.generator, ema)
 
     report({"event": "start", "classes": classes, "device": str(device), "precision": precision,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_sharing": sharing,
@@ -153,6 +154,8 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
               f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, {len(classes)} classes, "
               f"params {json.dumps(config.params)}", file=log, flush=True)
         first = len(done)  # the first epoch this process trains
+        if not_resumed:
+            print(not_resumed, file=log, flush=True)
         if first:
             print(f"Resumed after epoch {first} from {config.resume_from}", file=log, flush=True)
         if share:
@@ -213,7 +216,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             done.append(record)
             curves.epoch(record)  # TensorBoard, if asked for (train/tracking.py)
             phase.now = "saving the resume state"
-            saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema)
+            saved_in = save_resume_state(config, model, optimizer, chosen, amp, done, loaders.generator, ema)
             print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
             uploads.check()  # the previous epoch's uploads, which overlapped this one
             uploads.submit(resume.RESUME, "metrics.csv", "log.txt")
@@ -239,18 +242,22 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
-            amp: Amp, generator: torch.Generator, ema) -> list[dict[str, Any]]:
-    """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics."""
+            amp: Amp, generator: torch.Generator, ema) -> tuple[list[dict[str, Any]], str | None]:
+    """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics,
+    or none and why the state was not used (the trial then trains from epoch 0)."""
     if not config.resume_from:
-        return []
-    state = resume.load(config.resume_from, config.artifacts)
+        return [], None
+    try:
+        state = resume.load(config)
+    except resume.Unusable as exc:
+        return [], f"Not resumed from {config.resume_from}: {exc}; training from epoch 0"
     model.load_state_dict(state["model"])
     regularizers.load_ema_state(ema, state.get("ema"))
     optimizer.load_state_dict(state["optimizer"])
     chosen.value, chosen.epoch, chosen.state = state["chosen"]
     amp.load_state_dict(state.get("scaler"))
     resume.restore_rng(state["rng"], generator)
-    return state["metrics"]
+    return state["metrics"], None
 
 
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, amp: Amp,
@@ -271,15 +278,15 @@ def epoch_line(record: dict[str, Any], ms: float) -> str:
             f"top5 {record['val_top5']:.4f}")
 
 
-def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
+def save_resume_state(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
                       amp: Amp, done: list[dict[str, Any]], generator: torch.Generator, ema=None) -> float:
     """resume.pt after an epoch (see resume.py); returns the seconds it took."""
     saving = time.perf_counter()
-    resume.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    resume.save(Path(config.trial_dir), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "ema": regularizers.ema_state(ema),
                       "chosen": (chosen.value, chosen.epoch, chosen.state), "metrics": done,
                       "scaler": amp.state_dict(),
-                      "rng": resume.rng_states(generator)})
+                      "rng": resume.rng_states(generator)}, resume.identity(config))
     return time.perf_counter() - saving
 
 
@@ -287,14 +294,12 @@ def save_checkpoint(state: dict[str, torch.Tensor], classes: list[str], config: 
                     fault: str | None = None) -> None:
     """checkpoint.pth (the orchestrator keeps it for the best trials only), written atomically."""
     path = Path(config.trial_dir) / "checkpoint.pth"
-    tmp = path.with_suffix(".tmp")
     try:
-        if fault == "disk_full":
-            raise_fault(fault)
-        torch.save({"state_dict": state, "classes": classes, "model": config.model}, tmp)
-        tmp.replace(path)
+        with atomic_files.replacing(path) as tmp:
+            if fault == "disk_full":
+                raise_fault(fault)
+            torch.save({"state_dict": state, "classes": classes, "model": config.model}, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise WorkerError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
 
 
