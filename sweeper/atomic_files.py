@@ -1,5 +1,6 @@
 """Files replaced whole or not at all: a reader (another process, another machine on a shared
 disk) sees the old file or the new one, never half of one, and a failed write leaves nothing.
+And a lock file, for what is written once by whichever process comes first.
 
 The temporary file sits beside the target (a rename within one folder is atomic) under a name no
 other writer can share: host, process id and random bits (containers are all PID 1, machines on
@@ -10,6 +11,7 @@ crash after it cannot leave the new name on an empty file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -43,3 +45,15 @@ def replacing(path: Path) -> Iterator[Path]:
 def write_bytes(path: Path, data: bytes) -> None:
     with replacing(path) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing) for every process on this
+    machine (and on an NFS mount that supports locks)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import sqlite3
 import time
 import zlib
@@ -14,6 +13,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from sweeper import atomic_files
 from sweeper.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
@@ -128,12 +128,8 @@ def _lock(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> Itera
     (SQLite is single-machine anyway), an advisory lock in PostgreSQL, nothing elsewhere."""
     path = sqlite_path(url)
     if path is not None:
-        with open(path.with_name(f"{path.name}.{name}.lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with atomic_files.locked(path.with_name(f"{path.name}.{name}.lock")):
+            yield
     elif make_url(url).get_backend_name() == "postgresql":
         key = zlib.crc32(f"sweeper:{name}".encode())
         own = engine is None

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sweeper import atomic_files
 from sweeper.data import image_cache
 from sweeper.data.augment import CROP_RATIO
 from sweeper.errors import DataError
@@ -201,7 +202,7 @@ def prepare(
     path = cache_dir / name
     source = {"root": str(Path(root).resolve()) if root else None, "builtin": builtin,
               "val_fraction": val_fraction, "image_size": image_size}
-    if listing is not None and not split_path(path).exists():
+    if listing is not None:
         _write_split(split_path(path), Path(root), listing)
     if _usable(path):
         return path
@@ -221,14 +222,26 @@ def split_path(cache: Path) -> Path:
 
 
 def _write_split(path: Path, root: Path, listing: Listing) -> None:
+    """Written once, by whichever orchestrator comes first (the others find it under the lock),
+    atomically, and read back; one left damaged (by a crash, a full disk) is written again."""
     def rel(items):
         return [[os.path.relpath(p, root), label] for p, label in items]
 
+    split = {"root": str(root), "classes": listing.classes, "train": rel(listing.train), "val": rel(listing.val)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"root": str(root), "classes": listing.classes,
-                               "train": rel(listing.train), "val": rel(listing.val)}))
-    tmp.replace(path)
+    with atomic_files.locked(path.with_name(path.name + ".lock")):
+        if _read_split(path) == split:
+            return
+        atomic_files.write_bytes(path, json.dumps(split).encode())
+        if _read_split(path) != split:
+            raise DataError(f"{path} did not read back as written; check the disk (full? a network mount?)")
+
+
+def _read_split(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class CachedImages(torch.utils.data.Dataset):
