@@ -312,6 +312,7 @@ class Orchestrator:
         finished = self.heartbeats.beat([run.trial for run in self.running.values() if not run.dropped] + held)
         for run in [run for run in self.running.values() if run.trial in finished]:  # by another orchestrator
             self._drop(run)
+        self.sharing.held = {d: h for d, h in self.sharing.held.items() if h.trial not in finished}
         mine = {run.trial.number for run in self.running.values()} | {t.number for t in held}
         for number in self.heartbeats.recover(mine):
             self.progress.message(f"trial {number}: its orchestrator is gone; recorded FAIL "

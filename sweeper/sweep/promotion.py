@@ -99,6 +99,11 @@ class Promotions:
         except artifacts.Unreachable:
             store.retrying(lambda: self.study._storage.set_trial_user_attr(chosen.trial._trial_id, PAUSED, True))
             return None
+        except StorageError as exc:  # its config.json is missing or was altered: it cannot go on
+            live = optuna.Trial(self.study, chosen.trial._trial_id)
+            store.retrying(lambda: live.set_user_attr("reason", f"not promoted: {exc}"))
+            store.retrying(lambda: self.study.tell(live, state=TrialState.FAIL))
+            return None
 
     def claim(self, trial: FrozenTrial) -> bool:
         """Take a paused trial for this orchestrator; False when another took it first."""
