@@ -121,23 +121,23 @@ def load(config) -> dict[str, Any]:
         except OSError as exc:
             raise Unusable(f"cannot read it ({exc.strerror or exc})") from None
     else:
+        if not artifacts.is_id(ident):
+            raise Unusable(f"{ident!r} is not an artifact id sweeper made")
         try:
-            data = artifacts.open_store(config.artifacts).get(artifacts.checked_id(ident))
-        except artifacts.Unreachable as exc:
+            data = artifacts.open_store(config.artifacts).get(ident)
+        except StorageError as exc:  # unreachable, or not mounted here (yet): resumable
             raise WorkerError(f"{UNREACHABLE}: {exc}") from None
-        except StorageError as exc:  # an id sweeper did not make
-            raise Unusable(str(exc)) from None
         if data is None:
             raise Unusable(f"it is no longer in the artifact store {artifacts.redact(config.artifacts)}")
-    header, payload = _checked(data, config)
+    payload = _checked(data, config)
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise Unusable(f"its data cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
 
 
-def _checked(data: bytes, config) -> tuple[dict[str, Any], memoryview]:
-    """The header and payload of a state, once they are whole and this trial's."""
+def _checked(data: bytes, config) -> memoryview:
+    """The payload of a state, once the header says it is whole and this trial's."""
     if not data.startswith(MAGIC):
         older = data.startswith(b"PK") or data.startswith(b"\x80")  # torch's zip, or a bare pickle
         raise Unusable("it was written by an older sweeper, whose states are pickles and are not "
@@ -159,7 +159,7 @@ def _checked(data: bytes, config) -> tuple[dict[str, Any], memoryview]:
             what = {"study": "another study", "trial": f"trial {header.get('trial')!r}, not trial {value}",
                     "fingerprint": "another configuration"}[key]
             raise Unusable(f"it is the state of {what}")
-    return header, payload
+    return payload
 
 
 def source_of(failed, folder: Path, store: "artifacts.ArtifactStore | None" = None) -> tuple[str, int] | None:
