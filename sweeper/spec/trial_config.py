@@ -16,7 +16,7 @@ from sweeper.spec.presets import PRESETS, default_milestones, expand_preset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a timm model, a policy set: goes into file names
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a timm model, a built-in dataset, an objective
 # fields that say where a trial runs, not what it trains (left out of its fingerprint)
 PLACE = ("study", "number", "trial_dir", "data_root", "data_cache", "resume_from", "resume_trial",
          "artifacts", "artifact_key", "logging")
@@ -118,7 +118,8 @@ class TrialConfig:
             raise StorageError("a trial's config.json is not a JSON object")
         if problems := _problems(raw):
             where = f"trial {raw.get('number')!r}'s config.json" if "number" in raw else "a trial's config.json"
-            raise StorageError(f"{where}: {'; '.join(problems[:3])}; it was altered or is not sweeper's "
+            shown = "; ".join(p if len(p) < 200 else p[:200] + "..." for p in problems[:3])
+            raise StorageError(f"{where}: {shown}; it was altered or is not sweeper's "
                                "(a config.json of this sweeper version's run is needed)")
         return cls(**raw)
 
@@ -174,7 +175,7 @@ def _problems(raw: dict[str, Any]) -> list[str]:
         if key in BY_NAME:
             if (message := BY_NAME[key].check(value)) is not None:
                 problems.append(f"{key} {message}")
-            elif key in ("model", "augment") and not _name(value):
+            elif key == "model" and not _name(value):  # timm's names; it goes into file names
                 problems.append(f"{key} must be a name of letters, digits, _ . - ; got {value!r}")
         elif key in _FIELDS and not _FIELDS[key](value):
             problems.append(f"{key} has an invalid value {value!r}")
