@@ -229,12 +229,18 @@ def _write_split(path: Path, root: Path, listing: Listing) -> None:
 
     split = {"root": str(root), "classes": listing.classes, "train": rel(listing.train), "val": rel(listing.val)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_files.locked(path.with_name(path.name + ".lock")):
-        if _read_split(path) == split:
-            return
-        atomic_files.write_bytes(path, json.dumps(split).encode())
-        if _read_split(path) != split:
-            raise DataError(f"{path} did not read back as written; check the disk (full? a network mount?)")
+    lock = path.with_name(path.name + ".lock")
+    try:
+        with atomic_files.locked(lock):
+            if _read_split(path) == split:
+                return
+            atomic_files.write_bytes(path, json.dumps(split).encode())
+            if _read_split(path) != split:
+                raise DataError(f"{path} did not read back as written; check the disk (full? a network mount?)")
+    finally:
+        # nothing left in the cache folder; one who waited on the removed lock file finds the
+        # lists written, or writes the same lists atomically again
+        lock.unlink(missing_ok=True)
 
 
 def _read_split(path: Path) -> dict | None:

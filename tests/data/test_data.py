@@ -103,7 +103,7 @@ def test_the_split_file_is_written_once_and_a_damaged_one_is_written_again(tmp_p
     with multiprocessing.get_context("fork").Pool(4) as pool:
         pool.starmap(datasets.prepare, [(str(root), None, 0.3, 16, tmp_path / "cache")] * 4)
     assert json.loads(split.read_text()) == json.loads(written)
-    assert not [p.name for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+    assert not [p.name for p in (tmp_path / "cache").iterdir() if p.name.endswith((".tmp", ".lock"))]
 
 
 def test_an_atomic_write_that_fails_leaves_no_temporary_and_names_are_unique_across_machines(tmp_path):
