@@ -20,6 +20,7 @@ import json
 import mimetypes
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, TypeVar
 from urllib.parse import urlparse
 
+from sweeper import atomic_files
 from sweeper.errors import StorageError
 from sweeper.redaction import redact
 
@@ -44,6 +46,22 @@ class Unreachable(StorageError):
     """The store did not answer within its patience (or refused: no such bucket, no access)."""
 
 
+_ID = re.compile(r"[0-9a-f][0-9a-f-]*")
+
+
+def is_id(artifact_id: str) -> bool:
+    """An artifact id is hex digits and dashes only (what `artifact_id` makes): an id read from a
+    study (a meta, a user attribute) can name nothing outside the store's folder or prefix."""
+    return isinstance(artifact_id, str) and bool(_ID.fullmatch(artifact_id))
+
+
+def checked_id(artifact_id: str) -> str:
+    if not is_id(artifact_id):
+        raise StorageError(f"artifact id {artifact_id!r} is not one sweeper made (hex digits and "
+                           "dashes); the study's attributes were altered")
+    return artifact_id
+
+
 class _AtomicFolder:
     """FileSystemArtifactStore, with writes that a kill cannot leave half done (the resume state
     is overwritten after every epoch)."""
@@ -57,10 +75,8 @@ class _AtomicFolder:
         return self.inner.open_reader(artifact_id)
 
     def write(self, artifact_id: str, body: BinaryIO) -> None:
-        tmp = self.base / f".{artifact_id}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as out:
+        with atomic_files.replacing(self.base / artifact_id) as tmp, open(tmp, "wb") as out:
             shutil.copyfileobj(body, out)
-        os.replace(tmp, self.base / artifact_id)
 
     def remove(self, artifact_id: str) -> None:
         self.inner.remove(artifact_id)
@@ -126,11 +142,14 @@ class ArtifactStore:
         self.put_bytes(artifact_id, data)
 
     def put_bytes(self, artifact_id: str, data: bytes) -> None:
+        checked_id(artifact_id)
         self._retrying(f"writing {artifact_id}", lambda: self.backend.write(artifact_id, io.BytesIO(data)))
 
     def get(self, artifact_id: str) -> bytes | None:
         """The artifact's bytes, or None when the store has no such artifact."""
         from optuna.artifacts.exceptions import ArtifactNotFound
+
+        checked_id(artifact_id)
 
         def read() -> bytes:
             reader = self.backend.open_reader(artifact_id)
@@ -146,6 +165,7 @@ class ArtifactStore:
     def exists(self, artifact_id: str) -> bool:
         from optuna.artifacts.exceptions import ArtifactNotFound
 
+        checked_id(artifact_id)
         try:  # opened, not read: S3 streams the body
             self._retrying(f"reading {artifact_id}", lambda: self.backend.open_reader(artifact_id).close(), True)
             return True
@@ -155,6 +175,7 @@ class ArtifactStore:
     def remove(self, artifact_id: str) -> None:
         from optuna.artifacts.exceptions import ArtifactNotFound
 
+        checked_id(artifact_id)
         try:
             self._retrying(f"removing {artifact_id}", lambda: self.backend.remove(artifact_id), True)
         except (ArtifactNotFound, FileNotFoundError):
@@ -173,8 +194,8 @@ class ArtifactStore:
             ident = self._removals.get()
             try:
                 self.remove(ident)
-            except Unreachable:
-                pass  # left in the store: an orphan, never read again
+            except StorageError:
+                pass  # unreachable: left in the store, an orphan never read again
             finally:
                 self._removals.task_done()
 
@@ -185,7 +206,7 @@ class ArtifactStore:
 
     def check(self) -> None:
         """Write, read back and remove a probe: a store that cannot is refused before any work."""
-        probe = f"sweeper-probe-{uuid.uuid4().hex}"
+        probe = f"{uuid.uuid4().hex}-0"
         try:
             self.put_bytes(probe, b"ok")
             if self.get(probe) != b"ok":
@@ -240,6 +261,7 @@ def new_key() -> str:
 
 def artifact_id(key: str, filename: str) -> str:
     """`<key>-<hex of the filename>`: optuna-dashboard serves only ids of hex digits and dashes."""
+    checked_id(key)  # a key read back from the study
     return f"{key}-{hashlib.sha1(filename.encode()).hexdigest()[:12]}"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import re
 import sqlite3
 import time
 import zlib
@@ -14,6 +14,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from sweeper import atomic_files
 from sweeper.errors import DataError, StorageError, quoted
 from sweeper.redaction import redact
 
@@ -25,6 +26,44 @@ def sqlite_path(url: str) -> Path | None:
     if url_.get_backend_name() != "sqlite" or url_.database in (None, "", ":memory:"):
         return None
     return Path(url_.database)
+
+
+# filesystems whose files other machines write too: SQLite's file locks and WAL (shared memory
+# beside the file) do not hold across machines there
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
+                       "gpfs", "beegfs", "ocfs2", "gfs2", "fuse"}
+
+
+def mount_type(path: Path, mounts: str) -> str | None:
+    """The filesystem type of the mount holding `path` (absolute), from /proc/mounts' text."""
+    found, depth = None, -1
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # /proc/mounts writes a space in a mount point as \040 (octal escapes)
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
+        if path.is_relative_to(point) and len(point.parts) >= depth:
+            found, depth = fields[2], len(point.parts)
+    return found
+
+
+def check_not_shared_over_network(url: str, shared: bool, mounts: str | None = None) -> None:
+    """An SQLite file on a network filesystem is refused when several machines may use it (an
+    artifact store is in use): each would lock and log it on its own and corrupt it."""
+    path = sqlite_path(url)
+    if path is None or not shared:
+        return
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:  # not Linux: nothing to tell
+            return
+    kind = mount_type(path.expanduser().resolve(), mounts)
+    if kind is not None and (kind in NETWORK_FILESYSTEMS or kind.startswith("fuse.")):
+        raise StorageError(f"study store {path} is on a network filesystem ({kind}), where SQLite's "
+                           "locks do not hold across machines, and an artifact store is in use (several "
+                           "machines); use PostgreSQL: --storage postgresql://user@host/db")
 
 
 def _check_sqlite_path(url: str, create: bool) -> None:
@@ -120,12 +159,8 @@ def _lock(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> Itera
     (SQLite is single-machine anyway), an advisory lock in PostgreSQL, nothing elsewhere."""
     path = sqlite_path(url)
     if path is not None:
-        with open(path.with_name(f"{path.name}.{name}.lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with atomic_files.locked(path.with_name(f"{path.name}.{name}.lock")):
+            yield
     elif make_url(url).get_backend_name() == "postgresql":
         key = zlib.crc32(f"sweeper:{name}".encode())
         own = engine is None

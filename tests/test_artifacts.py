@@ -90,3 +90,23 @@ def test_a_store_gone_mid_trial_fails_it_with_a_resumable_reason(colour_folder, 
     reason = str(failed.value)
     assert reason.startswith("artifact store unreachable") and str(folder) in reason
     assert resume.resumable(reason)  # its retry carries on from the store once it is back
+
+
+def test_an_artifact_id_read_from_a_study_cannot_name_a_file_outside_the_folder_store(tmp_path):
+    from sweeper import artifacts
+    from sweeper.errors import StorageError
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    # an absolute id's temporary name once landed in <store>/../<id>: make that folder exist
+    (tmp_path / str(tmp_path).lstrip("/")).mkdir(parents=True)
+    store = artifacts.open_store(str(folder), patience=0.5)
+    for bad in ["../escaped", f"/..{tmp_path}/escaped", "ABC-12", "", "0a/../../escaped"]:
+        for action in (lambda: store.put_bytes(bad, b"planted"), lambda: store.get(bad),
+                       lambda: store.exists(bad), lambda: store.remove(bad)):
+            with pytest.raises(StorageError, match="not one sweeper made"):
+                action()
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and folder not in p.parents]
+    assert not outside and not list(folder.iterdir())
+    store.put_bytes(artifacts.artifact_id(artifacts.new_key(), "log.txt"), b"ok")  # sweeper's own ids work
+    assert len(list(folder.iterdir())) == 1

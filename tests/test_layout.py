@@ -10,7 +10,7 @@ import sweeper
 
 PACKAGE = Path(sweeper.__file__).parent
 # bottom to top; a module may import from its own layer's package or any layer below
-LAYERS = [{"errors", "redaction"}, {"store", "artifacts", "search", "cpu_share", "gpus", "testing"}, {"spec"}, {"data"}, {"train"},
+LAYERS = [{"errors", "redaction"}, {"store", "atomic_files", "artifacts", "search", "cpu_share", "gpus", "testing"}, {"spec"}, {"data"}, {"train"},
           {"sweep"}, {"analyze"}, {"cli", "__main__"}]
 
 

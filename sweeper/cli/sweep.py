@@ -75,6 +75,7 @@ def run(
     # checked before any work (a dry run writes nothing, so its store is checked without a probe)
     artifacts = artifact_urls.url_for(artifacts) or study_artifacts.recorded_in(storage or store.DEFAULT_STORAGE,
                                                                                spec.study)
+    store.check_not_shared_over_network(storage or store.DEFAULT_STORAGE, shared=artifacts is not None)
     artifact_store = study_artifacts.open_for_run(artifacts, probe=not dry_run)
     if dry_run:
         from sweeper.spec.dry_run import describe
@@ -174,6 +175,7 @@ def recheck(
     artifact_store = study_artifacts.open_for_run(artifacts)
     the_study = open_study(study, storage)
     artifact_store = study_artifacts.join(the_study, artifact_store)
+    store.check_not_shared_over_network(storage or store.DEFAULT_STORAGE, shared=artifact_store is not None)
     # max_retry applies to `run` trials of dead orchestrators this one may recover; re-checks
     # themselves are never queued again (the next recheck plans them)
     options = orchestrator.Options(1, trial_timeout, keep_checkpoints, heartbeat, logging)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sweeper import atomic_files
 from sweeper.data import image_cache
 from sweeper.data.augment import CROP_RATIO
 from sweeper.data.image_file import TooLarge, open_image
@@ -275,7 +276,7 @@ def prepare(source: Source, image_size: int, cache_dir: Path,
     described = {"root": str(Path(source.root).resolve()) if source.root else None, "builtin": source.builtin,
                  "val_fraction": source.val_fraction, "image_size": image_size,
                  "test_fraction": source.test_fraction, "test": source.test}
-    if listing is not None and not split_path(path).exists():
+    if listing is not None:
         _write_split(split_path(path), Path(source.root), listing)
     if _usable(path):
         return path
@@ -298,14 +299,33 @@ def split_path(cache: Path) -> Path:
 
 
 def _write_split(path: Path, root: Path, listing: Listing) -> None:
+    """Written once, by whichever orchestrator comes first (the others find it under the lock),
+    atomically, and read back; one left damaged (by a crash, a full disk) is written again."""
     def rel(items):
         return [[os.path.relpath(p, root), label] for p, label in items]
 
+    split = {"root": str(root), "classes": listing.classes, "train": rel(listing.train), "val": rel(listing.val),
+             "test": rel(listing.test)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"root": str(root), "classes": listing.classes,
-                               "train": rel(listing.train), "val": rel(listing.val), "test": rel(listing.test)}))
-    tmp.replace(path)
+    lock = path.with_name(path.name + ".lock")
+    try:
+        with atomic_files.locked(lock):
+            if _read_split(path) == split:
+                return
+            atomic_files.write_bytes(path, json.dumps(split).encode())
+            if _read_split(path) != split:
+                raise DataError(f"{path} did not read back as written; check the disk (full? a network mount?)")
+    finally:
+        # nothing left in the cache folder; one who waited on the removed lock file finds the
+        # lists written, or writes the same lists atomically again
+        lock.unlink(missing_ok=True)
+
+
+def _read_split(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class CachedImages(torch.utils.data.Dataset):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from sweeper import artifacts, store
@@ -56,7 +57,8 @@ class Orchestrator:
         self.running: dict[int, Running] = {}  # by slot index
         timeout = spec.search.timeout if spec is not None else None
         self.deadline = time.monotonic() + timeout if timeout else None
-        self.interrupts, self.last_beat = 0, 0.0
+        self.interrupts = 0
+        self.heartbeats = recovery.Heartbeats(study, options.heartbeat, options.max_retry)
         self.artifact_store = artifact_store  # trials' files go there too (artifacts.py)
         self.source = source or SweepSource(spec, study, data_cache, trials_root, storage_url,
                                             options.heartbeat, artifact_store)
@@ -133,16 +135,6 @@ class Orchestrator:
                 self.progress.finished(w.trial.number, "PRUNED", w.last_value, f"not promoted at rung {w.epochs_run}")
                 self.tracking.not_promoted(w)
 
-    def _fail_held(self, reason: str) -> None:
-        """Interrupted (or a bug): retries held back for their device are failed and queued again
-        (paused trials stay paused in the store: the next `sweeper run` promotes them)."""
-        for trial in self.sharing.held_trials():
-            frozen = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
-            store.retrying(lambda: recovery.fail_and_requeue(
-                self.study, frozen, reason, self.options.max_retry,
-                {ALONE: True} if trial.user_attrs.get(ALONE) else None, free=True))
-        self.sharing.held.clear()
-
     # --- launching ---------------------------------------------------------------------------
 
     def _launch(self, slot: Slot, trial: optuna.Trial, config: TrialConfig, asked: float) -> None:
@@ -156,8 +148,8 @@ class Orchestrator:
             attrs = {"trial_dir": config.trial_dir, "slot": slot.index, "epochs": config.epochs,
                      "worker_pid": run.proc.pid, "host": os.uname().nodename}
             # where its files are in the store; what its retry resumes from if it dies before an epoch
-            attrs.update({k: v for k, v in ((artifacts.KEY, config.artifact_key),
-                                            ("resumed_from", config.resume_from)) if v})
+            attrs.update({k: v for k, v in ((artifacts.KEY, config.artifact_key), ("resumed_from", config.resume_from),
+                                            ("resumed_from_trial", config.resume_trial)) if v is not None})
             for key, value in attrs.items():
                 store.retrying(lambda: trial.set_user_attr(key, value))
         self.running[slot.index] = run
@@ -242,9 +234,15 @@ class Orchestrator:
             return False
         return True
 
+    def _drop(self, run: Running) -> None:  # another orchestrator finished its trial: stop it, carry on
+        if run.drop():
+            self.progress.message(f"trial {run.trial.number}: finished by another orchestrator; its worker here is stopped")
+
     def _finish(self, run: Running) -> None:
         """The worker has exited: record the outcome it announced, or why it died."""
         code = run.proc.wait()
+        if run.dropped:
+            return
         if run.pausing and run.outcome == (TrialState.PRUNED, "stopped"):
             self._pause(run)
             return
@@ -308,16 +306,15 @@ class Orchestrator:
                 run.signal(signal.SIGKILL)
 
     def _heartbeat(self) -> None:
-        if time.monotonic() - self.last_beat < self.options.heartbeat:
+        if not self.heartbeats.due():
             return
-        self.last_beat = time.monotonic()
         held = self.sharing.held_trials()
-        for trial in [run.trial for run in self.running.values()] + held:
-            store.retrying(lambda: recovery.beat(self.study, trial._trial_id))
+        finished = self.heartbeats.beat([run.trial for run in self.running.values() if not run.dropped] + held)
+        for run in [run for run in self.running.values() if run.trial in finished]:  # by another orchestrator
+            self._drop(run)
+        self.sharing.held = {d: h for d, h in self.sharing.held.items() if h.trial not in finished}
         mine = {run.trial.number for run in self.running.values()} | {t.number for t in held}
-        lost = store.retrying(lambda: recovery.recover_stale(
-            self.study, self.options.max_retry, self.options.heartbeat, mine))
-        for number in lost:
+        for number in self.heartbeats.recover(mine):
             self.progress.message(f"trial {number}: its orchestrator is gone; recorded FAIL "
                                   "(orchestrator lost) and queued again")
 
@@ -339,7 +336,7 @@ class Orchestrator:
                 run.pausing = False
                 self._finish(run)
             self.running.clear()
-            self._fail_held("orchestrator error")
+            self.sharing.fail_held(self.study, "orchestrator error", self.options.max_retry)
             raise
         finally:
             if self.artifact_store is not None:
@@ -368,7 +365,7 @@ class Orchestrator:
                         self._launch(slot, *claimed, asked)
             if not self.running:
                 if self.interrupts:
-                    self._fail_held("interrupted")
+                    self.sharing.fail_held(self.study, "interrupted", self.options.max_retry)
                     return
                 if self.deadline and time.monotonic() >= self.deadline:
                     if not self.source.running_elsewhere():
@@ -392,9 +389,12 @@ class Orchestrator:
                 slot_index, event = None, None
             if slot_index is not None:
                 run = self.running[slot_index]
-                if event is None:
-                    del self.running[slot_index]
-                    self._finish(run)
-                else:
-                    self._handle(run, event)
+                try:
+                    if event is None:
+                        del self.running[slot_index]
+                        self._finish(run)
+                    elif not run.dropped:
+                        self._handle(run, event)
+                except UpdateFinishedTrialError:
+                    self._drop(run)
             self._check_timeouts()

@@ -49,7 +49,11 @@ class Promotions:
     def _resumable_here(self, trial: FrozenTrial) -> bool:
         if self.artifact_store is not None and trial.user_attrs.get(artifacts.KEY):
             return True  # the worker stored its state before it exited
-        return (Path(trial.user_attrs.get("trial_dir", "/nonexistent")) / resume.RESUME).is_file()
+        state = Path(str(trial.user_attrs.get("trial_dir", "/nonexistent"))) / resume.RESUME
+        return resume.in_folder(state, self._study_folder()) and state.is_file()
+
+    def _study_folder(self) -> Path:
+        return self.trials_root / self.study.study_name
 
     def waiting(self, trials: list[FrozenTrial], anywhere: bool = False) -> list[Waiting]:
         """The study's paused trials whose state this orchestrator can read (`anywhere`: all)."""
@@ -96,6 +100,11 @@ class Promotions:
         except artifacts.Unreachable:
             store.retrying(lambda: self.study._storage.set_trial_user_attr(chosen.trial._trial_id, PAUSED, True))
             return None
+        except StorageError as exc:  # its config.json is missing or was altered: it cannot go on
+            live, reason = optuna.Trial(self.study, chosen.trial._trial_id), f"not promoted: {exc}"
+            store.retrying(lambda: live.set_user_attr("reason", reason))
+            store.retrying(lambda: self.study.tell(live, state=TrialState.FAIL))
+            return None
 
     def claim(self, trial: FrozenTrial) -> bool:
         """Take a paused trial for this orchestrator; False when another took it first."""
@@ -129,7 +138,7 @@ class Promotions:
             source, here = str(folder / resume.RESUME), folder
         url = self.artifact_store.url if self.artifact_store is not None and key else None
         return dataclasses.replace(config, trial_dir=str(here.resolve()), data_cache=str(self.data_cache),
-                                   resume_from=source, artifacts=url)  # the store as this machine reaches it
+                                   resume_from=source, resume_trial=trial.number, artifacts=url)  # the store as this machine reaches it
 
     def prune(self, trial: FrozenTrial, epochs_run: int) -> bool:
         """The sweep is over and the trial was never promoted: PRUNED, its state dropped."""
@@ -141,7 +150,7 @@ class Promotions:
         store.retrying(lambda: live.set_user_attr("epochs_run", epochs_run))
         store.retrying(lambda: self.study.tell(live, state=TrialState.PRUNED))
         folder = trial.user_attrs.get("trial_dir")
-        if folder:
+        if isinstance(folder, str) and resume.in_folder(Path(folder) / resume.RESUME, self._study_folder()):
             (Path(folder) / resume.RESUME).unlink(missing_ok=True)
         key = trial.user_attrs.get(artifacts.KEY)
         if self.artifact_store is not None and key:

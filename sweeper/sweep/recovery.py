@@ -1,20 +1,26 @@
 """Heartbeats, and what happens to trials whose orchestrator is gone or was interrupted.
 
-Every orchestrator writes a heartbeat (a timestamp user attribute) on each of its RUNNING trials
-every few seconds. A RUNNING trial whose heartbeat is older than STALE_BEATS of its own declared
-interval belongs to an orchestrator that died (kill -9, lost machine): any orchestrator may then
-fail it ("orchestrator lost") and queue its parameters again, at most `max_retry` times. Process
-ids alone cannot tell this, since orchestrators may run on other machines.
+Every orchestrator writes a heartbeat (its clock's time, a user attribute) on each of its
+RUNNING trials every few seconds. Another orchestrator judges staleness on its own monotonic
+clock: a RUNNING trial whose heartbeat it has seen unchanged for STALE_BEATS of the writer's
+declared interval belongs to an orchestrator that died (kill -9, lost machine), and it may then
+fail it ("orchestrator lost") and queue its parameters again, at most `max_retry` times. No two
+machines' clocks are compared (one that runs 60 s behind does not lose its live trials), and
+process ids alone cannot tell this, since orchestrators may run on other machines. An
+orchestrator that finds one of its trials finished by another anyway drops that worker and
+carries on (orchestrator.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper import store
 from sweeper.search.asha import PAUSED
 
 STALE_BEATS = 5  # missed heartbeats before a trial counts as abandoned
@@ -28,21 +34,35 @@ IMPORTED = "imported"  # a finished run imported from a CSV (the file's name)
 
 def beat(study: optuna.Study, trial_id: int, interval: float | None = None) -> None:
     """Record that the trial's orchestrator is alive; `interval` (declared once, at the first
-    beat) is how often it promises to beat."""
+    beat) is how often it promises to beat. The value is this machine's time, for people to
+    read; other orchestrators only see whether it changed (Watch), never compare it with theirs."""
     storage = study._storage
     storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
     if interval is not None:
         storage.set_trial_user_attr(trial_id, INTERVAL, interval)
 
 
-def is_stale(trial: FrozenTrial, now: float, default_interval: float) -> bool:
-    if trial.state != TrialState.RUNNING or trial.user_attrs.get(PAUSED):
-        return False  # a paused trial has no owner to lose (promotion.py)
-    interval = trial.user_attrs.get(INTERVAL, default_interval)
-    last = trial.user_attrs.get(HEARTBEAT)
-    if last is None:  # died between ask() and its first heartbeat
-        last = trial.datetime_start.timestamp() if trial.datetime_start else now
-    return now - last > STALE_BEATS * interval
+class Watch:
+    """Other orchestrators' RUNNING trials as this one saw their heartbeats: the value last seen
+    and when (this process's monotonic clock) it was first seen."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[object, float]] = {}
+
+    def is_stale(self, trial: FrozenTrial, default_interval: float, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if trial.state != TrialState.RUNNING or trial.user_attrs.get(PAUSED):
+            self.seen.pop(trial._trial_id, None)
+            return False  # a paused trial has no owner to lose (promotion.py)
+        value = trial.user_attrs.get(HEARTBEAT)  # None: died between ask() and its first beat
+        seen = self.seen.get(trial._trial_id)
+        if seen is None or seen[0] != value:
+            self.seen[trial._trial_id] = (value, now)
+            return False
+        interval = trial.user_attrs.get(INTERVAL, default_interval)
+        if not isinstance(interval, (int, float)) or not 0 < interval < 3600:
+            interval = default_interval  # an attribute others can write: bounded
+        return now - seen[1] > STALE_BEATS * interval
 
 
 def retries_left(attrs: dict, max_retry: int) -> bool:
@@ -82,13 +102,43 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
             and IMPORTED not in attrs and RECHECK_OF not in attrs)
 
 
-def recover_stale(study: optuna.Study, max_retry: int, default_interval: float,
+def recover_stale(study: optuna.Study, max_retry: int, default_interval: float, watch: Watch,
                   mine: set[int] = frozenset()) -> list[int]:
     """Fail (and requeue) the RUNNING trials of dead orchestrators; returns their numbers."""
-    now = time.time()
     recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number not in mine and is_stale(t, now, default_interval):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for gone in set(watch.seen) - {t._trial_id for t in running}:
+        del watch.seen[gone]
+    for t in running:
+        if t.number not in mine and watch.is_stale(t, default_interval):
             if fail_and_requeue(study, t, "orchestrator lost", max_retry):
                 recovered.append(t.number)
     return recovered
+
+
+class Heartbeats:
+    """An orchestrator's side of heartbeats: it beats its own trials every `interval` seconds
+    and recovers the trials of orchestrators it finds gone."""
+
+    def __init__(self, study: optuna.Study, interval: float, max_retry: int):
+        self.study, self.interval, self.max_retry = study, interval, max_retry
+        self.last, self.watch = -math.inf, Watch()
+
+    def due(self) -> bool:
+        if time.monotonic() - self.last < self.interval:
+            return False
+        self.last = time.monotonic()
+        return True
+
+    def beat(self, trials: list[optuna.Trial]) -> list[optuna.Trial]:
+        """Beat each trial; returns those another orchestrator has finished meanwhile."""
+        finished = []
+        for trial in trials:
+            try:
+                store.retrying(lambda: beat(self.study, trial._trial_id))
+            except UpdateFinishedTrialError:
+                finished.append(trial)
+        return finished
+
+    def recover(self, mine: set[int]) -> list[int]:
+        return store.retrying(lambda: recover_stale(self.study, self.max_retry, self.interval, self.watch, mine))

@@ -75,9 +75,10 @@ class SweepSource:
         with failing_if_unstarted(self.study, trial):
             sampled = self.spec.space.suggest(trial)
             config = resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
-            return trial, dataclasses.replace(config, resume_from=self._resume_source(trial))
+            source, written_by = self._resume_source(trial) or (None, None)
+            return trial, dataclasses.replace(config, resume_from=source, resume_trial=written_by)
 
-    def _resume_source(self, trial: optuna.Trial) -> str | None:
+    def _resume_source(self, trial: optuna.Trial) -> tuple[str, int] | None:
         """A retry of a trial that failed for reasons outside itself trains on after the last
         epoch that attempt finished, instead of from epoch 0 (train/resume.py)."""
         number = trial.user_attrs.get("retry_of")
@@ -89,7 +90,7 @@ class SweepSource:
             failed = earlier.get(failed.user_attrs["retry_of"])  # never started (held back): its own source
         if failed is None or not resume.resumable(failed.user_attrs.get("reason")):
             return None
-        return resume.source_of(failed, self.artifact_store)
+        return resume.source_of(failed, (self.trials_root / self.study.study_name).resolve(), self.artifact_store)
 
     def running_elsewhere(self) -> int:
         """Trials training now (paused ones have no worker: whoever is free promotes them)."""

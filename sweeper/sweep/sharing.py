@@ -14,6 +14,8 @@ from typing import Any
 
 import optuna
 
+from sweeper import store
+from sweeper.sweep import recovery
 from sweeper.sweep.worker_handle import Running, Slot
 
 ALONE = "alone"  # user attribute of a retry that trains with no other trial on its device
@@ -49,6 +51,15 @@ class Sharing:
 
     def held_trials(self) -> list[optuna.Trial]:
         return [h.trial for h in self.held.values()]
+
+    def fail_held(self, study: optuna.Study, reason: str, max_retry: int) -> None:
+        """Interrupted (or a bug): retries held back for their device are failed and queued again
+        (paused trials stay paused in the store: the next `sweeper run` promotes them)."""
+        for trial in self.held_trials():
+            frozen = store.retrying(lambda: study._storage.get_trial(trial._trial_id))
+            store.retrying(lambda: recovery.fail_and_requeue(
+                study, frozen, reason, max_retry, {ALONE: True} if trial.user_attrs.get(ALONE) else None, free=True))
+        self.held.clear()
 
     def busy_for(self, trial: optuna.Trial, slot: Slot, running: dict[int, Running]) -> bool:
         """A trial that trains alone cannot start on this slot's device now."""

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -80,6 +81,7 @@ class Running:
     pausing: bool = False  # told to stop at an ASHA rung: the trial waits for promotion
     alone: bool = False  # a retry that keeps its device to itself (sharing.py)
     shared: bool = False  # another trial trained on its device while it ran
+    dropped: bool = False  # its trial was finished by another orchestrator: its events are ignored
 
     def segments(self) -> list[list[float]]:
         """The stretches the trial's workers ran, this one's included (several when ASHA paused it)."""
@@ -100,6 +102,15 @@ class Running:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass
+
+    def drop(self) -> bool:
+        """Its trial was finished by another orchestrator: kill the worker, ignore what it says.
+        False if dropped already."""
+        if self.dropped:
+            return False
+        self.dropped = True
+        self.signal(signal.SIGKILL)
+        return True
 
     def signal(self, sig: int) -> None:
         try:

@@ -40,32 +40,33 @@ class Position:
 
 
 def restore(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
-            amp: Amp, generator: torch.Generator, ema) -> tuple[list[dict[str, Any]], Position]:
-    """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics
-    and where in an epoch it stopped."""
+            amp: Amp, generator: torch.Generator, ema) -> tuple[list[dict[str, Any]], Position, str | None]:
+    """Load an earlier attempt's resume state, if the trial has one; returns its epochs' metrics,
+    where in an epoch it stopped, and (none of those) why the state was not used."""
     if not config.resume_from:
-        return [], Position(0)
-    state = resume.load(config.resume_from, config.artifacts)
+        return [], Position(0), None
+    try:
+        state = resume.load(config)
+    except resume.Unusable as exc:
+        return [], Position(0), f"Not resumed from {config.resume_from}: {exc}; training from epoch 0"
     model.load_state_dict(state["model"])
     regularizers.load_ema_state(ema, state.get("ema"))
     optimizer.load_state_dict(state["optimizer"])
     chosen.value, chosen.epoch, chosen.state = state["chosen"]
     amp.load_state_dict(state.get("scaler"))
     resume.restore_rng(state["rng"], generator)
-    done = state["metrics"]
-    at = state.get("position") or {"epoch": len(done), "evals": done}  # states before part-way ones
-    return done, Position(**at)
+    return state["metrics"], Position(**state["position"]), None
 
 
-def save_resume_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
+def save_resume_state(config: TrialConfig, model: nn.Module, optimizer: torch.optim.Optimizer, chosen: Chosen,
                       amp: Amp, done: list[dict[str, Any]], generator: torch.Generator, ema,
                       at: Position) -> float:
     """resume.pt after an epoch or a part-way validation (see resume.py); returns the seconds it took."""
     saving = time.perf_counter()
-    resume.save(out, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    resume.save(Path(config.trial_dir), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "ema": regularizers.ema_state(ema),
                       "chosen": (chosen.value, chosen.epoch, chosen.state), "metrics": done,
                       "position": dataclasses.asdict(at),
                       "scaler": amp.state_dict(),
-                      "rng": resume.rng_states(generator)})
+                      "rng": resume.rng_states(generator)}, resume.identity(config))
     return time.perf_counter() - saving

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sweeper import atomic_files
 from sweeper.cpu_share import CpuShare
 from sweeper.data.loading import make_loaders
 from sweeper.errors import SweeperError, WorkerError
@@ -140,8 +141,9 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
     steps = len(train_loader)
     lr_at = LrSchedule.from_config(config, steps)
     chosen = Chosen(config.value)
-    # the metrics of every finished epoch, earlier attempts' too; where in an epoch training stopped
-    done, at = restore(config, model, optimizer, chosen, amp, loaders.generator, ema)
+    # the metrics of every finished epoch, earlier attempts' too; where in an epoch training stopped;
+    # why an earlier attempt's state was not used (the trial then trains from epoch 0)
+    done, at, not_resumed = restore(config, model, optimizer, chosen, amp, loaders.generator, ema)
     eval_steps = validation_steps(steps, config.eval_every)
 
     report({"event": "start", "classes": classes, "device": str(device), "precision": precision,
@@ -161,6 +163,8 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
               f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, {len(classes)} classes, "
               f"params {json.dumps(config.params)}", file=log, flush=True)
         first = len(done)  # the first epoch this process trains (or finishes)
+        if not_resumed:
+            print(not_resumed, file=log, flush=True)
         if at.step:
             print(f"Resumed after step {at.step} of epoch {first + 1} from {config.resume_from}", file=log, flush=True)
         elif first:
@@ -221,7 +225,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                     at = Position(epoch, step + 1, at.epoch_start_rng, loss_sum.item(), seen,
                                   time.perf_counter() - start, at.evals + [record])
                     phase.now = "saving the resume state"
-                    save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema, at)
+                    save_resume_state(config, model, optimizer, chosen, amp, done, loaders.generator, ema, at)
                     report({"event": "eval", **record})
                     models.train_mode(model, frozen)
                     phase.now = "training step"
@@ -246,7 +250,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             at = Position(epoch + 1, 0, None, 0.0, 0, 0.0, at.evals + [record])
             curves.epoch(record)  # TensorBoard, if asked for (train/tracking.py)
             phase.now = "saving the resume state"
-            saved_in = save_resume_state(out, model, optimizer, chosen, amp, done, loaders.generator, ema, at)
+            saved_in = save_resume_state(config, model, optimizer, chosen, amp, done, loaders.generator, ema, at)
             print(f"Resume state saved in {saved_in:.2f} s", file=log, flush=True)
             uploads.check()  # the previous epoch's uploads, which overlapped this one
             uploads.submit(resume.RESUME, "metrics.csv", "log.txt")
@@ -293,14 +297,12 @@ def save_checkpoint(state: dict[str, torch.Tensor], classes: list[str], config: 
                     fault: str | None = None) -> None:
     """checkpoint.pth (the orchestrator keeps it for the best trials only), written atomically."""
     path = Path(config.trial_dir) / "checkpoint.pth"
-    tmp = path.with_suffix(".tmp")
     try:
-        if fault == "disk_full":
-            raise_fault(fault)
-        torch.save({"state_dict": state, "classes": classes, "model": config.model}, tmp)
-        tmp.replace(path)
+        with atomic_files.replacing(path) as tmp:
+            if fault == "disk_full":
+                raise_fault(fault)
+            torch.save({"state_dict": state, "classes": classes, "model": config.model}, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise WorkerError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
 
 

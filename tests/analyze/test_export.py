@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 
 import pytest
 
@@ -162,3 +163,61 @@ def test_fp16_and_bf16_are_exported_as_openmmlab_mixed_precision(tmp_path):
     auto = _config(tmp_path, lr=0.1, precision="auto")  # precision auto: the export trains in fp32 and says so
     text = export.mmpretrain_config(auto, CLASSES)
     assert "type" not in _load(tmp_path, text).optim_wrapper and "precision was auto" in text
+
+
+def _tampered_study(tmp_path, **changes) -> str:
+    """A study whose best trial's config.json says `changes` (whoever can write trials/ can)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/studies.db"
+    study = optuna.create_study(study_name="tampered", storage=storage, direction="maximize")
+    study.set_user_attr("objective", "val_acc")
+    trial_dir = tmp_path / "trials" / "tampered" / "0"
+    trial_dir.mkdir(parents=True)
+    text = json.dumps({**json.loads(_config(tmp_path).to_json()), **changes})
+    (trial_dir / "config.json").write_text(text)
+    study.add_trial(optuna.trial.create_trial(
+        value=0.9, params={"lr": 0.1}, distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1.0)},
+        user_attrs={"trial_dir": str(trial_dir), "classes": CLASSES}))
+    return storage
+
+
+@pytest.mark.parametrize("key, value", [
+    ("schedule_preset", "1x\nopen({marker!r}, 'w').close()"),
+    ("model", "resnet50\nopen({marker!r}, 'w').close()"),
+    ("model", "../../escaped"),
+    ("milestones", "[1]\nopen({marker!r}, 'w').close()"),
+])
+def test_a_config_json_with_code_or_a_path_in_a_name_is_refused(tmp_path, monkeypatch, key, value):
+    from typer.testing import CliRunner
+
+    from sweeper.cli import app
+
+    marker = tmp_path / "MARKER"
+    storage = _tampered_study(tmp_path, **{key: value.format(marker=str(marker))})
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["best", "--study", "tampered", "--storage", storage,
+                                      "--export", "out/sub/"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "config.json" in errors[0] and key in errors[0], result.output
+    assert "Traceback" not in result.output
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    assert not any(str(p).startswith(("out", "escaped")) for p in written), written
+    assert not marker.exists()
+
+
+def test_strings_of_a_valid_config_stay_inside_comments_and_literals(tmp_path):
+    import dataclasses
+
+    marker = tmp_path / "MARKER"
+    statement = f"\nopen({str(marker)!r}, 'w').close()\n"
+    config = dataclasses.replace(_config(tmp_path), pretrained=f"/weights/x.pth{statement}",
+                                 data_root=f"/data/a{statement}/caltech{statement}")
+    for text in (export.mmcls_config(config, CLASSES, 0.9, export.SideFiles(init_checkpoint="/tmp/i.pth")),
+                 export.mmpretrain_config(config, CLASSES, 0.9, export.SideFiles(init_checkpoint="/tmp/i.pth"))):
+        _assert_literals_only(text)
+        _load(tmp_path, text)
+        assert not marker.exists()
+    name = export.default_filename(config, "mmcls")
+    assert "/" not in name and "\n" not in name and not name.startswith(".")

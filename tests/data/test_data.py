@@ -82,3 +82,43 @@ def test_large_images_are_cached_downscaled(tmp_path):
             Image.new("RGB", (400, 300), (10, 200, 30)).save(root / split / c / "x.jpg")
     d = datasets.load(datasets.prepare(datasets.Source(str(root), None, 0.2), 32, tmp_path / "cache"))
     assert d.train.images[0].shape == (datasets.cache_side(32), 49, 3)
+
+
+def test_the_split_file_is_written_once_and_a_damaged_one_is_written_again(tmp_path):
+    import json
+    import multiprocessing
+
+    root = make_image_folder(tmp_path / "single", classes=2, per_class=10, split=False)
+    cache = datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    split = datasets.split_path(cache)
+    written = split.read_text()
+    inode = split.stat().st_ino
+    datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    assert split.stat().st_ino == inode  # found, not written again
+    split.write_text(written[: len(written) // 2])  # a crash or a full disk left half of it
+    datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    assert json.loads(split.read_text()) == json.loads(written)
+    # orchestrators starting together: one writes it, all read the same lists, no temporaries left
+    split.unlink()
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(datasets.prepare, [(str(root), None, 0.3, 16, tmp_path / "cache")] * 4)
+    assert json.loads(split.read_text()) == json.loads(written)
+    assert not [p.name for p in (tmp_path / "cache").iterdir() if p.name.endswith((".tmp", ".lock"))]
+
+
+def test_an_atomic_write_that_fails_leaves_no_temporary_and_names_are_unique_across_machines(tmp_path):
+    import socket
+
+    from sweeper import atomic_files
+
+    target = tmp_path / "state.pt"
+    names = {atomic_files.temporary_name(target) for _ in range(100)}
+    assert len(names) == 100 and all(socket.gethostname()[:10] in n.name for n in names)
+    (tmp_path / "taken").mkdir()  # the rename onto a folder fails
+    with pytest.raises(OSError):
+        atomic_files.write_bytes(tmp_path / "taken", b"data")
+    with pytest.raises(ZeroDivisionError):
+        with atomic_files.replacing(target) as tmp:
+            tmp.write_bytes(b"half")
+            1 / 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

@@ -192,3 +192,22 @@ def test_inactive_conditional_knob_falls_back_to_its_fixed_value(tmp_path):
     assert "milestones" not in sampled and "milestones" not in trial.params
     config = resolve(spec, 0, sampled, tmp_path, tmp_path / "cache.pt")
     assert config.schedule == "cosine" and config.milestones == [30, 60, 90]
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "1x", "2x", "20e"])
+@pytest.mark.parametrize("epochs", [1, 2, 3, 100])
+def test_every_resolved_config_reads_back_through_its_checks(tmp_path, schedule, epochs):
+    """config.json is checked as it is read back: what resolve writes (milestones none for a
+    short run, repeated by a preset) must pass."""
+    import dataclasses
+
+    from sweeper.spec.trial_config import TrialConfig, resolve
+
+    doc = tiny_space(tmp_path, train={"epochs": epochs, "schedule": schedule, "warmup": {"type": "linear", "iters": 5},
+                                      "ema": {"decay": 0.9}, "batch_augment": {"mixup_alpha": 0.2}},
+                     model={"pretrained": True})
+    config = resolve(parse_spec(doc), 3, {"lr": 0.1}, tmp_path / "trials", tmp_path / "c")
+    again = TrialConfig.from_json(config.to_json())
+    assert again.training_fingerprint() == config.training_fingerprint()
+    assert dataclasses.asdict(again) == {**dataclasses.asdict(config), "mean": list(config.mean),
+                                         "std": list(config.std), "logging": list(config.logging)}

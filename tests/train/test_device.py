@@ -19,6 +19,7 @@ from sweeper.spec.sweep_spec import parse_spec
 from sweeper.spec.trial_config import resolve
 from sweeper.testing import tiny_space
 from sweeper.train import device as devices
+from sweeper.train import resume
 from sweeper.train.worker import run_trial
 
 
@@ -62,11 +63,12 @@ def test_fp16_trains_with_a_loss_scaler_and_resumes_exactly(colour_folder, tmp_p
     assert run_trial(whole, lambda e: events.append(e) or True) == "complete"
     assert events[0]["precision"] == "fp16"
     assert "(fp16)" in (Path(whole.trial_dir) / "log.txt").read_text()
-    assert torch.load(Path(whole.trial_dir) / "resume.pt", weights_only=False)["scaler"]["scale"] > 1
+    saved = dataclasses.replace(whole, resume_from=str(Path(whole.trial_dir) / "resume.pt"), resume_trial=whole.number)
+    assert resume.load(saved)["scaler"]["scale"] > 1
     # the same trial stopped after epoch 2, then resumed from its state
     part = _config(colour_folder, tmp_path / "part", precision="fp16")
     assert run_trial(part, lambda e: e["event"] != "epoch" or e["epoch"] < 2) == "stopped"
-    resumed = dataclasses.replace(part, resume_from=str(Path(part.trial_dir) / "resume.pt"))
+    resumed = dataclasses.replace(part, resume_from=str(Path(part.trial_dir) / "resume.pt"), resume_trial=part.number)
     assert run_trial(resumed, lambda e: True) == "complete"
     rows = lambda c: [{k: r[k] for k in ("train_loss", "val_acc", "lr")}  # noqa: E731
                       for r in csv.DictReader(open(Path(c.trial_dir) / "metrics.csv"))]

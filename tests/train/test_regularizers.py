@@ -203,8 +203,10 @@ def test_a_trial_with_mixing_and_ema_validates_and_saves_the_ema_weights(colour_
     events = []
     assert run_trial(config, lambda e: events.append(e) or True) == "complete"
     out = Path(config.trial_dir)
-    saved = torch.load(out / "checkpoint.pth", weights_only=False)["state_dict"]
-    state = torch.load(out / "resume.pt", weights_only=False)
+    from sweeper.train import resume
+
+    saved = torch.load(out / "checkpoint.pth", weights_only=True)["state_dict"]
+    state = resume.load(dataclasses.replace(config, resume_from=str(out / resume.RESUME), resume_trial=config.number))
     name = next(k for k in saved if k.endswith("weight") and saved[k].dim() == 4)
     assert torch.equal(saved[name], state["ema"][name])
     assert not torch.equal(saved[name], state["model"][name])

@@ -56,7 +56,9 @@ def literal(value: Any, indent: int = 0) -> str:
 
 
 def render_assignments(header: list[str], assignments: list[tuple[str, Any]]) -> str:
-    lines = [f"# {h}" if h else "#" for h in header] + [""]
+    # a header line holds strings from the trial's config (a model name, a checkpoint path): a
+    # line break in one must not end the comment and start a statement
+    lines = [f"# {line}" if line else "#" for h in header for line in (h.splitlines() or [""])] + [""]
     for name, value in assignments:
         lines.append(f"{name} = {literal(value)}")
     return "\n".join(lines) + "\n"

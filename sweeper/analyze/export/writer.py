@@ -3,6 +3,7 @@ mmpretrain config reads beside it (the starting weights, a val_fraction split's 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sweeper.analyze.export.common import SideFiles, native_backbone
@@ -24,7 +25,8 @@ def default_filename(config: TrialConfig, fmt: str) -> str:
         details.append("cosine")
     data = Path(config.data_root).name if config.data_root else config.data_builtin
     stem = f"{config.model}_1xb{config.batch_size}-{'-'.join(details)}_{data}"
-    return stem + (".yaml" if fmt == "yaml" else ".py")
+    # a file in the export folder, whatever the names in the config say (no separator, no dot first)
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", stem).lstrip(".") + (".yaml" if fmt == "yaml" else ".py")
 
 
 def guess_format(path: Path) -> str:
