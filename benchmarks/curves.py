@@ -284,6 +284,11 @@ def record(args, data: Path, table: Path) -> int:
     for n, origin, c, seed in todo[: args.max_runs]:
         t0 = time.time()
         records, status = record_run(spec, n, c, seed, cache, work_root)
+        if not records and status.startswith("exit"):
+            # a worker that never validated and did not say why is broken code, not a datum
+            print(f"Error: config {n} seed {seed} did not start training ({status.strip()}); nothing recorded",
+                  file=sys.stderr)
+            return 1
         append(table, rows_of(n, origin, c, seed, with_cumulative_seconds(records), status))
         session.update(runs=session["runs"] + 1, hours=round((time.time() - started) / 3600, 3))
         meta_path.write_text(json.dumps(meta, indent=1))  # after every run: a killed session is counted too

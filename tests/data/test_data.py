@@ -89,19 +89,19 @@ def test_the_split_file_is_written_once_and_a_damaged_one_is_written_again(tmp_p
     import multiprocessing
 
     root = make_image_folder(tmp_path / "single", classes=2, per_class=10, split=False)
-    cache = datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    cache = datasets.prepare(datasets.Source(str(root), None, 0.3), 16, tmp_path / "cache")
     split = datasets.split_path(cache)
     written = split.read_text()
     inode = split.stat().st_ino
-    datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    datasets.prepare(datasets.Source(str(root), None, 0.3), 16, tmp_path / "cache")
     assert split.stat().st_ino == inode  # found, not written again
     split.write_text(written[: len(written) // 2])  # a crash or a full disk left half of it
-    datasets.prepare(str(root), None, 0.3, 16, tmp_path / "cache")
+    datasets.prepare(datasets.Source(str(root), None, 0.3), 16, tmp_path / "cache")
     assert json.loads(split.read_text()) == json.loads(written)
     # orchestrators starting together: one writes it, all read the same lists, no temporaries left
     split.unlink()
     with multiprocessing.get_context("fork").Pool(4) as pool:
-        pool.starmap(datasets.prepare, [(str(root), None, 0.3, 16, tmp_path / "cache")] * 4)
+        pool.starmap(datasets.prepare, [(datasets.Source(str(root), None, 0.3), 16, tmp_path / "cache")] * 4)
     assert json.loads(split.read_text()) == json.loads(written)
     assert not [p.name for p in (tmp_path / "cache").iterdir() if p.name.endswith((".tmp", ".lock"))]
 

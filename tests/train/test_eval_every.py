@@ -56,7 +56,7 @@ def test_a_trial_killed_after_a_half_epoch_validation_resumes_there_exactly(colo
 
     with pytest.raises(Killed):
         run_trial(part, die_at_1_5)
-    resumed = dataclasses.replace(part, resume_from=str(Path(part.trial_dir) / "resume.pt"))
+    resumed = dataclasses.replace(part, resume_from=str(Path(part.trial_dir) / "resume.pt"), resume_trial=0)
     events = []
     assert run_trial(resumed, lambda e: events.append(e) or True) == "complete"
     assert "Resumed after step" in (Path(part.trial_dir) / "log.txt").read_text()

@@ -43,7 +43,7 @@ class Payload:
 def _configs(folder, tmp_path, lr: float = 0.05):
     """Trial 0 and its retry, trial 1 (the same configuration)."""
     spec = parse_spec(tiny_space(folder, study="safe", train={"epochs": 2, "batch_size": 8}))
-    cache = datasets.prepare(str(folder), None, 0.2, 16, tmp_path / "cache")
+    cache = datasets.prepare(datasets.Source(str(folder), None, 0.2), 16, tmp_path / "cache")
     return [resolve(spec, n, {"lr": lr}, tmp_path / "trials", cache) for n in (0, 1)]
 
 
