@@ -103,14 +103,17 @@ class CpuShare:
         return count
 
     def apply(self) -> int | None:
-        """Set torch's threads to this process's share; returns the new count if it changed."""
+        """Set torch's threads to this process's share; returns the count if it or the number of
+        workers sharing the cores changed (what the trial's log then says)."""
         self.last_look = time.monotonic()
-        self.sharing = self.workers()
-        threads = max(1, self.cores // self.sharing)
-        if threads == self.threads:
+        sharing = self.workers()
+        threads = max(1, self.cores // sharing)
+        if threads == self.threads and sharing == self.sharing:
             return None
-        self.threads = threads
-        torch.set_num_threads(threads)
+        self.sharing = sharing
+        if threads != self.threads:
+            self.threads = threads
+            torch.set_num_threads(threads)
         return threads
 
     def maybe_apply(self) -> int | None:

@@ -9,6 +9,25 @@ import pytest
 # AVX512-BF16 for the suite and every process it starts; bf16 autocast is still what trains.
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 
+
+def _own_cores_under_xdist() -> None:
+    """Under `pytest -n N`, each test process trains on its own share of the cores, with its own
+    CPU-worker registry: sweeper's workers then size their threads to the cores they were given
+    (cpu_share.host_cores reads the affinity) instead of oversubscribing the other test process's,
+    and thread counts (hence bit-exact twin runs) do not change with what the other one runs."""
+    name = os.environ.get("PYTEST_XDIST_WORKER")
+    if not name or not hasattr(os, "sched_setaffinity"):
+        return
+    import tempfile
+
+    index, count = int(name.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cores[index % len(cores)::count] or cores)
+    os.environ["SWEEPER_CPU_REGISTRY"] = tempfile.mkdtemp(prefix=f"sweeper-cpu-workers-{name}-")
+
+
+_own_cores_under_xdist()
+
 from sweeper.testing import make_image_folder
 
 

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from sweeper import atomic_files
+from sweeper.cpu_share import host_cores
 from sweeper.data import image_cache
 from sweeper.data.augment import CROP_RATIO
 from sweeper.data.image_file import TooLarge, open_image
@@ -240,7 +241,7 @@ def _keyed_items(listing: Listing) -> list[tuple[str, int | str]]:
 
 def _decoded(paths: list[str], side: int, progress: Callable[[int, int], None] | None) -> Iterator[np.ndarray]:
     """Decode in parallel, in order, with a bounded window: memory stays flat in the dataset size."""
-    workers = os.cpu_count() or 1
+    workers = host_cores()
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
         for i, path in enumerate(paths):

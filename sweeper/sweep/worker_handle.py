@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper import artifacts, store
+from sweeper.cpu_share import host_cores
 from sweeper.redaction import redact
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep.fork_server import ForkedWorker, Launcher
@@ -51,7 +52,7 @@ def worker_env(slot: Slot, slots: list[Slot], alone: bool = False) -> dict[str, 
         env["SWEEPER_DEVICE"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
         cpu_workers = sum(1 for s in slots if s.gpu is None)
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
+        env["OMP_NUM_THREADS"] = str(max(1, host_cores() // cpu_workers))
     env["SWEEPER_HOST_SLOTS"] = str(len(slots))
     env["PYTHONUNBUFFERED"] = "1"
     return env

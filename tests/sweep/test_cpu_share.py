@@ -56,6 +56,23 @@ def test_threads_follow_the_live_workers_and_killed_ones_are_forgotten(tmp_path)
         torch.set_num_threads(before)
 
 
+def test_a_worker_on_one_core_still_says_when_another_starts_sharing_it(tmp_path):
+    registry = tmp_path / "registry"
+    before = torch.get_num_threads()
+    share = CpuShare(registry, cores=1)
+    try:
+        assert share.apply() == 1 and share.apply() is None  # nothing changed: nothing to log
+        other = _registered_sleeper(registry)
+        assert share.apply() == 1  # the same one thread, but the log says who shares the core
+        assert share.describe() == "CPU threads: 1 (2 sweeper worker(s) on 1 cores)"
+        other.kill()
+        other.wait()
+        assert share.apply() == 1 and share.describe() == "CPU threads: 1 (1 sweeper worker(s) on 1 cores)"
+    finally:
+        share.close()
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_two_cpu_workers_of_a_sweep_each_take_their_share(colour_folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
