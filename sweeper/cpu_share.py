@@ -15,8 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 RECHECK_SECONDS = 2.0  # between looks at the registry during training
 
 
@@ -26,10 +24,14 @@ def default_registry() -> Path:
 
 
 def host_cores() -> int:
+    """The cores sweeper's CPU work shares: SWEEPER_CPU_CORES when set (the part of a machine
+    that others also use), else those this process may run on (its affinity, e.g. `taskset`)."""
     try:
-        return len(os.sched_getaffinity(0))
+        allowed = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        allowed = os.cpu_count() or 1
+    told = os.environ.get("SWEEPER_CPU_CORES", "").strip()
+    return max(1, min(int(told), allowed)) if told.isdigit() else allowed
 
 
 def _start_time(pid: int) -> str | None:
@@ -112,6 +114,8 @@ class CpuShare:
             return None
         self.sharing = sharing
         if threads != self.threads:
+            import torch  # here, not at import: the orchestrator counts cores without loading torch
+
             self.threads = threads
             torch.set_num_threads(threads)
         return threads
@@ -123,6 +127,8 @@ class CpuShare:
         return self.apply()
 
     def describe(self) -> str:
+        import torch
+
         return (f"CPU threads: {torch.get_num_threads()} ({self.sharing} sweeper worker(s) on "
                 f"{self.cores} cores)")
 

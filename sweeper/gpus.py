@@ -33,6 +33,8 @@ from typing import Callable
 
 from sweeper.errors import SpecError, quoted
 
+GPU_ID_ENV = "SWEEPER_GPU_ID"  # a worker's GPU by UUID, one name however the user spelt it
+
 NONE = "none"
 MARKER = "SWEEPER_GPUS "  # the probe's answer line (anything else on stdout is not ours)
 PROBE_TIMEOUT = 120.0
@@ -149,16 +151,25 @@ def driver_too_old(driver: str | None, cuda: str | None) -> str | None:
     return need if need and version(driver) < version(need) else None
 
 
+def torch_build() -> tuple[str, str | None]:
+    """torch's version and CUDA version, read from torch/version.py without importing torch (the
+    orchestrator of a CPU sweep never needs torch itself)."""
+    import importlib.metadata
+
+    path = Path(importlib.metadata.distribution("torch").locate_file("torch/version.py"))
+    names: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), names)  # noqa: S102 (torch's own file, assignments only)
+    return names["__version__"], names["cuda"]
+
+
 def probe(env: dict[str, str] | None = None, check: list[int] | None = None) -> Probe:
     """Ask the machine, in a subprocess that sees the user's CUDA_VISIBLE_DEVICES in PCI order;
     the tiny kernel runs on the GPUs at the positions in `check` only (None: on every one)."""
     env = dict(os.environ if env is None else env)
     env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     if nothing_visible(env):
-        import torch  # the arch list needs no GPU
-
-        return Probe(torch.__version__, torch.version.cuda, torch.cuda.get_arch_list(), driver_version(),
-                     False, NO_GPU)
+        version, cuda = torch_build()
+        return Probe(version, cuda, [], driver_version(), False, NO_GPU)  # no GPU to check archs against
     only = [] if check is None else ["--check", ",".join(map(str, check)) or "none"]
     try:
         done = subprocess.run([sys.executable, "-m", "sweeper.gpus", *only], env=env, capture_output=True,

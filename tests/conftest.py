@@ -11,18 +11,23 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 
 
 def _own_cores_under_xdist() -> None:
-    """Under `pytest -n N`, each test process trains on its own share of the cores, with its own
-    CPU-worker registry: sweeper's workers then size their threads to the cores they were given
-    (cpu_share.host_cores reads the affinity) instead of oversubscribing the other test process's,
-    and thread counts (hence bit-exact twin runs) do not change with what the other one runs."""
+    """Under `pytest -n N`, each test process's sweeps get cores / N (SWEEPER_CPU_CORES) and a
+    CPU-worker registry of their own: their workers size their threads to that share instead of
+    oversubscribing the other test process's, and thread counts (hence bit-exact twin runs) do not
+    change with what the other one runs. Processes are not pinned: while one test waits (on a
+    signal, a timeout, a heartbeat), the other's imports and orchestrators use the idle core."""
     name = os.environ.get("PYTEST_XDIST_WORKER")
-    if not name or not hasattr(os, "sched_setaffinity"):
+    if not name:
         return
     import tempfile
 
-    index, count = int(name.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    cores = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, cores[index % len(cores)::count] or cores)
+    from sweeper.cpu_share import host_cores
+
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["SWEEPER_CPU_CORES"] = str(max(1, host_cores() // count))
+    import torch
+
+    torch.set_num_threads(host_cores())  # the tests that train in this process
     os.environ["SWEEPER_CPU_REGISTRY"] = tempfile.mkdtemp(prefix=f"sweeper-cpu-workers-{name}-")
 
 

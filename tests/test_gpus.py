@@ -88,7 +88,7 @@ def test_every_refusal_names_what_the_machine_has_and_what_to_do():
 
 def test_a_cpu_machine_trains_on_the_cpu_and_refuses_a_gpu():
     found = gpus.probe({**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert found.arch_list == torch.cuda.get_arch_list() and not found.available
+    assert (found.torch, found.cuda) == (torch.__version__, torch.version.cuda) and not found.available
     assert gpus.select(None, found) == []
     with pytest.raises(SpecError, match="--gpus: .* cannot use CUDA here: CUDA sees no GPU"):
         gpus.select(["0"], found)

@@ -27,15 +27,18 @@ TEST_SCORE = "test_score"  # study user attribute
 def score_chosen(study: optuna.Study, files: TrialFiles, trials_dir: Path) -> dict[str, Any] | None:
     """Score the chosen configuration's runs on the test split and store the result; None (and
     nothing stored) when the study has no completed configuration or its data no test split."""
-    import torch  # deferred, with the scoring: the report and `best` only read the result
-
-    from sweeper.analyze import ensemble as ens
     from sweeper.data import datasets
 
     ranked = configurations(study.get_trials(deepcopy=False))
     if not ranked:
         return None
     chosen = ranked[0]
+    if _test_images_here(chosen.first, files) == 0:
+        return None  # known without torch: a sweep with no test split never loads the scorer
+    import torch  # deferred, with the scoring: the report and `best` only read the result
+
+    from sweeper.analyze import ensemble as ens
+
     found = [ens.member_of(t, files) for t in chosen.runs]
     members = [m for m in found if not isinstance(m, str)]
     if not members:
@@ -52,6 +55,22 @@ def score_chosen(study: optuna.Study, files: TrialFiles, trials_dir: Path) -> di
                   "runs": runs, "test_images": len(test.labels)}
     store.retrying(lambda: study.set_user_attr(TEST_SCORE, result))
     return result
+
+
+def _test_images_here(trial, files: TrialFiles) -> int | None:
+    """The test split's size from the dataset cache the trial trained on, when it is on this
+    machine (its header only); None when that cannot be told here."""
+    from sweeper.data import datasets
+    from sweeper.spec.trial_config import TrialConfig
+
+    raw = files.read(trial, "config.json")
+    if raw is None:
+        return None
+    cache = Path(TrialConfig.from_json(raw.decode()).data_cache)
+    try:
+        return len(datasets.load(cache).test.labels) if cache.is_file() else None
+    except Exception:  # noqa: BLE001 (a damaged cache: the scorer says what is wrong with it)
+        return None
 
 
 def stored(study: optuna.Study) -> dict[str, Any] | None:

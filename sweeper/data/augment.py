@@ -15,10 +15,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from sweeper.data.datasets import CROP_RATIO
 from sweeper.data.randaugment import RandAugment
-
-# Images are cached with their shorter side at image_size / CROP_RATIO, then center-cropped.
-CROP_RATIO = 0.875
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Stats = Sequence[float]

@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sweeper import atomic_files
 from sweeper.cpu_share import host_cores
 from sweeper.data import image_cache
-from sweeper.data.augment import CROP_RATIO
 from sweeper.data.image_file import TooLarge, open_image
 from sweeper.errors import DataError
 
@@ -191,6 +189,11 @@ def digits(val_fraction: float, test_fraction: float = 0.0) -> tuple[list[str], 
         name: ([rgb[i] for i in idx], digits.target[idx]) for name, idx in splits.items()}
 
 
+# Images are cached with their shorter side at image_size / CROP_RATIO, then center-cropped
+# (mmcls's 256 -> 224); the transforms (augment.py) and the exports say the same.
+CROP_RATIO = 0.875
+
+
 def cache_side(image_size: int) -> int:
     return math.ceil(image_size / CROP_RATIO)
 
@@ -327,19 +330,6 @@ def _read_split(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-class CachedImages(torch.utils.data.Dataset):
-    """A split of the mapped cache, transformed on access (to a uint8 CHW tensor)."""
-
-    def __init__(self, split: image_cache.Split, transform):
-        self.images, self.labels, self.transform = split.images, split.labels, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
 def load(path: Path) -> image_cache.ImageCache:

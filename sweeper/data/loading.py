@@ -18,9 +18,10 @@ import shutil
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from sweeper.cpu_share import CpuShare
-from sweeper.data import datasets
+from sweeper.data import datasets, image_cache
 from sweeper.data.augment import Normalize, eval_transform, train_transform
 from sweeper.spec.trial_config import TrialConfig
 
@@ -68,6 +69,19 @@ def iters_per_epoch(train_images: int, batch_size: int) -> int:
     return -(-train_images // batch_size)
 
 
+class CachedImages(torch.utils.data.Dataset):
+    """A split of the mapped cache, transformed on access (to a uint8 CHW tensor)."""
+
+    def __init__(self, split: image_cache.Split, transform):
+        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
 class ShuffledBatches(torch.utils.data.Sampler):
     """RandomSampler + BatchSampler in one that can start an epoch part-way: a trial resumed
     after a mid-epoch validation skips the batches it trained without loading them (loading
@@ -105,13 +119,13 @@ class Loaders:
 
 def make_loaders(config: TrialConfig, device: torch.device, share: CpuShare) -> Loaders:
     cache = datasets.load(config.data_cache)
-    train_set = datasets.CachedImages(cache.train, train_transform(
+    train_set = CachedImages(cache.train, train_transform(
         config.augment_ops, config.image_size, config.mean, config.num_ops, config.magnitude,
         config.magnitude_std))
-    val_set = datasets.CachedImages(cache.val, eval_transform(config.image_size))
+    val_set = CachedImages(cache.val, eval_transform(config.image_size))
     # the test split is loaded only to record curves (benchmarks/curves.py); a sweep scores its
     # answer on it once, at the end (analyze/test_score.py)
-    test_set = (datasets.CachedImages(cache.test, eval_transform(config.image_size))
+    test_set = (CachedImages(cache.test, eval_transform(config.image_size))
                 if config.record_test and len(cache.test.labels) else None)
     host_workers = max(share.workers(), int(os.environ.get(HOST_SLOTS_ENV, "1")))
     wanted = loader_workers(config.num_workers, device, share.cores, host_workers)

@@ -205,9 +205,9 @@ def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, prob
                                          "train.warmup.epochs (or type: none)"))
     models = [(path, m) for path, m in values.get("model", []) if isinstance(m, str)]
     if models:
-        import timm  # deferred: only a spec that names models pays the import
+        from sweeper.spec import timm_catalog
 
-        known = timm.list_models()
+        known = timm_catalog.model_names()
         known_set = set(known)
         for path, m in models:
             if m.split(".")[0] not in known_set:

@@ -229,9 +229,6 @@ def resolve(spec, number: int, sampled: dict[str, Any], trials_root: Path, data_
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std the model's timm pretrained config asks for (ImageNet's if it has none)."""
-    import timm  # deferred: only the orchestrator resolves configs
+    from sweeper.spec import timm_catalog  # only the orchestrator resolves configs
 
-    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
-    if cfg is None:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+    return timm_catalog.normalization(name) or (IMAGENET_MEAN, IMAGENET_STD)

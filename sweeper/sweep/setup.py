@@ -18,7 +18,6 @@ from sweeper.errors import SpecError, WorkerError
 from sweeper.spec.space import CategoricalParam
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.sweep.worker_handle import Slot
-from sweeper.train import model as models
 
 
 def check_data(spec: SweepSpec) -> list[str]:
@@ -55,11 +54,11 @@ def check_cpu_bf16(precisions: list[str], slots: list[Slot]) -> str | None:
     """Before CPU workers train with `precision: auto`: is bf16 sound on this CPU
     (train/bf16_check.py, once per machine)? The workers inherit the fallback (a capped oneDNN, or
     fp32) through this process's environment; returns the line saying so, if there is one."""
+    if all(s.gpu is not None for s in slots) or "auto" not in precisions:
+        return None
     from sweeper.train import bf16_check
     from sweeper.train.device import cpu_native_bf16
 
-    if all(s.gpu is not None for s in slots) or "auto" not in precisions:
-        return None
     if not cpu_native_bf16() and not os.environ.get(bf16_check.FORCE_ENV):
         return None  # auto is fp32 here anyway
     found = bf16_check.verdict()
@@ -114,6 +113,8 @@ def prefetch_hub_weights(spec: SweepSpec) -> None:
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # this process read the variable already
     for name in values(spec, "model"):
         print(f"fetching timm hub weights for {name} (once, before the sweep)", file=sys.stderr)
+        from sweeper.train import model as models  # timm and torch: only when hub weights are asked for
+
         try:
             models.create(name, 2, True)
         except WorkerError as exc:

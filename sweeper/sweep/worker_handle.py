@@ -20,10 +20,10 @@ from optuna.trial import TrialState
 
 from sweeper import artifacts, store
 from sweeper.cpu_share import host_cores
+from sweeper.gpus import GPU_ID_ENV
 from sweeper.redaction import redact
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep.fork_server import ForkedWorker, Launcher
-from sweeper.train.device import GPU_ID_ENV
 
 Events = queue.Queue  # of (slot index, event dict | None at the worker's end of output)
 

@@ -17,11 +17,11 @@ from typing import Iterator
 import torch
 
 from sweeper.errors import WorkerError
+from sweeper.gpus import GPU_ID_ENV
 from sweeper.train.bf16_check import CPU_BF16_ENV
 
 DEVICE_ENV = "SWEEPER_DEVICE"
 SHARING_ENV = "SWEEPER_GPU_SHARING"  # trials this orchestrator runs on the worker's GPU at once
-GPU_ID_ENV = "SWEEPER_GPU_ID"  # the worker's GPU by UUID, one name however the user spelt it
 NATIVE_BF16 = (8, 0)
 CONTEXT_HEADROOM = 0.95  # of a GPU shared by k trials, each caps its allocator at 0.95 / k
 # what allocators say when memory runs out (CUDA's caching allocator raises OutOfMemoryError;

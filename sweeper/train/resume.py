@@ -25,14 +25,16 @@ import io
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sweeper import artifacts, atomic_files
 from sweeper.errors import StorageError, WorkerError
 from sweeper.train.uploads import UNREACHABLE
+
+if TYPE_CHECKING:
+    import torch
 
 RESUME = artifacts.RESUME
 MAGIC = b"sweeper resume state 2\n"  # then one line of JSON (the header), then torch.save's bytes
@@ -54,6 +56,8 @@ class Unusable(Exception):
 
 def rng_states(loader_generator: torch.Generator) -> dict[str, Any]:
     """Every RNG state as tensors, lists and numbers (what weights_only loading reads)."""
+    import torch  # the worker's side; the orchestrator uses this module without torch
+
     version, words, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {"python": [version, list(words), gauss],
@@ -65,6 +69,8 @@ def rng_states(loader_generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore_rng(states: dict[str, Any], loader_generator: torch.Generator) -> None:
+    import torch  # the worker's side; the orchestrator uses this module without torch
+
     version, words, gauss = states["python"]
     random.setstate((version, tuple(words), gauss))
     numpy = states["numpy"]
@@ -83,6 +89,8 @@ def identity(config) -> dict[str, Any]:
 
 def save(folder: Path, state: dict[str, Any], identity: dict[str, Any] | None = None) -> None:
     """Write resume.pt atomically (a kill mid-write leaves the previous epoch's state intact)."""
+    import torch  # the worker's side; the orchestrator uses this module without torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getbuffer()
@@ -112,6 +120,8 @@ def in_folder(path: str | Path, folder: Path) -> bool:
 def load(config) -> dict[str, Any]:
     """The state `config.resume_from` names, checked against the trial it resumes; Unusable
     with the reason when it must not be used, WorkerError when the store is unreachable."""
+    import torch  # the worker's side; the orchestrator uses this module without torch
+
     source = config.resume_from
     if (ident := _in_store(source)) is None:
         if not in_folder(source, study_folder(config)):

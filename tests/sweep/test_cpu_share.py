@@ -56,6 +56,16 @@ def test_threads_follow_the_live_workers_and_killed_ones_are_forgotten(tmp_path)
         torch.set_num_threads(before)
 
 
+def test_sweeper_cpu_cores_gives_sweeper_part_of_the_machine(monkeypatch):
+    allowed = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SWEEPER_CPU_CORES", "1")
+    assert host_cores() == 1
+    monkeypatch.setenv("SWEEPER_CPU_CORES", str(allowed + 7))  # never more than it may run on
+    assert host_cores() == allowed
+    monkeypatch.setenv("SWEEPER_CPU_CORES", "all of them")  # not a number: the affinity
+    assert host_cores() == allowed
+
+
 def test_a_worker_on_one_core_still_says_when_another_starts_sharing_it(tmp_path):
     registry = tmp_path / "registry"
     before = torch.get_num_threads()

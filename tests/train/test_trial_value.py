@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from sweeper.cli import app
 from sweeper.data import datasets
 from sweeper.data.augment import Normalize, eval_transform
+from sweeper.data.loading import CachedImages
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.testing import tiny_space, write_space
 from sweeper.train import model as models
@@ -50,7 +51,7 @@ def test_a_trial_that_trained_every_epoch_is_complete_whatever_the_pruner_says(
 def _checkpoint_score(trial_dir, objective: str) -> float:
     config = TrialConfig.from_json((trial_dir / "config.json").read_text())
     d = datasets.load(trial_dir.parent.parent / ".cache" / config.data_cache.rsplit("/", 1)[-1])
-    val = datasets.CachedImages(d.val, eval_transform(config.image_size))
+    val = CachedImages(d.val, eval_transform(config.image_size))
     net = models.create(config.model, len(d.classes), False)
     net.load_state_dict(torch.load(trial_dir / "checkpoint.pth", weights_only=True)["state_dict"])
     loader = torch.utils.data.DataLoader(val, 64)

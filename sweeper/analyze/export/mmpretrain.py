@@ -8,7 +8,7 @@ from typing import Any
 
 from sweeper.analyze.export import common
 from sweeper.analyze.export.common import SideFiles
-from sweeper.data.augment import CROP_RATIO
+from sweeper.data.datasets import CROP_RATIO
 from sweeper.spec.trial_config import TrialConfig
 
 
