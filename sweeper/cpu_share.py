@@ -31,7 +31,7 @@ def host_cores() -> int:
     except AttributeError:  # not Linux
         allowed = os.cpu_count() or 1
     told = os.environ.get("SWEEPER_CPU_CORES", "").strip()
-    return max(1, min(int(told), allowed)) if told.isdigit() else allowed
+    return max(1, min(int(told), allowed)) if told.isascii() and told.isdigit() else allowed
 
 
 def _start_time(pid: int) -> str | None:

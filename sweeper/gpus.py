@@ -156,10 +156,15 @@ def torch_build() -> tuple[str, str | None]:
     orchestrator of a CPU sweep never needs torch itself)."""
     import importlib.metadata
 
-    path = Path(importlib.metadata.distribution("torch").locate_file("torch/version.py"))
-    names: dict = {}
-    exec(compile(path.read_text(), str(path), "exec"), names)  # noqa: S102 (torch's own file, assignments only)
-    return names["__version__"], names["cuda"]
+    try:
+        path = Path(importlib.metadata.distribution("torch").locate_file("torch/version.py"))
+        names: dict = {}
+        exec(compile(path.read_text(), str(path), "exec"), names)  # noqa: S102 (torch's own file, assignments only)
+        return names["__version__"], names["cuda"]
+    except (importlib.metadata.PackageNotFoundError, OSError, KeyError, SyntaxError):  # an unusual install
+        import torch
+
+        return torch.__version__, torch.version.cuda
 
 
 def probe(env: dict[str, str] | None = None, check: list[int] | None = None) -> Probe:

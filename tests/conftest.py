@@ -19,6 +19,8 @@ def _own_cores_under_xdist() -> None:
     name = os.environ.get("PYTEST_XDIST_WORKER")
     if not name:
         return
+    import atexit
+    import shutil
     import tempfile
 
     from sweeper.cpu_share import host_cores
@@ -28,7 +30,8 @@ def _own_cores_under_xdist() -> None:
     import torch
 
     torch.set_num_threads(host_cores())  # the tests that train in this process
-    os.environ["SWEEPER_CPU_REGISTRY"] = tempfile.mkdtemp(prefix=f"sweeper-cpu-workers-{name}-")
+    os.environ["SWEEPER_CPU_REGISTRY"] = registry = tempfile.mkdtemp(prefix=f"sweeper-cpu-workers-{name}-")
+    atexit.register(shutil.rmtree, registry, ignore_errors=True)
 
 
 _own_cores_under_xdist()

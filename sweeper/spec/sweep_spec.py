@@ -207,10 +207,13 @@ def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, prob
     if models:
         from sweeper.spec import timm_catalog
 
+        unknown = set(timm_catalog.unknown([m for _, m in models]))
         known = timm_catalog.model_names()
-        known_set = set(known)
         for path, m in models:
-            if m.split(".")[0] not in known_set:
+            if m in unknown and "." in m and m.split(".")[0] in known:
+                problems.append((path, f"unknown pretrained tag {quoted(m)}: timm's `timm.list_pretrained("
+                                       f"'{m.split('.')[0]}*')` lists the tags of {m.split('.')[0]}"))
+            elif m in unknown:
                 close = difflib.get_close_matches(m, known, n=3)
                 hint = f"; close matches: {', '.join(close)}" if close else ""
                 problems.append((path, f"unknown timm model {quoted(m)}{hint}"))

@@ -57,9 +57,8 @@ def check_cpu_bf16(precisions: list[str], slots: list[Slot]) -> str | None:
     if all(s.gpu is not None for s in slots) or "auto" not in precisions:
         return None
     from sweeper.train import bf16_check
-    from sweeper.train.device import cpu_native_bf16
 
-    if not cpu_native_bf16() and not os.environ.get(bf16_check.FORCE_ENV):
+    if not bf16_check.cpu_native_bf16() and not os.environ.get(bf16_check.FORCE_ENV):
         return None  # auto is fp32 here anyway
     found = bf16_check.verdict()
     os.environ.update(found.env())

@@ -64,11 +64,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cache_file() -> Path:
+def cpu_native_bf16() -> bool:
+    """bf16 in hardware (AVX512-BF16 or AMX), read from /proc/cpuinfo on Linux so that the
+    orchestrator need not import torch; torch's own check elsewhere."""
+    if os.environ.get(CPU_BF16_ENV) == "0":  # the sweep's check found bf16 broken here
+        return False
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return "avx512_bf16" in flags or "amx_tile" in flags
     import torch
 
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def _cache_file() -> Path:
+    from sweeper.gpus import torch_build
+
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeper"
-    key = "|".join([_cpu_model(), torch.__version__, os.environ.get(ISA_ENV, ""), os.environ.get(FORCE_ENV, "")])
+    key = "|".join([_cpu_model(), torch_build()[0], os.environ.get(ISA_ENV, ""), os.environ.get(FORCE_ENV, "")])
     return base / f"bf16-check-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

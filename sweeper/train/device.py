@@ -18,7 +18,7 @@ import torch
 
 from sweeper.errors import WorkerError
 from sweeper.gpus import GPU_ID_ENV
-from sweeper.train.bf16_check import CPU_BF16_ENV
+from sweeper.train.bf16_check import cpu_native_bf16
 
 DEVICE_ENV = "SWEEPER_DEVICE"
 SHARING_ENV = "SWEEPER_GPU_SHARING"  # trials this orchestrator runs on the worker's GPU at once
@@ -52,11 +52,6 @@ def gpu_identity() -> str | None:
     orchestrator, else (a worker started by hand) its CUDA_VISIBLE_DEVICES."""
     return os.environ.get(GPU_ID_ENV) or os.environ.get("CUDA_VISIBLE_DEVICES")
 
-
-def cpu_native_bf16() -> bool:
-    if os.environ.get(CPU_BF16_ENV) == "0":  # the sweep's check found bf16 broken here (bf16_check.py)
-        return False
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def choose_precision(setting: str, device_type: str, capability: tuple[int, int] | None = None,
