@@ -57,3 +57,8 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def user_cache_dir() -> Path:
+    """sweeper's per-machine cache (the bf16 verdict, the timm catalog): XDG_CACHE_HOME or ~/.cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeper"

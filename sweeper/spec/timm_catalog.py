@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 from pathlib import Path
 
 from sweeper import atomic_files
@@ -21,8 +20,7 @@ FORMAT = 1  # of the cached file; part of its name
 
 
 def _cache_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeper"
-    return base / f"timm-{importlib.metadata.version('timm')}-catalog{FORMAT}.json"
+    return atomic_files.user_cache_dir() / f"timm-{importlib.metadata.version('timm')}-catalog{FORMAT}.json"
 
 
 def _from_timm() -> dict:

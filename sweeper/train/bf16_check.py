@@ -84,7 +84,9 @@ def cpu_native_bf16() -> bool:
 def _cache_file() -> Path:
     from sweeper.gpus import torch_build
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeper"
+    from sweeper.atomic_files import user_cache_dir
+
+    base = user_cache_dir()
     key = "|".join([_cpu_model(), torch_build()[0], os.environ.get(ISA_ENV, ""), os.environ.get(FORCE_ENV, "")])
     return base / f"bf16-check-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
