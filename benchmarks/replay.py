@@ -81,6 +81,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -94,7 +95,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import Space  # benchmarks/curves.py: the design's normalised box
-from search import SIDES, space_doc  # benchmarks/search.py: the strategies and their space file
+from search import KNOWN_IN_POOL, SIDES, space_doc  # benchmarks/search.py: the strategies and their space file
 
 from sweeper.sweep.progress import SweepProgress
 
@@ -430,6 +431,8 @@ def strategy_doc(table: Table, strategy: str, seed: int, study: str) -> dict:
         return doc
     _, sampler, pruner = SIDES[strategy]
     doc["search"].update(sampler={**sampler, "seed": seed}, pruner=pruner)
+    if strategy in KNOWN_IN_POOL:
+        doc["enqueue"] = known
     return doc
 
 
@@ -454,7 +457,7 @@ def sweep(table: Table, doc: dict, seed: int, budget_epochs: int | None, workers
     try:
         url = f"sqlite:///{tmp / 'studies.db'}"  # its lock files, beside, are the budget lock's
         storage = store.open_storage(url) if sqlite else _in_memory_storage()()
-        study = setup.create_study(spec, storage, url)
+        study = setup.create_study(spec, storage, url, workers)
         events, decisions = SimulatedEvents(), decisions or Decisions()
         launcher = TableLauncher(table, mapper or Nearest(Space(doc), table.configs), events, seed, startup_s)
         options = orchestrator.Options(heartbeat=1e12)  # `run`'s defaults; one orchestrator: no heartbeats
@@ -725,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="replays run in parallel (processes)")
     parser.add_argument("--out", type=Path, default=None,
                         help="runs.csv, summary.csv, summary.md (default: benchmarks/replay/; with --quick: none)")
+    parser.add_argument("--strategies", default=None, help=f"comma-separated, of: {', '.join(STRATEGIES)} "
+                        "(default: all)")
     parser.add_argument("--quick", action="store_true", help="benchmarks/curves/quick.csv, 3 seeds")
     parser.add_argument("--record-quick", action="store_true", help="record benchmarks/curves/quick.csv again (minutes)")
     args = parser.parse_args(argv)
@@ -747,8 +752,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Error: {t.path} has {len(t.configs)} complete configurations ({len(t.known)} known); "
                   "a replay needs 2 known and 3 in all", file=sys.stderr)
             return 2
+    strategies = re.split(r",(?![^()]*\))", args.strategies) if args.strategies else STRATEGIES  # not inside (...)
+    if unknown := [s for s in strategies if s not in STRATEGIES]:
+        print(f"Error: --strategies: unknown {unknown[0]!r}; valid: {', '.join(STRATEGIES)}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
-    outcomes = run_all(paths, STRATEGIES, args.seeds, args.workers, args.startup_s, args.jobs)
+    outcomes = run_all(paths, strategies, args.seeds, args.workers, args.startup_s, args.jobs)
     rows = summarise(outcomes, tables)
     print(text_table(rows, tables, args.workers))
     out = args.out or (None if args.quick else ROOT / "benchmarks" / "replay")  # --quick: nothing, unless asked

@@ -48,12 +48,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MANUAL = ROOT / "search_spaces" / "caltech_manual.csv"
 MANUAL_EPOCHS = 100
 ASHA = {"name": "asha", "min_resource": 1, "reduction_factor": 3}
+SCREEN = {"name": "screen", "min_resource": 1, "reduction_factor": 3}
 SIDES = {  # label: (study name, sampler, pruner)
     "tpe + asha (mf)": ("mf", {"name": "tpe"}, ASHA),
     "tpe + asha (final)": ("final", {"name": "tpe", "multi_fidelity": False}, ASHA),
     "random + asha": ("random", {"name": "random"}, ASHA),
     "1-epoch": ("oneepoch", {"name": "random"}, {**ASHA, "max_resource": 2}),
+    "screen (prior)": ("screen", {"name": "prior"}, SCREEN),  # the known configurations in the pool
+    "screen (uniform)": ("screenu", {"name": "random"}, SCREEN),  # ablation: the pool without them
 }
+KNOWN_IN_POOL = ("screen (prior)",)  # sides whose space file lists the known configurations
 
 
 def scaled(milestones: list[int], epochs: int) -> list[int]:

@@ -80,7 +80,7 @@ def run(
     if dry_run:
         from sweeper.spec.dry_run import describe
 
-        print(describe(spec))
+        print(describe(spec, len(slots)))
         return
     sweep_setup.prefetch_hub_weights(spec)
     storage_url = storage or store.DEFAULT_STORAGE
@@ -89,7 +89,7 @@ def run(
     optuna_storage = store.open_storage(storage_url)
     classes = datasets.load(cache).classes
     store.check_classes(optuna_storage, spec.study, classes)
-    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url)
+    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url, len(slots))
     store.remember_space(the_study, space, spec)
     store.remember_classes(the_study, classes)
     artifact_store = study_artifacts.join(the_study, artifact_store)
@@ -100,6 +100,8 @@ def run(
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
+        if (plan := spec.screen_plan(len(slots))) is not None:
+            progress.message(f"screen: {plan.describe()}")
         if (said := sweep_setup.check_cpu_bf16(sweep_setup.values(spec, "precision"), slots)) is not None:
             progress.message(said)
         options = orchestrator.Options(max_retry, trial_timeout, keep_checkpoints, heartbeat, logging)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 
 from sweeper.errors import quoted
 from sweeper.search.asha import AshaPruner
 from sweeper.search.multi_fidelity import MultiFidelitySampler
+from sweeper.search.prior import PriorSampler
+from sweeper.search.screen import ScreenPruner
 
 
 class GridSampler(optuna.samplers.GridSampler):
@@ -42,6 +44,7 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "gp": optuna.samplers.GPSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
     "qmc": optuna.samplers.QMCSampler,
+    "prior": PriorSampler,  # known configurations, their mutations and uniform samples (prior.py)
 }
 
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
@@ -52,11 +55,12 @@ PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "threshold": optuna.pruners.ThresholdPruner,
     "patient": optuna.pruners.PatientPruner,
     "asha": AshaPruner,  # pauses and promotes through the orchestrator (asha.py)
+    "screen": ScreenPruner,  # asha with full rungs over a pool planned to fit the budget (screen.py)
     "none": optuna.pruners.NopPruner,
 }
 
 # Options sweeper fills in itself; the user may not set them.
-_RESERVED = {"search_space", "wrapped_pruner", "constraints_func"}
+_RESERVED = {"search_space", "wrapped_pruner", "constraints_func", "known"}
 # Samplers that model the study's values, and so can see every epoch (multi_fidelity.py); on
 # by default. `n_min`: the trials an epoch needs before it is modelled (default: searched
 # dimensions + 1, as BOHB).
@@ -114,14 +118,17 @@ def parse_named(
 
 
 def create_sampler(spec: Named, grid: Callable[[], dict[str, list[Any]]], seed_offset: int = 0,
-                   dimensions: int = 1) -> optuna.samplers.BaseSampler:
+                   dimensions: int = 1, known: Sequence[dict[str, Any]] = ()) -> optuna.samplers.BaseSampler:
     """Build the sampler; `grid` supplies the search space that GridSampler needs, `dimensions`
-    (the parameters searched) the multi-fidelity default n_min."""
+    (the parameters searched) the multi-fidelity default n_min, `known` the configurations the
+    prior sampler draws from (as Optuna stores them)."""
     options = dict(spec.options)
     if options.get("seed") is not None:
         options["seed"] += seed_offset
     if spec.name == "grid":
         options["search_space"] = grid()
+    if spec.name == "prior":
+        options["known"] = list(known)
     multi_fidelity = options.pop("multi_fidelity", True) and spec.name in MULTI_FIDELITY
     n_min = options.pop("n_min", max(2, dimensions + 1))
     if not multi_fidelity:

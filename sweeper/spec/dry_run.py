@@ -13,9 +13,12 @@ N_SAMPLES = 3
 
 
 def sample_configs(spec: SweepSpec, n: int = N_SAMPLES) -> list[dict]:
-    """The first n configurations a sweep would try (enqueued first), from an in-memory study."""
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    for params in spec.enqueue:
+    """The first n configurations a sweep would try (enqueued first, or the prior sampler's
+    draws), from an in-memory study."""
+    prior = spec.search.sampler.name == "prior"
+    study = optuna.create_study(direction="maximize",
+                                sampler=spec.sampler() if prior else optuna.samplers.RandomSampler(seed=0))
+    for params in spec.enqueue if spec.enqueues else ():
         study.enqueue_trial(spec.space.to_optuna_params(params))
     out = []
     for _ in range(n):
@@ -25,7 +28,7 @@ def sample_configs(spec: SweepSpec, n: int = N_SAMPLES) -> list[dict]:
     return out
 
 
-def describe(spec: SweepSpec) -> str:
+def describe(spec: SweepSpec, workers: int = 1) -> str:
     s = spec.search
     sampler = spec.sampler()
     mf = f" (multi-fidelity, n_min {sampler.n_min})" if isinstance(sampler, MultiFidelitySampler) else ""
@@ -46,8 +49,18 @@ def describe(spec: SweepSpec) -> str:
     lines.append("fixed:")
     lines += [f"  {k}: {json.dumps(v)}" if v is not None or k != "milestones" else
               f"  {k}: mmcls's [30, 60, 90] of 100 epochs, scaled to train.epochs" for k, v in spec.fixed.items()]
-    if spec.enqueue:
+    if spec.enqueue and spec.enqueues:
         lines.append(f"enqueued first: {len(spec.enqueue)}")
+    elif spec.enqueue:
+        share = spec.search.sampler.options.get("uniform_share", 0.5)
+        lines.append(f"prior: {len(spec.enqueue)} known configurations (enqueue), then mutations of them; "
+                     f"{share:.0%} of the trials uniform")
+    if (plan := spec.screen_plan(workers)) is not None:
+        budget = spec.search_budget_epochs
+        lines.append(f"screen ({workers} worker(s)): {plan.describe()}"
+                     + (f" of a budget of {budget}" if budget is not None else " (no budget: pool = n_trials)"))
+        lines.append(f"  rungs at epochs {', '.join(map(str, plan.rungs))}; a rung is decided once full; "
+                     f"the best of the last stage is the answer")
     lines.append(f"first {N_SAMPLES} configurations:")
     for i, params in enumerate(sample_configs(spec)):
         lines.append(f"  {i}: " + json.dumps(params))

@@ -7,10 +7,12 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 from sweeper.errors import SpecError, quoted
+from sweeper.search import screen
+from sweeper.search.screen import Plan
 from sweeper.search.strategies import (
     PRUNERS,
     SAMPLERS,
@@ -61,9 +63,24 @@ class SweepSpec:
     source: str = ""
     logging: tuple[str, ...] = ()  # trackers beside the store: tensorboard, mlflow (spec/tracking.py)
 
-    def sampler(self, seed_offset: int = 0):
-        """The sampler; `seed_offset` gives each run of a study its own seeded sequence."""
-        return create_sampler(self.search.sampler, self.space.grid, seed_offset, len(self.space.params))
+    def sampler(self, seed_offset: int = 0, known: Sequence[dict[str, Any]] = ()):
+        """The sampler; `seed_offset` gives each run of a study its own seeded sequence; `known`:
+        configurations for the prior sampler beyond enqueue's (earlier studies' best)."""
+        return create_sampler(self.search.sampler, self.space.grid, seed_offset, len(self.space.params),
+                              [*map(self.space.to_optuna_params, self.enqueue), *known])
+
+    def screen_plan(self, workers: int = 1) -> Plan | None:
+        """The screen pruner's stages (search/screen.py), or None for another pruner."""
+        p = self.search.pruner
+        if p.name != "screen":
+            return None
+        return screen.plan(self.max_epochs, p.options.get("min_resource", 1), p.options.get("reduction_factor", 3),
+                           self.search_budget_epochs, self.search.n_trials, workers)
+
+    @property
+    def enqueues(self) -> bool:
+        """Are the known configurations queued as trials? (The prior sampler draws them itself.)"""
+        return self.search.sampler.name != "prior"
 
     def pruner(self):
         return create_pruner(self.search.pruner)

@@ -54,6 +54,12 @@ class SweepSource:
         self.spec, self.study, self.data_cache, self.trials_root = spec, study, data_cache, trials_root
         self.storage_url, self.heartbeat, self.artifact_store = storage_url, heartbeat, artifact_store
 
+    @property
+    def limit(self) -> int:
+        """n_trials, or the screen pruner's pool where that is smaller (search/screen.py)."""
+        pool = getattr(self.study.pruner, "pool", None)
+        return min(self.spec.search.n_trials, pool) if pool else self.spec.search.n_trials
+
     def _counts(self) -> tuple[int, int, int]:
         """(finished, running, of those running: paused by asha)"""
         trials = store.retrying(lambda: self.study.get_trials(deepcopy=False))
@@ -64,7 +70,7 @@ class SweepSource:
     def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
             finished, running, _ = self._counts()
-            if finished + running >= self.spec.search.n_trials:
+            if finished + running >= self.limit:
                 return None
             sampler = self.study.sampler
             if isinstance(sampler, GridSampler) and not store.retrying(
@@ -95,4 +101,4 @@ class SweepSource:
     def running_elsewhere(self) -> int:
         """Trials training now (paused ones have no worker: whoever is free promotes them)."""
         finished, running, paused = self._counts()
-        return 0 if finished >= self.spec.search.n_trials else running - paused
+        return 0 if finished >= self.limit else running - paused

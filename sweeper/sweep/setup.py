@@ -16,6 +16,7 @@ from sweeper import store
 from sweeper.data import datasets
 from sweeper.errors import SpecError, WorkerError
 from sweeper.spec.space import CategoricalParam
+from sweeper.search.screen import ScreenPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.sweep.worker_handle import Slot
 
@@ -120,8 +121,9 @@ def prefetch_hub_weights(spec: SweepSpec) -> None:
             raise SpecError(spec.source, [("model.pretrained", str(exc))]) from None
 
 
-def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
-    """Create or resume the study and queue the known configurations (each only once)."""
+def create_study(spec: SweepSpec, storage, storage_url: str, workers: int = 1) -> optuna.Study:
+    """Create or resume the study and queue the known configurations (each only once); a
+    screen pruner gets its plan (the pool that fits the budget with `workers` in parallel)."""
     study = store.retrying(lambda: optuna.create_study(
         storage=storage, study_name=spec.study, direction="maximize", sampler=spec.sampler(),
         pruner=spec.pruner(), load_if_exists=True))
@@ -133,7 +135,9 @@ def create_study(spec: SweepSpec, storage, storage_url: str) -> optuna.Study:
     study.sampler = spec.sampler(seed_offset=runs)
     store.retrying(lambda: study.set_user_attr("objective", spec.search.objective))
     store.retrying(lambda: study.set_user_attr("value", spec.search.value))
-    for params in spec.enqueue:
+    for params in spec.enqueue if spec.enqueues else ():
         store.retrying(lambda: study.enqueue_trial(spec.space.to_optuna_params(params),
                                                    skip_if_exists=True))
+    if isinstance(study.pruner, ScreenPruner):
+        study.pruner.plan = spec.screen_plan(workers)
     return study
