@@ -225,7 +225,7 @@ class Orchestrator:
             run.outcome = (TrialState.PRUNED, f"pruned after epoch {epoch}")
         elif kept is not None and not mine and kept.room < 1:
             run.outcome = (TrialState.PRUNED, f"budget kept for trial {kept.trial}")
-        elif self.budget.epochs_spent(trials):
+        elif self.budget.epochs_spent(trials, deciding=run.trial.number):
             run.outcome = (TrialState.PRUNED, "epoch budget spent")
         elif (self.asha and run.prunable and epoch in self.asha.rungs(run.config.epochs)
               and not self.asha.promotable(run.trial.number, epoch, trials)):

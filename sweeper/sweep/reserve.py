@@ -6,7 +6,8 @@ else trains an epoch, the orchestrator asks `plan` whether that epoch is free:
 
 - the candidate is the unfinished trial (training or paused, any orchestrator's) closest to its
   last epoch, the better value at that epoch first: the one that rose highest through the
-  rungs; once the reserve has taken a trial, that trial stays the candidate. It is worth finishing while no trial is COMPLETE, or while it beats every COMPLETE
+  rungs, among those whose remaining epochs still fit (one that arrived better but less far
+  may not); once the reserve has taken a trial, that trial stays the candidate. It is worth finishing while no trial is COMPLETE, or while it beats every COMPLETE
   trial at the epoch it reached and still fits in the budget;
 - `room` = epochs left - what the candidate still needs - one epoch for every other trial
   training now (an epoch that has started cannot be stopped).
@@ -65,14 +66,23 @@ def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None
     # a trial the reserve took trains to its end whatever the others report: it stays the
     # candidate, or two trials in lockstep would each be kept in turn and both finished
     taken = [t for t in unfinished if t.user_attrs.get(FINISHED_BY_RESERVE)]
-    candidate = max(taken or unfinished, key=lambda t: (*_reached(t), -t.number))
+    trained = epochs.trained(trials)
+
+    def room_beside(candidate: FrozenTrial) -> int:
+        need = candidate.user_attrs["epochs"] - _reached(candidate)[0]
+        training = sum(1 for t in unfinished if not is_paused(t) and t.number not in (candidate.number, deciding))
+        return budget - trained - need - (0 if in_parallel else training)
+
+    # the highest through the rungs that still fits: a trial that arrives better but less far
+    # (its first epoch started while another was promoted) would need more than is left
+    ordered = sorted(taken or unfinished, key=lambda t: (*_reached(t), -t.number), reverse=True)
+    candidate = next((t for t in ordered if room_beside(t) >= 0), ordered[0])
     reached, value = _reached(candidate)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete and not all(value > t.intermediate_values.get(reached, float("-inf")) for t in complete):
         return None
     need = candidate.user_attrs["epochs"] - reached
-    training = sum(1 for t in unfinished if not is_paused(t) and t.number not in (candidate.number, deciding))
-    room = budget - epochs.trained(trials) - need - (0 if in_parallel else training)
+    room = room_beside(candidate)
     if complete and room < 0:  # there is an answer: finish this one only inside the budget
         return None
     return Reserve(candidate.number, need, room)
@@ -99,6 +109,15 @@ def finished_by_reserve(trials: Sequence[FrozenTrial]) -> list[int]:
     return [t.number for t in trials if t.user_attrs.get(FINISHED_BY_RESERVE)]
 
 
+def in_flight(trials: Sequence[FrozenTrial], deciding: int | None = None) -> int:
+    """Epochs being trained now: one per trial with a worker that has not reached its last epoch."""
+    def training(t: FrozenTrial) -> bool:
+        reached = max(t.intermediate_values, default=0)
+        return (t.state == TrialState.RUNNING and not is_paused(t) and t.number != deciding
+                and RECHECK_OF not in t.user_attrs and reached < t.user_attrs.get("epochs", reached + 1))
+    return sum(map(training, trials))
+
+
 class Budget:
     """One orchestrator's view of what the sweep may still spend: search.budget.epochs (less a
     planned search.recheck) and the --timeout deadline, shared by every orchestrator through
@@ -119,9 +138,12 @@ class Budget:
             return [t for t in trials if RECHECK_OF not in t.user_attrs]
         return trials
 
-    def epochs_spent(self, trials: Sequence[FrozenTrial]) -> bool:
-        """search.budget.epochs reached, counting every orchestrator's trials."""
-        return self.epochs is not None and epochs.trained(trials) >= self.epochs
+    def epochs_spent(self, trials: Sequence[FrozenTrial], deciding: int | None = None) -> bool:
+        """Would one more epoch go over search.budget.epochs? Every orchestrator's trials count,
+        and so does the epoch each trial training now has started (it cannot be stopped part-way):
+        with two workers, two epochs started at budget - 1 would end one over. `deciding`: the
+        trial between epochs whose next epoch is being decided."""
+        return self.epochs is not None and epochs.trained(trials) + in_flight(trials, deciding) >= self.epochs
 
     def out(self, trials: Sequence[FrozenTrial]) -> bool:
         return (self.deadline is not None and time.monotonic() >= self.deadline) or self.epochs_spent(trials)

@@ -35,6 +35,27 @@ def test_the_candidate_is_the_trial_highest_through_the_rungs_and_room_is_what_i
     assert reserve.plan(trials_now, budget=20, deciding=3).room == 20 - 9 - 5
 
 
+def test_a_better_trial_that_no_longer_fits_does_not_take_the_reserve_from_one_that_does():
+    """Seen in replays (caltech20, 1-epoch baseline, budget 12, two workers): trial 0 was
+    promoted at rung 1 and trained epoch 2 while trial 4 trained its first epoch, better. Kept
+    for trial 4 (7 epochs to go), the sweep trained 13 epochs of 12; trial 0 still fits."""
+    now = [trial(0, {1: 0.5}),  # promoted: its epoch 2 is under way
+           trial(1, {1: 0.3}, paused=True), trial(2, {1: 0.2}, paused=True), trial(3, {1: 0.1}, paused=True),
+           trial(4, {1: 0.9})]  # just reported its first epoch: being decided
+    kept = reserve.plan(now, budget=12, deciding=4)
+    assert kept.trial == 0 and 5 + kept.need <= 12  # trained 5; trial 0 needs 7
+    assert kept.room < 1  # so trial 4 stops here ("budget kept for trial 0")
+
+
+def test_an_epoch_under_way_counts_against_the_budget():
+    budget = reserve.Budget(None, None, None)
+    budget.epochs = 7
+    now = [trial(0, {1: 0.5, 2: 0.5, 3: 0.5}), trial(1, {1: 0.4, 2: 0.4, 3: 0.4})]  # 6 trained, both training
+    assert not budget.epochs_spent(now[:1])  # alone: epoch 4 of trial 0 is the 7th
+    assert budget.epochs_spent(now, deciding=0)  # trial 1's 4th epoch is under way: the 7th
+    assert not budget.epochs_spent([now[0], trial(1, {1: 0.4, 2: 0.4, 3: 0.4}, paused=True)], deciding=0)
+
+
 def test_no_reserve_for_a_trial_no_better_than_a_complete_one_at_its_epoch():
     done = trial(5, {e: 0.1 * e for e in range(1, 9)}, TrialState.COMPLETE)  # 0.3 at epoch 3
     worse = trial(1, {1: 0.1, 2: 0.2, 3: 0.25}, paused=True)
