@@ -47,7 +47,7 @@ What is measured for each (task, strategy, budget, optimizer seed): the configur
 best` returns (analyze/ranking.configurations()[0]) and its TEST accuracy from the table (the
 same configuration and training seed, at the epoch whose weights the checkpoint holds:
 value_epoch); its val value; epochs trained (sweep/epochs.trained: the budget's own count);
-configurations screened (trials that trained an epoch) and the distinct recorded configurations
+configurations screened (trials that trained to a rung, half-epoch ones included) and the distinct recorded configurations
 they trained as; simulated hours.
 
 Fidelity: where a replay can decide differently from a real run of the same curves.
@@ -296,9 +296,9 @@ class TableWorker:
     def _script(self) -> Iterator[tuple[float, dict | None]]:
         c = self.config
         curve = self.launcher.curve_for(c)
-        resumed = 0
+        resumed: float = 0
         if c.resume_from:
-            resumed = int(Path(c.resume_from).read_text())
+            resumed = _epoch(Path(c.resume_from).read_text())  # 0.5: paused at a part-epoch rung
         t0 = self.start + self.launcher.startup_s - curve.seconds_at(resumed)
         yield self.start + self.launcher.startup_s, {
             "event": "start", "classes": [], "device": "cpu", "precision": "replay", "cuda_visible_devices": "",
@@ -306,7 +306,7 @@ class TableWorker:
         yield self.start + self.launcher.startup_s, {"event": "first_step"}
         if resumed:
             yield self.start + self.launcher.startup_s, {
-                "event": "resumed", "records": [_record(curve.at(e)) for e in range(1, resumed + 1)]}
+                "event": "resumed", "records": [_record(curve.at(e)) for e in range(1, math.floor(resumed) + 1)]}
         previous = curve.seconds_at(resumed)
         chosen = (-math.inf, 0)
         for r in curve.records:
@@ -316,7 +316,15 @@ class TableWorker:
                 continue
             when = t0 + r["seconds"]
             if not isinstance(r["epoch"], int):
-                if c.eval_every < 1:
+                if r["epoch"] in c.decide_at:  # a part-epoch rung: the worker saves and waits
+                    (self.dir / "resume.pt").write_text(str(r["epoch"]))
+                    yield when, {"event": "eval", **_record(r), "seconds": r["seconds"] - previous, "decide": True}
+                    yield when, {"event": "await"}
+                    if self.reply != "continue":
+                        yield when, {"event": "stopped"}
+                        yield when, None
+                        return
+                elif c.eval_every < 1:
                     yield when, {"event": "eval", **_record(r), "seconds": r["seconds"] - previous}
                 continue
             chosen = _offer(c.value, chosen, r[c.objective], r["epoch"])
@@ -392,7 +400,7 @@ class Outcome:
     val: float | None
     config: int | None
     epochs: int
-    screened: int  # trials that trained an epoch
+    screened: int  # trials that trained to a rung (0.5 included)
     distinct: int  # recorded configurations they trained as
     trials: int
     mapped_distance: float  # mean, over trials, of the distance to the recorded configuration
@@ -480,6 +488,7 @@ def replay(table: Table, strategy: str, seed: int, budget: tuple[int, int] | Non
     """One sweep of `strategy` with optimizer seed `seed` on the table; `budget`: a fraction of
     the grid's epochs (None: the strategy's own end, the grid's n_trials)."""
     from sweeper.analyze.ranking import configurations
+    from sweeper.search.asha import reached
     from sweeper.sweep import epochs
 
     started = time.perf_counter()
@@ -497,8 +506,8 @@ def replay(table: Table, strategy: str, seed: int, budget: tuple[int, int] | Non
     distances = [d for _, _, d in done.launcher.trials.values()]
     return Outcome(table.task, strategy, f"{budget[0]}/{budget[1]}" if budget else "full", budget_epochs, seed,
                    test, val, chosen, epochs.trained(done.trials),
-                   sum(1 for t in done.trials if t.intermediate_values),
-                   len({done.launcher.trials[t.number][0] for t in done.trials if t.intermediate_values}), len(done.trials),
+                   sum(1 for t in done.trials if reached(t)),  # trained to a rung (0.5 included)
+                   len({done.launcher.trials[t.number][0] for t in done.trials if reached(t)}), len(done.trials),
                    statistics.fmean(distances) if distances else 0.0, done.events.now / 3600,
                    time.perf_counter() - started)
 

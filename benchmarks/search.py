@@ -56,8 +56,10 @@ SIDES = {  # label: (study name, sampler, pruner)
     "1-epoch": ("oneepoch", {"name": "random"}, {**ASHA, "max_resource": 2}),
     "screen (prior)": ("screen", {"name": "prior"}, SCREEN),  # the known configurations in the pool
     "screen (uniform)": ("screenu", {"name": "random"}, SCREEN),  # ablation: the pool without them
+    "screen (prior, 1/2)": ("screenh", {"name": "prior"}, {**SCREEN, "min_resource": 0.5}),  # first rung at half an epoch
+    "screen (uniform, 1/2)": ("screenuh", {"name": "random"}, {**SCREEN, "min_resource": 0.5}),
 }
-KNOWN_IN_POOL = ("screen (prior)",)  # sides whose space file lists the known configurations
+KNOWN_IN_POOL = ("screen (prior)", "screen (prior, 1/2)")  # sides whose space file lists the known configurations
 
 
 def scaled(milestones: list[int], epochs: int) -> list[int]:

@@ -18,6 +18,21 @@ from optuna.trial import FrozenTrial
 from sweeper.errors import quoted
 
 PAUSED = "paused"  # user attribute: True while the trial waits at a rung (RUNNING, no worker)
+PART_VALUES = "part_values"  # user attribute: values at part-epoch rungs, {"0.5": value} (Optuna's steps are whole)
+
+
+def value_at(trial: FrozenTrial, rung: float) -> float | None:
+    """The trial's value at a rung: a whole epoch's from its intermediate values, a part-epoch
+    rung's (0.5) from PART_VALUES."""
+    if rung == int(rung):
+        return trial.intermediate_values.get(int(rung))
+    return trial.user_attrs.get(PART_VALUES, {}).get(f"{rung:g}")
+
+
+def reached(trial: FrozenTrial) -> float:
+    """The furthest epoch the trial reported, part-epoch rungs included."""
+    parts = [float(k) for k in trial.user_attrs.get(PART_VALUES, {})]
+    return max([*trial.intermediate_values, *parts], default=0)
 
 
 class AshaPruner(optuna.pruners.BasePruner):
@@ -45,6 +60,6 @@ class AshaPruner(optuna.pruners.BasePruner):
     def promotable(self, number: int, rung: int, trials: list[FrozenTrial]) -> bool:
         """Is trial `number` in the top 1/eta of the values recorded at epoch `rung`? (Ties: the
         earlier trial first.)"""
-        at_rung = sorted((-t.intermediate_values[rung], t.number) for t in trials if rung in t.intermediate_values)
+        at_rung = sorted((-v, t.number) for t in trials if (v := value_at(t, rung)) is not None)
         top = at_rung[: len(at_rung) // self.reduction_factor]
         return any(n == number for _, n in top)

@@ -18,11 +18,12 @@ budget or n_trials that ended the pool early). Pauses and promotions go through 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.search.asha import PAUSED, AshaPruner
+from sweeper.search.asha import PAUSED, AshaPruner, reached, value_at
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class Plan:
         return sum(n * (end - start) for n, start, end in self.stage_epochs())
 
     def describe(self) -> str:
-        stages = [f"{n} trial(s) epochs {start}->{end} ({n * (end - start)})" for n, start, end in self.stage_epochs()]
-        return f"pool {self.pool}; " + "; ".join(stages) + f"; {self.cost} epochs in all"
+        stages = [f"{n} trial(s) epochs {start:g}->{end:g} ({n * (end - start):g})"
+                  for n, start, end in self.stage_epochs()]
+        return f"pool {self.pool}; " + "; ".join(stages) + f"; {self.cost:g} epochs in all"
 
 
 def _sizes(pool: int, stages: int, eta: int) -> tuple[int, ...]:
@@ -56,34 +58,51 @@ def _sizes(pool: int, stages: int, eta: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def plan(epochs: int, min_resource: int, eta: int, budget: int | None, n_trials: int, workers: int = 1) -> Plan:
+def rungs(epochs: int, min_resource: float, eta: int) -> list[float]:
+    """min_resource, then min_resource x eta^k rounded up to whole epochs, below `epochs`: a
+    half-epoch first rung (0.5) is followed by whole ones (2, 5 for eta 3)."""
+    out, k = [], 0
+    while (r := min_resource if k == 0 else math.ceil(min_resource * eta**k)) < epochs:
+        out.append(r)
+        k += 1
+    return out
+
+
+def plan(epochs: int, min_resource: float, eta: int, budget: int | None, n_trials: int, workers: int = 1) -> Plan:
     """The stages for trials of `epochs` epochs: the largest pool (at most n_trials) whose
     stages fit `budget` less one epoch per worker beyond the first; without a budget, n_trials."""
-    rungs, r = [], min_resource
-    while r < epochs:
-        rungs.append(r)
-        r *= eta
-    stages = len(rungs) + 1
+    at = rungs(epochs, min_resource, eta)
+    stages = len(at) + 1
 
     def fits(pool: int) -> bool:
-        return budget is None or Plan(tuple(rungs), _sizes(pool, stages, eta), epochs).cost <= budget - (workers - 1)
+        return budget is None or Plan(tuple(at), _sizes(pool, stages, eta), epochs).cost <= budget - (workers - 1)
 
     pool = 1
     while pool < n_trials and fits(pool + 1):
         pool += 1
-    return Plan(tuple(rungs), _sizes(pool, stages, eta), epochs)
+    return Plan(tuple(at), _sizes(pool, stages, eta), epochs)
 
 
 class ScreenPruner(AshaPruner):
     """asha's pause and promotion with full rungs and a planned pool (`plan`); the orchestrator
     sets `plan` once it knows the budget and the workers (setup.create_study)."""
 
-    def __init__(self, min_resource: int = 1, reduction_factor: int = 3):
-        super().__init__(min_resource, reduction_factor)
+    def __init__(self, min_resource: float = 1, reduction_factor: int = 3):
+        if min_resource != 0.5:  # or a whole number of epochs, checked as asha's
+            super().__init__(min_resource, reduction_factor)
+        else:
+            super().__init__(1, reduction_factor)
+            self.min_resource = min_resource
         self.plan: Plan | None = None
 
-    def rungs(self, epochs: int) -> list[int]:
-        return list(self.plan.rungs) if self.plan is not None else super().rungs(epochs)
+    @property
+    def part_rungs(self) -> tuple[float, ...]:
+        """Rungs inside an epoch, where the worker validates and waits (TrialConfig.decide_at)."""
+        return tuple(r for r in self.rungs(0) if r != int(r))
+
+    def rungs(self, epochs: int) -> list[float]:
+        return list(self.plan.rungs) if self.plan is not None else rungs(epochs, self.min_resource,
+                                                                           self.reduction_factor)
 
     @property
     def pool(self) -> int | None:
@@ -102,7 +121,7 @@ class ScreenPruner(AshaPruner):
 
     def full(self, rung: int, trials: list[FrozenTrial]) -> bool:
         """Every trial planned for `rung` has reported there, or none still can."""
-        arrived = sum(1 for t in trials if rung in t.intermediate_values)
+        arrived = sum(1 for t in trials if value_at(t, rung) is not None)
         return arrived >= self._expected(rung) or not self._coming(rung, trials)
 
     def _coming(self, rung: int, trials: list[FrozenTrial]) -> bool:
@@ -112,14 +131,14 @@ class ScreenPruner(AshaPruner):
         if self.plan is not None and rung == self.plan.rungs[0] and len(started) < self.plan.pool:
             return True
         for t in trials:
-            reached = max(t.intermediate_values, default=0)
+            at = reached(t)
             if t.state == TrialState.WAITING:
                 return True
-            if t.state != TrialState.RUNNING or reached >= rung:
+            if t.state != TrialState.RUNNING or at >= rung:
                 continue
             if not t.user_attrs.get(PAUSED):
                 return True  # training now, or just asked
-            if reached in self.rungs(0) and self.promotable(t.number, reached, trials):
+            if at in self.rungs(0) and self.promotable(t.number, at, trials):
                 return True
         return False
 
@@ -127,6 +146,6 @@ class ScreenPruner(AshaPruner):
         """Once `rung` is full: is trial `number` among its top quota? (Ties: the earlier trial.)"""
         if not self.full(rung, trials):
             return False
-        at_rung = sorted((-t.intermediate_values[rung], t.number) for t in trials if rung in t.intermediate_values)
+        at_rung = sorted((-v, t.number) for t in trials if (v := value_at(t, rung)) is not None)
         return any(n == number for _, n in at_rung[: self._quota(rung)])
 

@@ -19,7 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a timm model, a built-in dataset, an objective
 # fields that say where a trial runs, not what it trains (left out of its fingerprint)
 PLACE = ("study", "number", "trial_dir", "data_root", "data_test", "data_cache", "resume_from", "resume_trial",
-         "artifacts", "artifact_key", "logging")
+         "artifacts", "artifact_key", "logging", "decide_at")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class TrialConfig:
     test_fraction: float = 0.0  # the data's test split (data/datasets.py Source)
     data_test: str | None = None
     record_test: bool = False  # score the test split at every validation: for recorded curves only
+    decide_at: tuple[float, ...] = ()  # part-epoch rungs (0.5): validate there and ask the orchestrator to go on
 
     @property
     def mixes(self) -> bool:
@@ -168,6 +169,7 @@ _FIELDS = {  # fields knobs.py does not check (or checks as the YAML gives them,
     "logging": _strings,
     "test_fraction": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
     "data_test": _optional(lambda v: isinstance(v, str)), "record_test": lambda v: isinstance(v, bool),
+    "decide_at": lambda v: _numbers(v) and all(0 < x and x != int(x) for x in v),
     # resolved for the run's length: none for a short run, repeated by a preset (presets.py)
     "milestones": lambda v: isinstance(v, list) and all(_int(m) and m > 0 for m in v),
 }

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.search.asha import reached
+
 RESUMED_AFTER = "resumed_after_epoch"
 
 
-def trained_by(trial: FrozenTrial) -> int:
-    return max(0, len(trial.intermediate_values) - trial.user_attrs.get(RESUMED_AFTER, 0))
+def trained_by(trial: FrozenTrial) -> float:
+    """Whole epochs (less those carried over), and the part of an epoch trained past the last
+    whole one when the trial stopped at a part-epoch rung (0.5)."""
+    whole = max(trial.intermediate_values, default=0)
+    return max(0, len(trial.intermediate_values) - trial.user_attrs.get(RESUMED_AFTER, 0)) + max(0, reached(trial) - whole)
 
 
-def trained(trials: list[FrozenTrial]) -> int:
+def trained(trials: list[FrozenTrial]) -> float:
     return sum(trained_by(t) for t in trials)
 
 
@@ -39,5 +44,5 @@ def saved(trials: list[FrozenTrial]) -> int:
 
 def summary(trials: list[FrozenTrial], budget: int | None = None) -> str:
     of = f" of a budget of {budget}" if budget else ""
-    return (f"epochs: {trained(trials)} trained{of}, {saved(trials)} saved by pruning and pausing, "
+    return (f"epochs: {trained(trials):g} trained{of}, {saved(trials)} saved by pruning and pausing, "
             f"{retrained(trials)} retrained")

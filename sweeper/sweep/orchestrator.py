@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from sweeper import artifacts, store
 from sweeper.artifacts import ArtifactStore
-from sweeper.search.asha import PAUSED, AshaPruner
+from sweeper.search.asha import PART_VALUES, PAUSED, AshaPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep import checkpoints, epochs, recovery, reserve, tracking, worker_handle
@@ -195,6 +195,16 @@ class Orchestrator:
             run.reply("stop" if stop or self.interrupts else "continue")
             run.last_epoch = time.monotonic()
             run.report_seconds.append(run.last_epoch - run.last_event)
+        elif kind == "eval" and event.get("decide"):  # a part-epoch rung (screen.py): pause or go on
+            value, at = event[run.config.objective], event["epoch"]
+            parts = {**run.trial.user_attrs.get(PART_VALUES, {}), f"{at:g}": value}
+            store.retrying(lambda: run.trial.set_user_attr(PART_VALUES, parts))
+            run.last_value, run.epochs_run = value, at
+            self.progress.epoch(run.trial.number, at, value)
+            run.pausing = bool(self.asha and run.prunable and not self.interrupts
+                               and not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE)
+                               and not self.asha.promotable(run.trial.number, at, self.budget.trials()))
+            run.reply("stop" if run.pausing or self.interrupts else "continue")
         elif kind == "stored":
             run.record_stored(self.study, event["files"])
         elif kind == "nonfinite":

@@ -20,7 +20,7 @@ from sweeper import artifacts, store
 from sweeper.artifacts import ArtifactStore
 from sweeper.errors import StorageError
 from sweeper.redaction import redact
-from sweeper.search.asha import PAUSED, AshaPruner
+from sweeper.search.asha import PAUSED, AshaPruner, value_at
 from sweeper.search.multi_fidelity import is_paused
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep import recovery, reserve
@@ -33,7 +33,7 @@ class Waiting:
     """A paused trial as it waits: its number, the rung it reached and its value there."""
 
     trial: FrozenTrial
-    epochs_run: int
+    epochs_run: float  # a part-epoch rung: 0.5
     last_value: float | None
     alone: bool
     config: TrialConfig | None = None  # once claimed: what its worker resumes with, here
@@ -61,7 +61,7 @@ class Promotions:
         for t in trials:
             if is_paused(t) and recovery.RECHECK_OF not in t.user_attrs and (anywhere or self._resumable_here(t)):
                 rung = t.user_attrs.get("pauses", [0])[-1]
-                out.append(Waiting(t, rung, t.intermediate_values.get(rung), bool(t.user_attrs.get("alone"))))
+                out.append(Waiting(t, rung, value_at(t, rung), bool(t.user_attrs.get("alone"))))
         return out
 
     def choose(self, trials: list[FrozenTrial], kept: Reserve | None, out_of_budget: bool,
@@ -140,7 +140,7 @@ class Promotions:
         return dataclasses.replace(config, trial_dir=str(here.resolve()), data_cache=str(self.data_cache),
                                    resume_from=source, resume_trial=trial.number, artifacts=url)  # the store as this machine reaches it
 
-    def prune(self, trial: FrozenTrial, epochs_run: int) -> bool:
+    def prune(self, trial: FrozenTrial, epochs_run: float) -> bool:
         """The sweep is over and the trial was never promoted: PRUNED, its state dropped."""
         if not self.claim(trial):
             return False

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import store
 
+from sweeper.search.asha import reached, value_at
 from sweeper.search.multi_fidelity import is_paused
 from sweeper.sweep import epochs
 from sweeper.sweep.recovery import RECHECK_OF
@@ -42,15 +43,15 @@ FINISHED_BY_RESERVE = "finished_by_reserve"  # user attribute: the reserve promo
 @dataclass(frozen=True)
 class Reserve:
     trial: int  # the candidate's number
-    need: int  # epochs it still has to train
-    room: int  # epochs free for anything else (<= 0: only the candidate trains)
+    need: float  # epochs it still has to train (a trial paused at rung 0.5 needs epochs - 0.5)
+    room: float  # epochs free for anything else (<= 0: only the candidate trains)
 
 
-def _reached(t: FrozenTrial) -> tuple[int, float]:
-    if not t.intermediate_values:
-        return 0, float("-inf")
-    last = max(t.intermediate_values)
-    return last, t.intermediate_values[last]
+def _reached(t: FrozenTrial) -> tuple[float, float]:
+    """The furthest epoch the trial reported (a part-epoch rung's too) and its value there."""
+    last = reached(t)
+    value = value_at(t, last) if last else None
+    return (last, value) if value is not None else (0, float("-inf"))
 
 
 def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None,
@@ -77,11 +78,11 @@ def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None
     # (its first epoch started while another was promoted) would need more than is left
     ordered = sorted(taken or unfinished, key=lambda t: (*_reached(t), -t.number), reverse=True)
     candidate = next((t for t in ordered if room_beside(t) >= 0), ordered[0])
-    reached, value = _reached(candidate)
+    at, value = _reached(candidate)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete and not all(value > t.intermediate_values.get(reached, float("-inf")) for t in complete):
+    if complete and not all(value > (value_at(t, at) or float("-inf")) for t in complete):
         return None
-    need = candidate.user_attrs["epochs"] - reached
+    need = candidate.user_attrs["epochs"] - at
     room = room_beside(candidate)
     if complete and room < 0:  # there is an answer: finish this one only inside the budget
         return None
@@ -112,9 +113,9 @@ def finished_by_reserve(trials: Sequence[FrozenTrial]) -> list[int]:
 def in_flight(trials: Sequence[FrozenTrial], deciding: int | None = None) -> int:
     """Epochs being trained now: one per trial with a worker that has not reached its last epoch."""
     def training(t: FrozenTrial) -> bool:
-        reached = max(t.intermediate_values, default=0)
+        done = reached(t)
         return (t.state == TrialState.RUNNING and not is_paused(t) and t.number != deciding
-                and RECHECK_OF not in t.user_attrs and reached < t.user_attrs.get("epochs", reached + 1))
+                and RECHECK_OF not in t.user_attrs and done < t.user_attrs.get("epochs", done + 1))
     return sum(map(training, trials))
 
 

@@ -82,7 +82,9 @@ class SweepSource:
             sampled = self.spec.space.suggest(trial)
             config = resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
             source, written_by = self._resume_source(trial) or (None, None)
-            return trial, dataclasses.replace(config, resume_from=source, resume_trial=written_by)
+            part_rungs = getattr(self.study.pruner, "part_rungs", ())  # the worker asks there (screen.py)
+            return trial, dataclasses.replace(config, resume_from=source, resume_trial=written_by,
+                                              decide_at=part_rungs)
 
     def _resume_source(self, trial: optuna.Trial) -> tuple[str, int] | None:
         """A retry of a trial that failed for reasons outside itself trains on after the last

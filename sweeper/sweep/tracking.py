@@ -51,7 +51,7 @@ class Ended:
     state: TrialState
     reason: str | None
     value: float | None  # its value; a pruned trial's last one
-    epochs_run: int
+    epochs_run: float  # a part-epoch rung: 0.5
     started: float  # seconds since the epoch
 
 
@@ -125,7 +125,7 @@ def write_hparams(ended: Ended) -> None:
             writer.file_writer.add_summary(Summary(value=[Summary.Value(
                 tag=tag, metadata=metadata.create_summary_metadata(data))]))
         if ended.value is not None:
-            writer.add_scalar(FINAL_VALUE, ended.value, ended.epochs_run)
+            writer.add_scalar(FINAL_VALUE, ended.value, int(ended.epochs_run))
 
 
 def note(trial_dir: str, text: str) -> None:
@@ -241,7 +241,7 @@ class MlflowRuns:
 
         run_id = self.runs[number]
         tags = [RunTag(STATE_TAG, ended.state.name)] + ([RunTag(REASON_TAG, ended.reason[:5000])] if ended.reason else [])
-        metrics = ([Metric(FINAL_VALUE, ended.value, int(time.time() * 1000), ended.epochs_run)]
+        metrics = ([Metric(FINAL_VALUE, ended.value, int(time.time() * 1000), int(ended.epochs_run))]
                    if ended.value is not None else [])
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         if kept is not None:

@@ -68,7 +68,7 @@ class Running:
     proc: subprocess.Popen | ForkedWorker
     last_value: float | None = None
     value: tuple[float, int] | None = None  # the trial's value and its epoch, from the worker
-    epochs_run: int = 0
+    epochs_run: float = 0  # a part-epoch rung: 0.5
     outcome: tuple[TrialState, str | None] | None = None  # decided, not yet told
     prunable: bool = True  # re-checks train every epoch
     asked: float = field(default_factory=time.monotonic)  # when the slot asked for this trial

@@ -48,6 +48,16 @@ def validation_steps(steps: int, eval_every: float) -> dict[int, float]:
     return {round(steps * j / k): j / k for j in range(k, 0, -1) if round(steps * j / k) > 0}
 
 
+def decision_steps(steps: int, epoch: int, decide_at) -> dict[int, float]:
+    """The steps of epoch `epoch` (0-based) after which the orchestrator decides whether the
+    trial goes on (part-epoch rungs, e.g. 0.5), each with its fraction of the epoch."""
+    out = {}
+    for at in decide_at:
+        if int(at) == epoch and 0 < round(steps * (at - epoch)) < steps:
+            out[round(steps * (at - epoch))] = at - epoch
+    return out
+
+
 def scores(model: nn.Module, loaders, amp: Amp, num_classes: int) -> dict[str, float]:
     """Validation's metrics; with a recorded test split, the same metrics on it (test_*) and
     the seconds that took."""

@@ -36,7 +36,7 @@ from sweeper.train import model as models
 from sweeper.train import regularizers
 from sweeper.train import resume
 from sweeper.train.device import Amp
-from sweeper.train.evaluation import Chosen, scores, validation_steps
+from sweeper.train.evaluation import Chosen, decision_steps, scores, validation_steps
 from sweeper.train.position import Position, restore, save_resume_state
 from sweeper.train.schedule import LrSchedule, set_lr
 from sweeper.train.tracking import EpochCurves
@@ -190,6 +190,8 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                 loaders.generator.set_state(at.epoch_start_rng)
                 loaders.batches.skip = at.step
             start = time.perf_counter() - at.seconds
+            deciding = decision_steps(steps, epoch, config.decide_at)
+            part_way = {**eval_steps, **deciding}
             loss_sum = torch.tensor(at.loss_sum, device=device)
             seen = at.seen
             for step, (x, y) in enumerate(train_loader, start=at.step):
@@ -213,10 +215,10 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                     print(f"Epoch:[{epoch + 1:3d}/{config.epochs:3d}], step:[{step + 1:5d}/{steps:5d}], "
                           f"loss:[{loss.item():.3f}/{loss_sum.item() / seen:.3f}], time:{ms:.1f} ms, "
                           f"lr:{lr:.5f}", file=log, flush=True)
-                if step + 1 in eval_steps and step + 1 < steps:  # part-way through the epoch
+                if step + 1 in part_way and step + 1 < steps:  # part-way through the epoch
                     phase.now = "validation"
                     scored = regularizers.validated(model, ema)
-                    record = {"epoch": epoch + eval_steps[step + 1], "train_loss": loss_sum.item() / seen,
+                    record = {"epoch": epoch + part_way[step + 1], "train_loss": loss_sum.item() / seen,
                               **scores(scored, loaders, amp, len(classes)), "lr": lr,
                               "seconds": time.perf_counter() - start, "images_per_s": seen / (time.perf_counter() - start)}
                     metrics.writerow(record)
@@ -226,7 +228,11 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                                   time.perf_counter() - start, at.evals + [record])
                     phase.now = "saving the resume state"
                     save_resume_state(config, model, optimizer, chosen, amp, done, loaders.generator, ema, at)
-                    report({"event": "eval", **record})
+                    if not report({"event": "eval", **record, "decide": step + 1 in deciding}):
+                        print(f"Stopped by the orchestrator at epoch {record['epoch']:g} (paused or pruned)",
+                              file=log, flush=True)
+                        uploads.submit(resume.RESUME)  # a trial paused here resumes from this state
+                        return "stopped"
                     models.train_mode(model, frozen)
                     phase.now = "training step"
             train_loss = loss_sum.item() / seen
@@ -329,7 +335,7 @@ def _pipe_reporter(proto, replies) -> Report:
     def report(event: dict[str, Any]) -> bool:
         proto.write(json.dumps(event) + "\n")
         proto.flush()
-        if event["event"] != "epoch":
+        if event["event"] != "epoch" and not event.get("decide"):
             return True
         return replies.readline().strip() == "continue"
 

@@ -174,3 +174,32 @@ def test_a_screening_sweep_decides_on_full_rungs_and_stays_in_its_budget(colour_
     # the last arrival at a full rung may be stopped by the reserve (reserve.py) rather than paused
     assert reasons and all(r == "not promoted at rung 1" or r == f"budget kept for trial {done[0].number}"
                            for r in reasons), reasons
+
+
+@pytest.mark.slow
+def test_a_half_epoch_first_rung_pauses_trials_mid_epoch_and_resumes_the_best_there(colour_folder, tmp_path):
+    # 4 epochs, rungs at 0.5 and 2 (0.5 x 3 rounded up): at a budget of 6, 5 trials train half an
+    # epoch, 1 goes on to epoch 2 and to the end: 2.5 + 1.5 + 2 = 6
+    doc = tiny_space(colour_folder, study="half", train={"epochs": 4, "batch_size": 4},
+                     search={"n_trials": 50, "budget": {"epochs": 6}, "sampler": {"name": "random", "seed": 1},
+                             "pruner": {"name": "screen", "min_resource": 0.5, "reduction_factor": 3}},
+                     space={"lr": [1.0e-6, 2.0e-6, 0.05]}, enqueue=[{"lr": 0.05}])  # trial 0 is the best
+    assert parse_spec(doc, "x", {}).screen_plan(1).sizes == (5, 1, 1)
+    code, out = finish(start(tmp_path, "--space", str(write_space(tmp_path / "space.yaml", doc))))
+    assert code == 0, out
+    final = trials(tmp_path, "half")
+    assert len(final) == 5 and not [t for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    halves = {t.number: t.user_attrs["part_values"]["0.5"] for t in final}
+    best = max(halves, key=lambda n: (halves[n], -n))
+    done = [t for t in final if t.state == TrialState.COMPLETE]
+    assert [t.number for t in done] == [best] and sorted(done[0].intermediate_values) == [1, 2, 3, 4]
+    for t in final:
+        rows = [r.split(",")[0] for r in (tmp_path / "trials/half" / str(t.number) / "metrics.csv").read_text().split()[1:]]
+        assert rows == (["0.5", "1", "2", "3", "4"] if t.number == best else ["0.5"]), (t.number, rows)
+        if t.number != best:
+            assert t.state == TrialState.PRUNED and t.user_attrs["epochs_run"] == 0.5
+    assert "epochs: 6 trained of a budget of 6" in out
+    # trial 0 arrived first at a rung that was not yet full: paused mid-epoch, then resumed there
+    assert best == 0 and done[0].user_attrs["pauses"] == [0.5]
+    assert "Resumed after step" in (tmp_path / "trials/half/0/log.txt").read_text()
+    assert "trial 0: promoted at rung 0.5; resumed" in out

@@ -82,3 +82,29 @@ def test_recorded_curves_score_the_test_split_at_every_validation(colour_folder,
     plain = resolve(spec, 1, {"lr": 0.05}, tmp_path / "trials", cache)
     assert run_trial(plain, lambda e: True) == "complete"
     assert "test_acc" not in _rows(plain)[0]
+
+
+def test_at_a_part_epoch_rung_the_worker_waits_stops_when_told_and_resumes_there_exactly(colour_folder, tmp_path):
+    whole = _config(colour_folder, tmp_path / "whole", eval_every=1.0, augment="swin_randaug")
+    assert run_trial(whole, lambda e: True) == "complete"
+
+    part = dataclasses.replace(_config(colour_folder, tmp_path / "part", eval_every=1.0, augment="swin_randaug"),
+                               decide_at=(0.5,))
+    asked = []
+
+    def pause_at_rung(event):
+        if event.get("decide"):
+            asked.append(event["epoch"])
+            return False  # the orchestrator says stop: the trial pauses at rung 0.5
+        return True
+
+    assert run_trial(part, pause_at_rung) == "stopped"
+    assert asked == [0.5] and [float(r["epoch"]) for r in _rows(part)] == [0.5]
+    assert "Stopped by the orchestrator at epoch 0.5" in (Path(part.trial_dir) / "log.txt").read_text()
+    resumed = dataclasses.replace(part, resume_from=str(Path(part.trial_dir) / "resume.pt"), resume_trial=0)
+    events = []
+    assert run_trial(resumed, lambda e: events.append(e) or True) == "complete"
+    assert [e["epoch"] for e in events if e["event"] in ("eval", "epoch")] == [1, 2, 3]  # not asked again
+    keys = ("epoch", "train_loss", "val_acc", "lr")
+    assert [{k: r[k] for k in keys} for r in _rows(resumed) if r["epoch"] != "0.5"] == \
+        [{k: r[k] for k in keys} for r in _rows(whole)]
