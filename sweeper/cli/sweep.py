@@ -56,6 +56,7 @@ def run(
 
     from sweeper import store
     from sweeper import artifacts as artifact_urls
+    from sweeper.analyze import prior_studies
     from sweeper.data import datasets
     from sweeper.spec.sweep_spec import load_spec
     from sweeper.spec.tracking import choose as choose_trackers
@@ -72,6 +73,7 @@ def run(
     check_output_dir("--trials-dir", trials_dir)
     slots = sweep_setup.make_slots(workers, gpus, spec)  # devices checked before anything is written
     sweep_setup.check_data(spec)
+    known, notes = prior_studies.known_configurations(spec, storage or store.DEFAULT_STORAGE)  # read only
     # checked before any work (a dry run writes nothing, so its store is checked without a probe)
     artifacts = artifact_urls.url_for(artifacts) or study_artifacts.recorded_in(storage or store.DEFAULT_STORAGE,
                                                                                spec.study)
@@ -80,7 +82,7 @@ def run(
     if dry_run:
         from sweeper.spec.dry_run import describe
 
-        print(describe(spec, len(slots)))
+        print(describe(spec, len(slots), known))
         return
     sweep_setup.prefetch_hub_weights(spec)
     storage_url = storage or store.DEFAULT_STORAGE
@@ -89,7 +91,7 @@ def run(
     optuna_storage = store.open_storage(storage_url)
     classes = datasets.load(cache).classes
     store.check_classes(optuna_storage, spec.study, classes)
-    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url, len(slots))
+    the_study = sweep_setup.create_study(spec, optuna_storage, storage_url, len(slots), known)
     store.remember_space(the_study, space, spec)
     store.remember_classes(the_study, classes)
     artifact_store = study_artifacts.join(the_study, artifact_store)
@@ -100,6 +102,10 @@ def run(
     with make_progress(spec.study, spec.search.n_trials, spec.search.objective) as progress:
         progress.message(f"study={spec.study} storage={redact(storage_url)} "
                          f"workers={len(slots)} ({where}) n_trials={spec.search.n_trials}")
+        for note in notes:
+            progress.message(note)
+        if known:
+            progress.message(f"search.prior: {len(known)} configuration(s) from {', '.join(spec.search.prior.studies)}")
         if (plan := spec.screen_plan(len(slots))) is not None:
             progress.message(f"screen: {plan.describe()}")
         if (said := sweep_setup.check_cpu_bf16(sweep_setup.values(spec, "precision"), slots)) is not None:

@@ -9,8 +9,9 @@ not one centre, so the prior share walks them instead:
   deterministically by trial number, so a small pool gets its share exactly;
 - a prior draw is the next known configuration (in a seeded order) that no trial of the study
   has tried yet; once all were tried, a mutation of one of them: each parameter resampled with
-  probability `mutation_rate`, numbers from a normal of std `mutation_std` around it in the
-  normalised range (log ranges on a log scale), categories to another choice (NePS's defaults);
+  probability `mutation_rate` (at least one), numbers from a normal of std `mutation_std`
+  around it in the normalised range (log ranges on a log scale), categories to another choice
+  (NePS's defaults), redrawn (up to 20 times) while a trial has tried that point already;
 - a uniform draw is Optuna's RandomSampler.
 
 Everything goes through `sample_independent`, Optuna's public per-parameter hook: the point of
@@ -95,29 +96,40 @@ class PriorSampler(optuna.samplers.BaseSampler):
         return self._points[trial.number]
 
     def _choose(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        tried = [t.params for t in study.get_trials(deepcopy=False)
-                 if t.number != trial.number and t.state != TrialState.WAITING]
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        tried = [t.params for t in trials if t.state != TrialState.WAITING]
         for i in self._order:
             if not any(_same(self.known[i], p) for p in tried):
-                return {"kind": "known", "params": self.known[i]}
-        return {"kind": "mutation", "around": self.known[self._rng.randint(len(self.known))], "params": {}}
+                return self.known[i]
+        # a mutation that no trial has tried (in up to 20 draws), over the distributions seen
+        distributions = {k: d for t in trials for k, d in t.distributions.items()}
+        for _ in range(20):
+            around = self.known[self._rng.randint(len(self.known))]
+            moved = [k for k in around if k in distributions and contains(distributions[k], around[k])]
+            forced = moved[self._rng.randint(len(moved))] if moved else None  # at least one moves
+            point = {k: self._mutate(v, distributions[k], k == forced) if k in moved else v for k, v in around.items()}
+            if not any(_same(point, p) for p in tried):
+                break
+        return point
 
     def sample_independent(self, study, trial, param_name: str, param_distribution: BaseDistribution) -> Any:
         point = self._point(study, trial)
-        if point is not None and point["kind"] == "mutation" and param_name in point["around"]:
-            point["params"].setdefault(param_name, self._mutate(point["around"][param_name], param_distribution))
-        value = point["params"].get(param_name) if point is not None else None
+        value = point.get(param_name) if point is not None else None
         if value is not None and contains(param_distribution, value):
             return value
         return self._uniform.sample_independent(study, trial, param_name, param_distribution)
 
-    def _mutate(self, value: Any, d: BaseDistribution) -> Any:
-        if not contains(d, value) or self._rng.rand() >= self.mutation_rate:
+    def _mutate(self, value: Any, d: BaseDistribution, force: bool = False) -> Any:
+        if not force and self._rng.rand() >= self.mutation_rate:
             return value
         if isinstance(d, CategoricalDistribution):
             others = [c for c in d.choices if c != value]
             return others[self._rng.randint(len(others))] if others else value
-        return _from_normalised(_normalised(value, d) + self._rng.normal(0.0, self.mutation_std), d)
+        for _ in range(10):  # a number moved by less than its step stays: draw again
+            moved = _from_normalised(_normalised(value, d) + self._rng.normal(0.0, self.mutation_std), d)
+            if moved != value or not force:
+                return moved
+        return moved
 
     def before_trial(self, study, trial) -> None:
         self._uniform.before_trial(study, trial)

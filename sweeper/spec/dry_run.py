@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 import optuna
 
@@ -28,7 +29,7 @@ def sample_configs(spec: SweepSpec, n: int = N_SAMPLES) -> list[dict]:
     return out
 
 
-def describe(spec: SweepSpec, workers: int = 1) -> str:
+def describe(spec: SweepSpec, workers: int = 1, known: Sequence[dict] = ()) -> str:
     s = spec.search
     sampler = spec.sampler()
     mf = f" (multi-fidelity, n_min {sampler.n_min})" if isinstance(sampler, MultiFidelitySampler) else ""
@@ -51,10 +52,12 @@ def describe(spec: SweepSpec, workers: int = 1) -> str:
               f"  {k}: mmcls's [30, 60, 90] of 100 epochs, scaled to train.epochs" for k, v in spec.fixed.items()]
     if spec.enqueue and spec.enqueues:
         lines.append(f"enqueued first: {len(spec.enqueue)}")
-    elif spec.enqueue:
+    if known and spec.enqueues:
+        lines.append(f"queued first from search.prior ({', '.join(spec.search.prior.studies)}): {len(known)}")
+    if not spec.enqueues and (spec.enqueue or known):
         share = spec.search.sampler.options.get("uniform_share", 0.5)
-        lines.append(f"prior: {len(spec.enqueue)} known configurations (enqueue), then mutations of them; "
-                     f"{share:.0%} of the trials uniform")
+        lines.append(f"prior: {len(spec.enqueue)} known configurations from enqueue, {len(known)} from "
+                     f"search.prior; then mutations of them; {share:.0%} of the trials uniform")
     if (plan := spec.screen_plan(workers)) is not None:
         budget = spec.search_budget_epochs
         lines.append(f"screen ({workers} worker(s)): {plan.describe()}"

@@ -25,6 +25,7 @@ from sweeper.spec.data_spec import DATA_KEYS, DataSpec, parse_data
 from sweeper.spec.budget import Recheck, check_fits, parse_budget, parse_recheck, recheck_epochs
 from sweeper.spec.knobs import BY_NAME, BY_PATH, DEFAULTS, KNOBS
 from sweeper.spec.policies import BUILTIN_POLICIES, OPERATIONS
+from sweeper.spec.prior import PriorStudies, parse_prior
 from sweeper.spec.space import CategoricalParam, FloatParam, SearchSpace
 from sweeper.spec.space_yaml import as_number, did_you_mean, parse_enqueue, parse_space
 from sweeper.spec.tracking import parse_section
@@ -32,7 +33,7 @@ from sweeper.spec.yaml_file import read_yaml
 
 OBJECTIVES = ("val_acc", "val_balanced_acc", "val_top5")
 TOP_KEYS = ("study", "data", "model", "train", "search", "space", "augment_policies", "enqueue", "logging")
-SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget", "recheck")
+SEARCH_KEYS = ("n_trials", "timeout", "sampler", "pruner", "objective", "value", "budget", "recheck", "prior")
 VALUE_MODES = ("last", "best")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -49,6 +50,7 @@ class SearchSpec:
     value: str = "last"  # the value told to the study: the last epoch's or the best epoch's
     budget_epochs: int | None = None  # epochs trained across all trials before the sweep stops
     recheck: Recheck | None = None  # the best configurations retrained with more seeds at the end
+    prior: PriorStudies | None = None  # earlier studies whose best configurations are known ones
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def _parse_search(raw: Any, problems: Problems) -> SearchSpec:
         except ValueError as exc:
             problems.append(("search.pruner", str(exc)))
     return SearchSpec(n, timeout, sampler or defaults.sampler, pruner or defaults.pruner, objective,
-                      value, parse_budget(raw.get("budget"), problems), parse_recheck(raw.get("recheck"), problems))
+                      value, parse_budget(raw.get("budget"), problems), parse_recheck(raw.get("recheck"), problems),
+                      parse_prior(raw.get("prior"), problems, validate_study_name))
 
 
 def _check_values(values: dict[str, list[tuple[str, Any]]], policies: dict, problems: Problems) -> None:

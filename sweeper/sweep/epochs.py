@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.search.asha import reached
+from sweeper import store
+from sweeper.search.asha import PART_VALUES, reached
 
 RESUMED_AFTER = "resumed_after_epoch"
 
@@ -46,3 +47,9 @@ def summary(trials: list[FrozenTrial], budget: int | None = None) -> str:
     of = f" of a budget of {budget}" if budget else ""
     return (f"epochs: {trained(trials):g} trained{of}, {saved(trials)} saved by pruning and pausing, "
             f"{retrained(trials)} retrained")
+
+
+def record_part(trial, at: float, value: float) -> None:
+    """A part-epoch rung's value (Optuna's steps are whole epochs): in user attribute PART_VALUES."""
+    parts = {**trial.user_attrs.get(PART_VALUES, {}), f"{at:g}": value}
+    store.retrying(lambda: trial.set_user_attr(PART_VALUES, parts))

@@ -24,26 +24,18 @@ from optuna.trial import TrialState
 
 from sweeper import artifacts, store
 from sweeper.artifacts import ArtifactStore
-from sweeper.search.asha import PART_VALUES, PAUSED, AshaPruner
+from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep import checkpoints, epochs, recovery, reserve, tracking, worker_handle
 from sweeper.sweep.fork_server import Launcher
+from sweeper.sweep.options import Options
 from sweeper.sweep.progress import SweepProgress
 from sweeper.sweep.promotion import Promotions, Waiting
 from sweeper.sweep.scheduler import SweepSource, TrialSource, failing_if_unstarted
 from sweeper.sweep.sharing import ALONE, Sharing
 from sweeper.sweep.worker_handle import Running, Slot
 from sweeper.train import resume
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    max_retry: int = 1  # times a lost or interrupted trial's params are queued again
-    trial_timeout: float | None = None  # seconds without an epoch before a worker is killed
-    keep_checkpoints: int = 3  # best completed trials that keep checkpoint.pth
-    heartbeat: float = 10.0  # seconds between heartbeats
-    logging: tuple[str, ...] = ()  # trackers beside the store: tensorboard, mlflow (tracking.py)
-
 
 class Orchestrator:
     def __init__(self, spec: SweepSpec | None, study: optuna.Study, slots: list[Slot], data_cache: Path,
@@ -196,14 +188,11 @@ class Orchestrator:
             run.last_epoch = time.monotonic()
             run.report_seconds.append(run.last_epoch - run.last_event)
         elif kind == "eval" and event.get("decide"):  # a part-epoch rung (screen.py): pause or go on
-            value, at = event[run.config.objective], event["epoch"]
-            parts = {**run.trial.user_attrs.get(PART_VALUES, {}), f"{at:g}": value}
-            store.retrying(lambda: run.trial.set_user_attr(PART_VALUES, parts))
-            run.last_value, run.epochs_run = value, at
-            self.progress.epoch(run.trial.number, at, value)
-            run.pausing = bool(self.asha and run.prunable and not self.interrupts
-                               and not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE)
-                               and not self.asha.promotable(run.trial.number, at, self.budget.trials()))
+            run.last_value, run.epochs_run = event[run.config.objective], event["epoch"]
+            epochs.record_part(run.trial, run.epochs_run, run.last_value)
+            self.progress.epoch(run.trial.number, run.epochs_run, run.last_value)
+            run.pausing = (not self.interrupts and not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE)
+                           and self._waits_at_rung(run, run.epochs_run, self.budget.trials()))
             run.reply("stop" if run.pausing or self.interrupts else "continue")
         elif kind == "stored":
             run.record_stored(self.study, event["files"])
@@ -237,12 +226,14 @@ class Orchestrator:
             run.outcome = (TrialState.PRUNED, f"budget kept for trial {kept.trial}")
         elif self.budget.epochs_spent(trials, deciding=run.trial.number):
             run.outcome = (TrialState.PRUNED, "epoch budget spent")
-        elif (self.asha and run.prunable and epoch in self.asha.rungs(run.config.epochs)
-              and not self.asha.promotable(run.trial.number, epoch, trials)):
+        elif self._waits_at_rung(run, epoch, trials):
             run.pausing = True
         else:
             return False
         return True
+
+    def _waits_at_rung(self, run: Running, epoch: float, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        return run.prunable and self.promotions.waits(run.trial.number, epoch, run.config.epochs, trials)
 
     def _drop(self, run: Running) -> None:  # another orchestrator finished its trial: stop it, carry on
         if run.drop():

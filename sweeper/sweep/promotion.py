@@ -81,6 +81,10 @@ class Promotions:
                            if self.asha.promotable(w.trial.number, w.epochs_run, trials)), None)
         return self._take(chosen)
 
+    def waits(self, number: int, epoch: float, epochs: int, trials: list[FrozenTrial]) -> bool:
+        """Does trial `number`, at `epoch` of `epochs`, pause there (a rung it does not pass yet)?"""
+        return bool(self.asha and epoch in self.asha.rungs(epochs) and not self.asha.promotable(number, epoch, trials))
+
     def last_chance(self, trials: list[FrozenTrial]) -> Waiting | None:
         """The sweep is ending (n_trials reached, grid done) with no COMPLETE trial: the paused
         trial highest through the rungs is finished rather than pruned (reserve.py)."""

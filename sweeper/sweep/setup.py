@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
 import optuna
@@ -121,9 +121,11 @@ def prefetch_hub_weights(spec: SweepSpec) -> None:
             raise SpecError(spec.source, [("model.pretrained", str(exc))]) from None
 
 
-def create_study(spec: SweepSpec, storage, storage_url: str, workers: int = 1) -> optuna.Study:
-    """Create or resume the study and queue the known configurations (each only once); a
-    screen pruner gets its plan (the pool that fits the budget with `workers` in parallel)."""
+def create_study(spec: SweepSpec, storage, storage_url: str, workers: int = 1,
+                 known: Sequence[dict[str, Any]] = ()) -> optuna.Study:
+    """Create or resume the study and queue the known configurations (enqueue's, then `known`:
+    search.prior's, as Optuna stores them; each only once), or hand them to the prior sampler;
+    a screen pruner gets its plan (the pool that fits the budget with `workers` in parallel)."""
     study = store.retrying(lambda: optuna.create_study(
         storage=storage, study_name=spec.study, direction="maximize", sampler=spec.sampler(),
         pruner=spec.pruner(), load_if_exists=True))
@@ -132,12 +134,12 @@ def create_study(spec: SweepSpec, storage, storage_url: str, workers: int = 1) -
     with store.budget_lock(storage, storage_url, spec.study):
         runs = study.user_attrs.get("runs", 0)
         store.retrying(lambda: study.set_user_attr("runs", runs + 1))
-    study.sampler = spec.sampler(seed_offset=runs)
+    study.sampler = spec.sampler(seed_offset=runs, known=known)
     store.retrying(lambda: study.set_user_attr("objective", spec.search.objective))
     store.retrying(lambda: study.set_user_attr("value", spec.search.value))
-    for params in spec.enqueue if spec.enqueues else ():
-        store.retrying(lambda: study.enqueue_trial(spec.space.to_optuna_params(params),
-                                                   skip_if_exists=True))
+    queued = [*map(spec.space.to_optuna_params, spec.enqueue), *known] if spec.enqueues else []
+    for params in queued:
+        store.retrying(lambda: study.enqueue_trial(params, skip_if_exists=True))
     if isinstance(study.pruner, ScreenPruner):
         study.pruner.plan = spec.screen_plan(workers)
     return study

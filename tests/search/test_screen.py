@@ -140,7 +140,7 @@ def test_dry_run_prints_the_plan(tmp_path, colour_folder):
     result = CliRunner().invoke(app, ["run", "--space", str(write_space(tmp_path / "s.yaml", doc)),
                                       "--workers", "2", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "prior: 2 known configurations (enqueue)" in result.output
+    assert "prior: 2 known configurations from enqueue, 0 from search.prior" in result.output
     assert "pool 11; 11 trial(s) epochs 0->1 (11); 3 trial(s) epochs 1->3 (6); 1 trial(s) epochs 3->8 (5); " \
            "22 epochs in all of a budget of 24" in result.output
     assert not (tmp_path / "studies.db").exists()
@@ -203,3 +203,53 @@ def test_a_half_epoch_first_rung_pauses_trials_mid_epoch_and_resumes_the_best_th
     assert best == 0 and done[0].user_attrs["pauses"] == [0.5]
     assert "Resumed after step" in (tmp_path / "trials/half/0/log.txt").read_text()
     assert "trial 0: promoted at rung 0.5; resumed" in out
+
+
+@pytest.mark.slow
+def test_an_earlier_studys_best_configurations_are_the_prior_of_the_next(colour_folder, tmp_path):
+    first = tiny_space(colour_folder, study="before", train={"epochs": 1, "batch_size": 8},
+                       search={"n_trials": 3, "sampler": {"name": "random", "seed": 0}},
+                       space={"lr": [1.0e-6, 0.05, 0.02], "frozen_stages": [-1, 1]})
+    code, out = finish(start(tmp_path, "--space", str(write_space(tmp_path / "first.yaml", first))))
+    assert code == 0, out
+    ranked = sorted(trials(tmp_path, "before"), key=lambda t: (-t.value, t.number))
+    # the next study searches lr and batch_size: frozen_stages is left out, batch_size drawn
+    nxt = tiny_space(colour_folder, study="after", train={"epochs": 1},
+                     search={"n_trials": 3, "sampler": {"name": "prior", "seed": 0, "uniform_share": 0.0},
+                             "prior": {"studies": ["before"], "top": 2}},
+                     space={"lr": [1.0e-6, 0.05, 0.02], "batch_size": [4, 8]})
+    path = str(write_space(tmp_path / "next.yaml", nxt))
+    dry = CliRunner().invoke(app, ["run", "--space", path, "--storage", f"sqlite:///{tmp_path}/studies.db",
+                                   "--dry-run"])
+    assert dry.exit_code == 0 and "2 from search.prior" in dry.output, dry.output
+    code, out = finish(start(tmp_path, "--space", path))
+    assert code == 0, out
+    assert "search.prior: before's frozen_stages not searched here: left out" in out
+    assert "search.prior: 2 configuration(s) from before" in out
+    after = trials(tmp_path, "after")
+    assert sorted(t.params["lr"] for t in after[:2]) == sorted(t.params["lr"] for t in ranked[:2])
+    assert after[2].params["lr"] not in {t.params["lr"] for t in after[:2]}  # then a mutation, not a repeat
+
+
+@pytest.mark.parametrize("prior, message", [
+    ({"studies": ["nowhere"]}, "search.prior.studies[0]: no study 'nowhere'"),
+    ({"studies": ["before"], "top": 0}, "search.prior.top: must be an integer >= 1"),
+    ({"studies": "before"}, "search.prior.studies: must be a non-empty list"),
+    ({"study": ["before"]}, "search.prior: must be {studies: [NAME, ...], top: K}"),
+])
+def test_a_bad_prior_names_the_key_and_leaves_the_store_untouched(prior, message, tmp_path, colour_folder):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    optuna.create_study(storage=url, study_name="before")  # an empty study: no trial
+    doc = tiny_space(colour_folder, study="after", search={"prior": prior})
+    result = CliRunner().invoke(app, ["run", "--space", str(write_space(tmp_path / "s.yaml", doc)), "--storage", url])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["before"]
+
+
+def test_a_prior_study_without_a_complete_trial_is_refused(tmp_path, colour_folder):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    optuna.create_study(storage=url, study_name="before")
+    doc = tiny_space(colour_folder, study="after", search={"prior": {"studies": ["before"]}})
+    result = CliRunner().invoke(app, ["run", "--space", str(write_space(tmp_path / "s.yaml", doc)), "--storage", url])
+    assert result.exit_code == 2 and "search.prior.studies[0]: study 'before' has no COMPLETE trial" in result.output
