@@ -73,10 +73,10 @@ class Orchestrator:
     def _out_of_budget(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         return bool(self.interrupts) or self.budget.out(trials)
 
-    def _kept_for(self, trial: optuna.Trial) -> None:
+    def _kept_for(self, trial: optuna.Trial, why: str = reserve.KEPT) -> None:
         if not trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
-            store.retrying(lambda: trial.set_user_attr(reserve.FINISHED_BY_RESERVE, True))
-            self.progress.message(f"trial {trial.number}: the rest of the budget is kept to finish it")
+            store.retrying(lambda: trial.set_user_attr(reserve.FINISHED_BY_RESERVE, why))
+            self.progress.message(f"trial {trial.number}: {why}")
 
     def _claim(self, trials: list[optuna.trial.FrozenTrial]) -> tuple[optuna.Trial, TrialConfig] | None:
         if self._out_of_budget(trials):
@@ -94,10 +94,11 @@ class Orchestrator:
                                       lambda t: not self.sharing.busy_for(t, slot, self.running))
 
     def _last_chance(self) -> Waiting | None:
-        trials = self.budget.trials()
-        if not self.asha or self.interrupts or (chosen := self.promotions.last_chance(trials)) is None:
-            return None
-        self._kept_for(optuna.Trial(self.study, chosen.trial._trial_id))
+        if not self.asha or self.interrupts or (chosen := self.promotions.last_chance(self.budget.trials())) is None:
+            return None  # else the paused trial highest through the rungs is finished, saying why
+        trial, why = optuna.Trial(self.study, chosen.trial._trial_id), Promotions.why_last(chosen, self.spec.search.objective)
+        store.retrying(lambda: trial.set_user_attr("reason", why))  # shown by `sweeper trials` and `show`
+        self._kept_for(trial, why)
         return chosen
 
     def _pause(self, run: Running) -> None:
@@ -211,8 +212,7 @@ class Orchestrator:
         """After a non-final epoch: does the trial stop (outcome set) or pause (run.pausing)?"""
         if run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
             return False  # the reserve took it: it trains to its last epoch
-        # one read decides it all, and none where neither the budget nor asha decides (an
-        # Optuna pruner reads the trials itself)
+        # one read decides all that follows; none where only an Optuna pruner decides (it reads its own)
         trials = self.budget.trials() if self.budget.active or self.asha else []
         kept = self.budget.reserve(trials, deciding=run.trial.number)
         mine = kept is not None and kept.trial == run.trial.number

@@ -85,12 +85,18 @@ class Promotions:
 
     def last_chance(self, trials: list[FrozenTrial]) -> Waiting | None:
         """The sweep is ending (n_trials reached, grid done) with no COMPLETE trial: the paused
-        trial highest through the rungs is finished rather than pruned (reserve.py)."""
+        trial highest through the rungs is finished rather than pruned (reserve.py); `why_last` says so."""
         if any(t.state == TrialState.COMPLETE for t in trials):
             return None
         kept = reserve.plan(trials, budget=0)
         chosen = next((w for w in self.waiting(trials) if kept and w.trial.number == kept.trial), None)
         return self._take(chosen)
+
+    @staticmethod
+    def why_last(chosen: Waiting, objective: str) -> str:
+        value = f", {objective} {chosen.last_value:.4f}" if chosen.last_value is not None else ""
+        return (f"finished rather than pruned: the sweep ended with no COMPLETE trial, and it is the "
+                f"paused trial highest through the rungs (epoch {chosen.epochs_run}{value})")
 
     def _take(self, chosen: Waiting | None) -> Waiting | None:
         """Claim the trial and read its configuration; a store that does not answer leaves it
