@@ -167,15 +167,17 @@ def test_tpe_lies_about_pending_trials_by_default():
 
 @pytest.mark.parametrize("name", ["tpe", "gp"])
 def test_a_trial_training_now_is_pending_in_the_view(tmp_path, name):
-    def ask(path, pending):
+    # trials training where the sampler would look next (RUNNING) move its next suggestion
+    # (TPE's liars, GP's pending points); failed there (no model reads FAIL), they do not
+    def ask(path, state=None, lr=None):
         study = paused_study(path, create_sampler(Named(name, {"seed": 0}), dict, dimensions=1))
-        if pending:
-            trial = study.ask()
-            trial.suggest_float("lr", 1e-4, 1.0, log=True)  # training, no epoch reported yet
+        if state is not None:
+            study.add_trials([create_trial(state=state, params={"lr": lr}, distributions={"lr": LR})] * 4)
         return study.ask().suggest_float("lr", 1e-4, 1.0, log=True)
 
-    assert ask(tmp_path / "a", pending=False) == ask(tmp_path / "b", pending=False)
-    assert ask(tmp_path / "a2", pending=False) != ask(tmp_path / "c", pending=True)
+    first = ask(tmp_path / "a")
+    assert ask(tmp_path / "b", TrialState.FAIL, first) == first
+    assert ask(tmp_path / "c", TrialState.RUNNING, first) != first
 
 
 def test_the_view_holds_every_trial_number_in_the_state_the_model_sees(tmp_path):
