@@ -13,11 +13,13 @@ points); paused, pruned or complete trials below it are left out. Until `n_min` 
 reported an epoch, sampling is random.
 
 The base sampler sees this as a study of its own, built per ask through Optuna's public API (a
-fresh in-memory study filled with `create_trial` copies, as Optuna's Hyperband gives each
-bracket a study): no private attribute of Optuna is read or replaced. What that relies on is
-pinned by tests/search/test_multi_fidelity.py (a fresh InMemoryStorage numbers trials from 0;
-WAITING trials hold back the intersection search space's cursor and no model reads them; the
-liar and GP write through the trial passed in; TPE's `constant_liar` defaults to True).
+fresh in-memory study filled with `create_trial` copies): no private attribute of Optuna is
+read or replaced. What that relies on is pinned by tests/search/test_multi_fidelity.py (a
+fresh InMemoryStorage numbers trials from 0; WAITING trials hold back the intersection search
+space's cursor and no model reads them; the liar and GP write through the trial passed in;
+TPE's `constant_liar` defaults to True). The base keeps its intersection search space across
+asks, and it only shrinks: a trial that leaves the view as the modelled epoch rises keeps
+narrowing it, as a finished trial does in any Optuna study.
 """
 
 from __future__ import annotations
