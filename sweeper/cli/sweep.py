@@ -144,8 +144,8 @@ def summary(study, objective: str, seconds: float, budget_epochs: int | None = N
     line = (f"study {study.study_name}: {len(trials)} trials "
             f"({count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
             f"{count[TrialState.FAIL]} failed) after {seconds:.0f} s\n{epochs.summary(trials, budget_epochs)}")
-    for number in reserve.finished_by_reserve(trials):
-        line += f"\nthe budget's reserve finished trial {number}"
+    for number, why in reserve.finished_by_reserve(trials):
+        line += f"\nthe budget's reserve finished trial {number}" if why == reserve.KEPT else f"\ntrial {number} {why}"
     if count[TrialState.COMPLETE]:
         best = study.best_trial
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())

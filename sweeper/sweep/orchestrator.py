@@ -65,13 +65,12 @@ class Orchestrator:
     def _out_of_budget(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
         return bool(self.interrupts) or self.budget.out(trials)
 
-    def _kept_for(self, trial: optuna.Trial) -> None:
+    def _kept_for(self, trial: optuna.Trial, why: str = reserve.KEPT) -> None:
         if not trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
-            store.retrying(lambda: trial.set_user_attr(reserve.FINISHED_BY_RESERVE, True))
-            self.progress.message(f"trial {trial.number}: the rest of the budget is kept to finish it")
+            store.retrying(lambda: trial.set_user_attr(reserve.FINISHED_BY_RESERVE, why))
+            self.progress.message(f"trial {trial.number}: {why}")
 
-    def _claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        trials = self.budget.trials()
+    def _claim(self, trials: list[optuna.trial.FrozenTrial]) -> tuple[optuna.Trial, TrialConfig] | None:
         if self._out_of_budget(trials):
             return None
         kept = self.budget.reserve(trials)
@@ -79,19 +78,19 @@ class Orchestrator:
             return None
         return self.source.claim()
 
-    def _promotable(self, slot: Slot) -> Waiting | None:
+    def _promotable(self, slot: Slot, trials: list[optuna.trial.FrozenTrial]) -> Waiting | None:
         """A paused trial to promote now (promotion.py); one that trains alone waits for a free device."""
         if not self.asha or self.interrupts:
             return None
-        trials = self.budget.trials()
         return self.promotions.choose(trials, self.budget.reserve(trials), self._out_of_budget(trials),
                                       lambda t: not self.sharing.busy_for(t, slot, self.running))
 
     def _last_chance(self) -> Waiting | None:
-        trials = self.budget.trials()
-        if not self.asha or self.interrupts or (chosen := self.promotions.last_chance(trials)) is None:
-            return None
-        self._kept_for(optuna.Trial(self.study, chosen.trial._trial_id))
+        if not self.asha or self.interrupts or (chosen := self.promotions.last_chance(self.budget.trials())) is None:
+            return None  # else the paused trial highest through the rungs is finished, saying why
+        trial, why = optuna.Trial(self.study, chosen.trial._trial_id), Promotions.why_last(chosen, self.spec.search.objective)
+        store.retrying(lambda: trial.set_user_attr("reason", why))  # shown by `sweeper trials` and `show`
+        self._kept_for(trial, why)
         return chosen
 
     def _pause(self, run: Running) -> None:
@@ -212,7 +211,8 @@ class Orchestrator:
         """After a non-final epoch: does the trial stop (outcome set) or pause (run.pausing)?"""
         if run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
             return False  # the reserve took it: it trains to its last epoch
-        trials = self.budget.trials()
+        # one read decides all that follows; none where only an Optuna pruner decides (it reads its own)
+        trials = self.budget.trials() if self.budget.active or self.asha else []
         kept = self.budget.reserve(trials, deciding=run.trial.number)
         mine = kept is not None and kept.trial == run.trial.number
         if mine and kept.room < 1:  # the reserve trains it to its last epoch
@@ -359,9 +359,9 @@ class Orchestrator:
                     self._launch(slot, held.trial, held.config, held.asked)
                 elif not self.sharing.may_start(slot, self.running):
                     continue  # its device is kept for a trial that trains alone
-                elif (promoted := self._promotable(slot)) is not None:  # before any new trial
-                    self._resume_paused(slot, promoted)
-                elif (claimed := self._claim()) is not None:
+                elif (promoted := self._promotable(slot, trials := self.budget.trials())) is not None:
+                    self._resume_paused(slot, promoted)  # before any new trial
+                elif (claimed := self._claim(self.budget.trials() if self.promotions.touched else trials)) is not None:
                     if not self.sharing.hold(slot, *claimed, asked, self.running):
                         self._launch(slot, *claimed, asked)
             if not self.running:

@@ -45,6 +45,7 @@ class Promotions:
         self.study, self.storage_url, self.trials_root = study, storage_url, trials_root
         self.data_cache, self.artifact_store, self.heartbeat = data_cache, artifact_store, heartbeat
         self.asha = asha
+        self.touched = False  # the last choose() tried a claim: the trials it was given are stale
 
     def _resumable_here(self, trial: FrozenTrial) -> bool:
         if self.artifact_store is not None and trial.user_attrs.get(artifacts.KEY):
@@ -69,6 +70,7 @@ class Promotions:
         """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
         at its rung (higher rungs first), while the budget has room for it. Claimed: None when
         another orchestrator took it first."""
+        self.touched = False
         waiting = [w for w in self.waiting(trials) if free(w.trial)]
         if not waiting:
             return None
@@ -87,17 +89,26 @@ class Promotions:
 
     def last_chance(self, trials: list[FrozenTrial]) -> Waiting | None:
         """The sweep is ending (n_trials reached, grid done) with no COMPLETE trial: the paused
-        trial highest through the rungs is finished rather than pruned (reserve.py)."""
+        trial highest through the rungs is finished rather than pruned (reserve.py); `why_last` says so."""
         if any(t.state == TrialState.COMPLETE for t in trials):
             return None
         kept = reserve.plan(trials, budget=0)
         chosen = next((w for w in self.waiting(trials) if kept and w.trial.number == kept.trial), None)
         return self._take(chosen)
 
+    @staticmethod
+    def why_last(chosen: Waiting, objective: str) -> str:
+        value = f", {objective} {chosen.last_value:.4f}" if chosen.last_value is not None else ""
+        return (f"finished rather than pruned: the sweep ended with no COMPLETE trial, and it is the "
+                f"paused trial highest through the rungs (epoch {chosen.epochs_run}{value})")
+
     def _take(self, chosen: Waiting | None) -> Waiting | None:
         """Claim the trial and read its configuration; a store that does not answer leaves it
         paused for later (or for another orchestrator)."""
-        if chosen is None or not self.claim(chosen.trial):
+        if chosen is None:
+            return None
+        self.touched = True
+        if not self.claim(chosen.trial):
             return None
         try:
             return dataclasses.replace(chosen, config=self.config(chosen.trial))

@@ -37,7 +37,8 @@ from sweeper.sweep import epochs
 from sweeper.sweep.recovery import RECHECK_OF
 from sweeper.spec.sweep_spec import SweepSpec
 
-FINISHED_BY_RESERVE = "finished_by_reserve"  # user attribute: the reserve promoted or kept it going
+FINISHED_BY_RESERVE = "finished_by_reserve"  # user attribute, why the reserve promoted or kept it going
+KEPT = "the rest of the budget is kept to finish it"  # its value under the epoch budget (older studies: True)
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,10 @@ def tightest(trials: Sequence[FrozenTrial], budget_epochs: int | None, seconds_l
     return min((p for p in plans if p is not None), key=lambda p: p.room, default=None)
 
 
-def finished_by_reserve(trials: Sequence[FrozenTrial]) -> list[int]:
-    return [t.number for t in trials if t.user_attrs.get(FINISHED_BY_RESERVE)]
+def finished_by_reserve(trials: Sequence[FrozenTrial]) -> list[tuple[int, str]]:
+    """(number, why) of each trial the reserve took."""
+    return [(t.number, why if isinstance(why := t.user_attrs[FINISHED_BY_RESERVE], str) else KEPT)
+            for t in trials if t.user_attrs.get(FINISHED_BY_RESERVE)]
 
 
 def in_flight(trials: Sequence[FrozenTrial], deciding: int | None = None) -> int:

@@ -6,7 +6,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from processes import finish, start, trials
+from typer.testing import CliRunner
 
+from sweeper.cli import app
 from sweeper.search.asha import PAUSED
 from sweeper.sweep import reserve
 from sweeper.testing import tiny_space, write_space
@@ -166,4 +168,14 @@ def test_a_sweep_that_ends_with_every_trial_paused_finishes_the_best_one(colour_
     best, other = sorted((first, second), key=lambda t: -t.intermediate_values[1])
     assert best.state == TrialState.COMPLETE and sorted(best.intermediate_values) == [1, 2, 3]
     assert other.state == TrialState.PRUNED and other.user_attrs["reason"] == "not promoted at rung 1"
-    assert f"the budget's reserve finished trial {best.number}" in out
+    # the output, the summary, `sweeper trials` and `sweeper show` name the trial and say why
+    why = ("finished rather than pruned: the sweep ended with no COMPLETE trial, and it is the paused "
+           f"trial highest through the rungs (epoch 1, val_acc {best.intermediate_values[1]:.4f})")
+    assert f"trial {best.number}: {why}" in out and f"trial {best.number} {why}" in out
+    assert "budget" not in out  # no budget here: the old message blamed it
+    assert best.user_attrs["reason"] == why
+    db = ["--study", "last", "--storage", f"sqlite:///{tmp_path}/studies.db"]
+    table = CliRunner().invoke(app, ["trials", *db], terminal_width=400)
+    assert table.exit_code == 0 and "finished rather than pruned: the sweep ended with no COMPLETE" in table.output
+    shown = CliRunner().invoke(app, ["show", *db, "--trial", str(best.number)])
+    assert shown.exit_code == 0 and f"trial {best.number}: COMPLETE {best.value:.4f} ({why})" in shown.output
