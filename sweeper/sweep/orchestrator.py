@@ -191,7 +191,8 @@ class Orchestrator:
             epochs.record_part(run.trial, run.epochs_run, run.last_value)
             self.progress.epoch(run.trial.number, run.epochs_run, run.last_value)
             run.pausing = (not self.interrupts and not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE)
-                           and self._waits_at_rung(run, run.epochs_run, self.budget.trials()))
+                           and run.prunable and self.promotions.waits(run.trial.number, run.epochs_run,
+                                                                      run.config.epochs, self.budget.trials()))
             run.reply("stop" if run.pausing or self.interrupts else "continue")
         elif kind == "stored":
             run.record_stored(self.study, event["files"])
@@ -226,14 +227,11 @@ class Orchestrator:
             run.outcome = (TrialState.PRUNED, f"budget kept for trial {kept.trial}")
         elif self.budget.epochs_spent(trials, deciding=run.trial.number):
             run.outcome = (TrialState.PRUNED, "epoch budget spent")
-        elif self._waits_at_rung(run, epoch, trials):
+        elif run.prunable and self.promotions.waits(run.trial.number, epoch, run.config.epochs, trials):
             run.pausing = True
         else:
             return False
         return True
-
-    def _waits_at_rung(self, run: Running, epoch: float, trials: list[optuna.trial.FrozenTrial]) -> bool:
-        return run.prunable and self.promotions.waits(run.trial.number, epoch, run.config.epochs, trials)
 
     def _drop(self, run: Running) -> None:  # another orchestrator finished its trial: stop it, carry on
         if run.drop():
