@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay  # benchmarks/replay.py
 from curves import FIELDS  # benchmarks/curves.py: the table's columns
-from search import SIDES, manual_configs, space_doc  # benchmarks/search.py: the strategies' space files
+from search import KNOWN_IN_POOL, SIDES, manual_configs, space_doc  # benchmarks/search.py: the strategies' space files
 
 
 def real_run(folder: Path, data: Path, strategy: str, seed: int, budget: int, workers: int, model: str = "test_resnet",
@@ -47,6 +47,8 @@ def real_run(folder: Path, data: Path, strategy: str, seed: int, budget: int, wo
         doc["train"]["precision"] = "fp32"
     _, sampler, pruner = SIDES[strategy]
     doc["search"].update(sampler={**sampler, "seed": seed}, pruner=pruner)
+    if strategy in KNOWN_IN_POOL:
+        doc["enqueue"] = manual_configs(epochs)[:4]
     from sweeper.testing import write_space
 
     space = write_space(folder / "real.yaml", doc)
@@ -85,7 +87,8 @@ def as_table(trials: list, path: Path) -> replay.Table:
             seconds = ({float(r["epoch"]): float(r["seconds"]) for r in csv.DictReader(open(metrics))}
                        if metrics.is_file() else {})
             total = 0.0
-            for epoch, value in sorted(t.intermediate_values.items()):
+            parts = {float(k): v for k, v in t.user_attrs.get("part_values", {}).items()}  # rung 0.5
+            for epoch, value in sorted({**t.intermediate_values, **parts}.items()):
                 total += seconds.get(epoch, 1.0)
                 w.writerow({"config": t.number, "origin": "real", "seed": 0, **params,
                             "milestones": json.dumps(params.get("milestones", "")), "epoch": epoch,

@@ -50,7 +50,7 @@ def test_two_simulated_workers_interleave_by_the_table_s_seconds():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,budget", [("random + asha", 8), ("tpe + asha (mf)", 10)])
+@pytest.mark.parametrize("strategy,budget", [("random + asha", 8), ("tpe + asha (mf)", 10), ("screen (prior, 1/2)", 6)])
 def test_one_worker_replay_decides_as_the_real_run_it_replays(tmp_path, strategy, budget):
     """A real `sweeper run --workers 1`, then a replay of its own curves: the same trials with the
     same values, in the same order, paused, promoted, pruned and finished alike. (A decision the

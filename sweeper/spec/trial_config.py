@@ -87,7 +87,7 @@ class TrialConfig:
     test_fraction: float = 0.0  # the data's test split (data/datasets.py Source)
     data_test: str | None = None
     record_test: bool = False  # score the test split at every validation: for recorded curves only
-    decide_at: tuple[float, ...] = ()  # part-epoch rungs (0.5): validate there and ask the orchestrator to go on
+    decide_at: tuple[float, ...] = ()  # part-epoch rungs (0.5): validate there, ask the orchestrator; a list from JSON
 
     @property
     def mixes(self) -> bool:

@@ -210,4 +210,5 @@ def test_every_resolved_config_reads_back_through_its_checks(tmp_path, schedule,
     again = TrialConfig.from_json(config.to_json())
     assert again.training_fingerprint() == config.training_fingerprint()
     assert dataclasses.asdict(again) == {**dataclasses.asdict(config), "mean": list(config.mean),
-                                         "std": list(config.std), "logging": list(config.logging)}
+                                         "std": list(config.std), "logging": list(config.logging),
+                                         "decide_at": list(config.decide_at)}
