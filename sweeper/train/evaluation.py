@@ -50,12 +50,10 @@ def validation_steps(steps: int, eval_every: float) -> dict[int, float]:
 
 def decision_steps(steps: int, epoch: int, decide_at) -> dict[int, float]:
     """The steps of epoch `epoch` (0-based) after which the orchestrator decides whether the
-    trial goes on (part-epoch rungs, e.g. 0.5), each with its fraction of the epoch."""
-    out = {}
-    for at in decide_at:
-        if int(at) == epoch and 0 < round(steps * (at - epoch)) < steps:
-            out[round(steps * (at - epoch))] = at - epoch
-    return out
+    trial goes on (part-epoch rungs, e.g. 0.5), each with its fraction of the epoch: after that
+    fraction of its steps, at least one (an epoch of one step, a large batch on little data, is
+    judged after it: every trial passes the rung)."""
+    return {max(1, round(steps * (at - epoch))): at - epoch for at in decide_at if int(at) == epoch}
 
 
 def scores(model: nn.Module, loaders, amp: Amp, num_classes: int) -> dict[str, float]:

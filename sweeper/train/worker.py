@@ -194,6 +194,8 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
             part_way = {**eval_steps, **deciding}
             loss_sum = torch.tensor(at.loss_sum, device=device)
             seen = at.seen
+            # resumed after the epoch's last step (a part-epoch rung of a one-step epoch): no step runs
+            lr, ms = optimizer.param_groups[0]["lr"], at.seconds * 1000 / max(1, at.step)
             for step, (x, y) in enumerate(train_loader, start=at.step):
                 set_lr(optimizer, lr_at, epoch, epoch * steps + step)
                 lr = optimizer.param_groups[0]["lr"]  # the head's
@@ -215,7 +217,7 @@ def _train(config: TrialConfig, report: Report, device: torch.device, registered
                     print(f"Epoch:[{epoch + 1:3d}/{config.epochs:3d}], step:[{step + 1:5d}/{steps:5d}], "
                           f"loss:[{loss.item():.3f}/{loss_sum.item() / seen:.3f}], time:{ms:.1f} ms, "
                           f"lr:{lr:.5f}", file=log, flush=True)
-                if step + 1 in part_way and step + 1 < steps:  # part-way through the epoch
+                if step + 1 in deciding or (step + 1 in eval_steps and step + 1 < steps):  # part-way
                     phase.now = "validation"
                     scored = regularizers.validated(model, ema)
                     record = {"epoch": epoch + part_way[step + 1], "train_loss": loss_sum.item() / seen,

@@ -108,3 +108,16 @@ def test_at_a_part_epoch_rung_the_worker_waits_stops_when_told_and_resumes_there
     keys = ("epoch", "train_loss", "val_acc", "lr")
     assert [{k: r[k] for k in keys} for r in _rows(resumed) if r["epoch"] != "0.5"] == \
         [{k: r[k] for k in keys} for r in _rows(whole)]
+
+
+def test_an_epoch_of_one_step_is_judged_after_it_and_resumes_from_its_end(colour_folder, tmp_path):
+    """A large batch on little data: the half-epoch rung sits after the only step (it cannot be
+    skipped, or the trial would pass the rung unjudged); resuming there validates epoch 1."""
+    part = dataclasses.replace(_config(colour_folder, tmp_path, eval_every=1.0, batch_size=256), decide_at=(0.5,))
+    asked = []
+    assert run_trial(part, lambda e: not (e.get("decide") and not asked.append(e["epoch"]))) == "stopped"
+    assert asked == [0.5]
+    resumed = dataclasses.replace(part, resume_from=str(Path(part.trial_dir) / "resume.pt"), resume_trial=0)
+    events = []
+    assert run_trial(resumed, lambda e: events.append(e) or True) == "complete"
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3]
