@@ -146,6 +146,9 @@ def summary(study, objective: str, seconds: float, budget_epochs: int | None = N
             f"{count[TrialState.FAIL]} failed) after {seconds:.0f} s\n{epochs.summary(trials, budget_epochs)}")
     for number, why in reserve.finished_by_reserve(trials):
         line += f"\nthe budget's reserve finished trial {number}" if why == reserve.KEPT else f"\ntrial {number} {why}"
+    if count[TrialState.WAITING]:  # enqueued configurations the budget or n_trials left unstarted
+        line += (f"\n{count[TrialState.WAITING]} queued configuration(s) not started: the next `sweeper run` of "
+                 f"this study starts with them (sampler: prior draws known configurations instead of queueing them)")
     if count[TrialState.COMPLETE]:
         best = study.best_trial
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())

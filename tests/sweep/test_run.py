@@ -229,3 +229,17 @@ def test_timeout_stops_new_trials_and_the_objective_is_what_is_reported(tmp_path
         [float(r["val_top5"]) for r in rows]
     assert [float(r["val_top5"]) for r in rows] != [float(r["val_acc"]) for r in rows]
     assert "val_top5" in result.output
+
+
+def test_queued_configurations_left_unstarted_are_named_in_the_summary(colour_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path / "space.yaml", tiny_space(
+        colour_folder, study="left", train={"epochs": 1, "batch_size": 8},
+        search={"n_trials": 1, "sampler": {"name": "random", "seed": 0}, "pruner": "none"},
+        space={"lr": [0.05, 0.04, 0.03]}, enqueue=[{"lr": 0.05}, {"lr": 0.04}, {"lr": 0.03}]))
+    result = sweep(["--space", str(space)])
+    assert result.exit_code == 0, result.output
+    assert [t.state for t in trials_of("left", tmp_path / "studies.db")] == \
+        [TrialState.COMPLETE, TrialState.WAITING, TrialState.WAITING]
+    assert "2 queued configuration(s) not started: the next `sweeper run` of this study starts with them" \
+        in result.output
