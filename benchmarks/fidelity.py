@@ -34,6 +34,8 @@ import replay  # benchmarks/replay.py
 from curves import FIELDS  # benchmarks/curves.py: the table's columns
 from search import KNOWN_IN_POOL, SIDES, manual_configs, space_doc  # benchmarks/search.py: the strategies' space files
 
+from sweeper.search.asha import curve
+
 
 def real_run(folder: Path, data: Path, strategy: str, seed: int, budget: int, workers: int, model: str = "test_resnet",
              size: int = 16, epochs: int = 3, pretrained: str | bool = False) -> tuple[dict, list, list[tuple]]:
@@ -87,8 +89,7 @@ def as_table(trials: list, path: Path) -> replay.Table:
             seconds = ({float(r["epoch"]): float(r["seconds"]) for r in csv.DictReader(open(metrics))}
                        if metrics.is_file() else {})
             total = 0.0
-            parts = {float(k): v for k, v in t.user_attrs.get("part_values", {}).items()}  # rung 0.5
-            for epoch, value in sorted({**t.intermediate_values, **parts}.items()):
+            for epoch, value in curve(t).items():  # a part-epoch rung's value (0.5) too
                 total += seconds.get(epoch, 1.0)
                 w.writerow({"config": t.number, "origin": "real", "seed": 0, **params,
                             "milestones": json.dumps(params.get("milestones", "")), "epoch": epoch,

@@ -13,6 +13,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.analyze.ranking import Configuration, configurations, has_rechecks
+from sweeper.search.asha import curve, reached, value_at
 from sweeper.artifacts import TrialFiles
 from sweeper.redaction import redact
 from sweeper.sweep import epochs
@@ -107,8 +108,7 @@ def pause_rows(trials: list[FrozenTrial]) -> pd.DataFrame:
     rows = []
     for t in trials:
         for epoch in t.user_attrs.get("pauses", []):
-            rows.append({"number": t.number, "epoch": epoch, "value": t.intermediate_values.get(epoch),
-                         "promoted": max(t.intermediate_values, default=0) > epoch})
+            rows.append({"number": t.number, "epoch": epoch, "value": value_at(t, epoch), "promoted": reached(t) > epoch})
     return pd.DataFrame(rows, columns=["number", "epoch", "value", "promoted"])
 
 
@@ -183,7 +183,7 @@ def collect(study: optuna.Study) -> StudyData:
                                   "completed + pruned trials, pruned ones by their last reported value")
     curves = pd.DataFrame(
         [{"number": t.number, "state": t.state.name, "epoch": e, "value": v}
-         for t in trials for e, v in sorted(t.intermediate_values.items())],
+         for t in trials for e, v in curve(t).items()],  # a part-epoch rung's value (0.5) too
         columns=["number", "state", "epoch", "value"])
     frame = trial_rows(trials)
     ranked = configurations(trials) if has_rechecks(trials) else []  # by the mean over seeds

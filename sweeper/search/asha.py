@@ -29,6 +29,12 @@ def value_at(trial: FrozenTrial, rung: float) -> float | None:
     return trial.user_attrs.get(PART_VALUES, {}).get(f"{rung:g}")
 
 
+def curve(trial: FrozenTrial) -> dict[float, float]:
+    """Every value the trial reported, by epoch, part-epoch rungs included."""
+    parts = {float(k): v for k, v in trial.user_attrs.get(PART_VALUES, {}).items()}
+    return dict(sorted({**trial.intermediate_values, **parts}.items()))
+
+
 def reached(trial: FrozenTrial) -> float:
     """The furthest epoch the trial reported, part-epoch rungs included."""
     parts = [float(k) for k in trial.user_attrs.get(PART_VALUES, {})]

@@ -3,6 +3,11 @@ the pool's draws, and a real sweep."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -203,6 +208,14 @@ def test_a_half_epoch_first_rung_pauses_trials_mid_epoch_and_resumes_the_best_th
     assert best == 0 and done[0].user_attrs["pauses"] == [0.5]
     assert "Resumed after step" in (tmp_path / "trials/half/0/log.txt").read_text()
     assert "trial 0: promoted at rung 0.5; resumed" in out
+    # the report's learning curves and pause marks sit at the half epoch
+    report = CliRunner().invoke(app, ["report", "--study", "half", "--storage", f"sqlite:///{tmp_path}/studies.db",
+                                      "--out", str(tmp_path / "report.html")])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "report.html").read_text()
+    xs = [list(np.frombuffer(base64.b64decode(json.loads(f'"{b}"')), dtype="f8"))
+          for b in re.findall(r'"x":\{"dtype":"f8","bdata":"([^"]*)"\}', page)]  # plotly's binary arrays
+    assert [0.5, 1, 2, 3, 4] in xs and [0.5] in xs and "paused, then promoted and resumed" in page
 
 
 @pytest.mark.slow
