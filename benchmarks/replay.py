@@ -121,7 +121,8 @@ class Curve:
         return next((r for r in self.records if r["epoch"] == epoch), None)
 
     def seconds_at(self, epoch: float) -> float:
-        return 0.0 if epoch == 0 else self.at(epoch)["seconds"]
+        # a part-epoch rung of a one-step epoch was judged at its end (TableWorker._script)
+        return 0.0 if epoch == 0 else (self.at(epoch) or self.at(math.ceil(epoch)))["seconds"]
 
 
 class Table:
@@ -309,7 +310,11 @@ class TableWorker:
                 "event": "resumed", "records": [_record(curve.at(e)) for e in range(1, math.floor(resumed) + 1)]}
         previous = curve.seconds_at(resumed)
         chosen = (-math.inf, 0)
-        for r in curve.records:
+        # a part-epoch rung the recording has no value at (an epoch of one step: its half-way
+        # validation never ran) is judged after that step, at the epoch's end, as the worker does
+        missing = [{**curve.at(math.ceil(d)), "epoch": d} for d in c.decide_at
+                   if curve.at(d) is None and curve.at(math.ceil(d)) is not None]
+        for r in sorted(curve.records + missing, key=lambda r: r["epoch"]):
             if r["epoch"] <= resumed:
                 if isinstance(r["epoch"], int):
                     chosen = _offer(c.value, chosen, r[c.objective], r["epoch"])

@@ -54,6 +54,7 @@ SIDES = {  # label: (study name, sampler, pruner)
     "tpe + asha (final)": ("final", {"name": "tpe", "multi_fidelity": False}, ASHA),
     "random + asha": ("random", {"name": "random"}, ASHA),
     "1-epoch": ("oneepoch", {"name": "random"}, {**ASHA, "max_resource": 2}),
+    "1/2-epoch": ("halfepoch", {"name": "random"}, {**ASHA, "min_resource": 0.5, "max_resource": 1}),
     "screen (prior)": ("screen", {"name": "prior"}, SCREEN),  # the known configurations in the pool
     "screen (uniform)": ("screenu", {"name": "random"}, SCREEN),  # ablation: the pool without them
     "screen (prior, 1/2)": ("screenh", {"name": "prior"}, {**SCREEN, "min_resource": 0.5}),  # first rung at half an epoch

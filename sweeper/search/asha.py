@@ -42,10 +42,13 @@ def reached(trial: FrozenTrial) -> float:
 
 
 class AshaPruner(optuna.pruners.BasePruner):
-    def __init__(self, min_resource: int = 1, reduction_factor: int = 3, max_resource: int | None = None):
+    def __init__(self, min_resource: float = 1, reduction_factor: int = 3, max_resource: int | None = None):
         for name, value, least in (("min_resource", min_resource, 1), ("reduction_factor", reduction_factor, 2)):
+            if value == 0.5 and name == "min_resource":
+                continue  # half an epoch: the worker stops part-way there (decide_at)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {quoted(value)}")
+                raise ValueError(f"{name} must be an integer >= {least}" + (" or 0.5 (half an epoch)" if name ==
+                                 "min_resource" else "") + f", got {quoted(value)}")
         if max_resource is not None and (not isinstance(max_resource, int) or max_resource <= min_resource):
             raise ValueError(f"max_resource must be an integer > min_resource ({min_resource}), "
                              f"got {quoted(max_resource)}; leave it out to use train.epochs")
@@ -54,7 +57,12 @@ class AshaPruner(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return False
 
-    def rungs(self, epochs: int) -> list[int]:
+    def part_rungs(self, epochs: int) -> tuple[float, ...]:
+        """Rungs inside an epoch (0.5, 1.5, ...), where the worker validates, saves and waits
+        for the orchestrator (TrialConfig.decide_at)."""
+        return tuple(r for r in self.rungs(epochs) if r != int(r))
+
+    def rungs(self, epochs: int) -> list[float]:
         """The epochs at which a trial of `epochs` epochs is compared (its last epoch is not one)."""
         top = min(self.max_resource or epochs, epochs)
         out, r = [], self.min_resource

@@ -88,17 +88,8 @@ class ScreenPruner(AshaPruner):
     sets `plan` once it knows the budget and the workers (setup.create_study)."""
 
     def __init__(self, min_resource: float = 1, reduction_factor: int = 3):
-        if min_resource != 0.5:  # or a whole number of epochs, checked as asha's
-            super().__init__(min_resource, reduction_factor)
-        else:
-            super().__init__(1, reduction_factor)
-            self.min_resource = min_resource
+        super().__init__(min_resource, reduction_factor)
         self.plan: Plan | None = None
-
-    @property
-    def part_rungs(self) -> tuple[float, ...]:
-        """Rungs inside an epoch, where the worker validates and waits (TrialConfig.decide_at)."""
-        return tuple(r for r in self.rungs(0) if r != int(r))
 
     def rungs(self, epochs: int) -> list[float]:
         return list(self.plan.rungs) if self.plan is not None else rungs(epochs, self.min_resource,

@@ -6,6 +6,8 @@ replaces: they were trained once, by that attempt, and count there.
 
 from __future__ import annotations
 
+import math
+
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import store
@@ -53,3 +55,10 @@ def record_part(trial, at: float, value: float) -> None:
     """A part-epoch rung's value (Optuna's steps are whole epochs): in user attribute PART_VALUES."""
     parts = {**trial.user_attrs.get(PART_VALUES, {}), f"{at:g}": value}
     store.retrying(lambda: trial.set_user_attr(PART_VALUES, parts))
+
+
+def next_step(at: float, decide_at) -> float:
+    """Epochs from `at` to the trial's next stop: the next part-epoch rung inside the coming
+    epoch (TrialConfig.decide_at), or the epoch's end."""
+    end = math.floor(at) + 1
+    return min([r for r in decide_at if at < r < end], default=end) - at

@@ -186,14 +186,11 @@ class Orchestrator:
             run.reply("stop" if stop or self.interrupts else "continue")
             run.last_epoch = time.monotonic()
             run.report_seconds.append(run.last_epoch - run.last_event)
-        elif kind == "eval" and event.get("decide"):  # a part-epoch rung (screen.py): pause or go on
+        elif kind == "eval" and event.get("decide"):  # a part-epoch rung (asha.py): as after an epoch
             run.last_value, run.epochs_run = event[run.config.objective], event["epoch"]
             epochs.record_part(run.trial, run.epochs_run, run.last_value)
             self.progress.epoch(run.trial.number, run.epochs_run, run.last_value)
-            run.pausing = (not self.interrupts and not run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE)
-                           and run.prunable and self.promotions.waits(run.trial.number, run.epochs_run,
-                                                                      run.config.epochs, self.budget.trials()))
-            run.reply("stop" if run.pausing or self.interrupts else "continue")
+            run.reply("stop" if self._stops(run, run.epochs_run) or self.interrupts else "continue")
         elif kind == "stored":
             run.record_stored(self.study, event["files"])
         elif kind == "nonfinite":
@@ -208,8 +205,8 @@ class Orchestrator:
         elif kind == "fail":
             run.outcome = (TrialState.FAIL, event["reason"])
 
-    def _stops(self, run: Running, epoch: int) -> bool:
-        """After a non-final epoch: does the trial stop (outcome set) or pause (run.pausing)?"""
+    def _stops(self, run: Running, epoch: float) -> bool:
+        """After a non-final epoch or at a part-epoch rung: does the trial stop (outcome set) or pause?"""
         if run.trial.user_attrs.get(reserve.FINISHED_BY_RESERVE):
             return False  # the reserve took it: it trains to its last epoch
         # one read decides all that follows; none where only an Optuna pruner decides (it reads its own)
@@ -225,7 +222,7 @@ class Orchestrator:
             run.outcome = (TrialState.PRUNED, f"pruned after epoch {epoch}")
         elif kept is not None and not mine and kept.room < 1:
             run.outcome = (TrialState.PRUNED, f"budget kept for trial {kept.trial}")
-        elif self.budget.epochs_spent(trials, deciding=run.trial.number):
+        elif self.budget.epochs_spent(trials, run.trial.number, epochs.next_step(epoch, run.config.decide_at)):
             run.outcome = (TrialState.PRUNED, "epoch budget spent")
         elif run.prunable and self.promotions.waits(run.trial.number, epoch, run.config.epochs, trials):
             run.pausing = True

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper import store
 
-from sweeper.search.asha import reached, value_at
+from sweeper.search.asha import AshaPruner, reached, value_at
 from sweeper.search.multi_fidelity import is_paused
 from sweeper.sweep import epochs
 from sweeper.sweep.recovery import RECHECK_OF
@@ -133,6 +133,9 @@ class Budget:
         self.own_recheck_share = spec is not None and spec.search.recheck is not None
         self.active = spec is not None and (self.epochs is not None or deadline is not None)
         self.epoch_seconds: list[float] = []  # every epoch's, to turn the time left into epochs
+        pruner, epochs_max = study.pruner if study is not None else None, spec.max_epochs if spec is not None else 1
+        parts = pruner.part_rungs(epochs_max) if isinstance(pruner, AshaPruner) else ()
+        self.first_step = parts[0] if parts and parts[0] < 1 else 1.0  # a new trial's first stop
 
     def trials(self) -> list[FrozenTrial]:
         """The study's trials as the budget counts them: with search.recheck, the re-checks have
@@ -142,15 +145,20 @@ class Budget:
             return [t for t in trials if RECHECK_OF not in t.user_attrs]
         return trials
 
-    def epochs_spent(self, trials: Sequence[FrozenTrial], deciding: int | None = None) -> bool:
-        """Would one more epoch go over search.budget.epochs? Every orchestrator's trials count,
-        and so does the epoch each trial training now has started (it cannot be stopped part-way):
-        with two workers, two epochs started at budget - 1 would end one over. `deciding`: the
-        trial between epochs whose next epoch is being decided."""
-        return self.epochs is not None and epochs.trained(trials) + in_flight(trials, deciding) >= self.epochs
+    def epochs_spent(self, trials: Sequence[FrozenTrial], deciding: int | None = None, step: float = 1.0) -> bool:
+        """Would `step` more epochs (to the trial's next stop: an epoch, or a part-epoch rung) go
+        over search.budget.epochs? Every orchestrator's trials count, and so does the epoch each
+        trial training now has started (it cannot be stopped part-way): with two workers, two
+        epochs started at budget - 1 would end one over. `deciding`: the trial between stops
+        whose next step is being decided."""
+        spent = epochs.trained(trials) + in_flight(trials, deciding)
+        return self.epochs is not None and spent + step > self.epochs + 1e-9
 
     def out(self, trials: Sequence[FrozenTrial]) -> bool:
-        return (self.deadline is not None and time.monotonic() >= self.deadline) or self.epochs_spent(trials)
+        """No new trial or promotion: the deadline passed, or the first step (an epoch, or half
+        of one with a half-epoch first rung) no longer fits."""
+        return (self.deadline is not None and time.monotonic() >= self.deadline) \
+            or self.epochs_spent(trials, step=self.first_step)
 
     def reserve(self, trials: Sequence[FrozenTrial], deciding: int | None = None) -> Reserve | None:
         if not self.active:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from sweeper import store
 from sweeper.redaction import redact
-from sweeper.search.asha import PAUSED
+from sweeper.search.asha import PAUSED, AshaPruner
 from sweeper.search.strategies import GridSampler
 from sweeper.spec.sweep_spec import SweepSpec
 from sweeper.spec.trial_config import TrialConfig, resolve
@@ -82,9 +82,10 @@ class SweepSource:
             sampled = self.spec.space.suggest(trial)
             config = resolve(self.spec, trial.number, sampled, self.trials_root, self.data_cache)
             source, written_by = self._resume_source(trial) or (None, None)
-            part_rungs = getattr(self.study.pruner, "part_rungs", ())  # the worker asks there (screen.py)
+            pruner = self.study.pruner  # asha and screen: the worker asks at part-epoch rungs (asha.py)
+            decide_at = pruner.part_rungs(config.epochs) if isinstance(pruner, AshaPruner) else ()
             return trial, dataclasses.replace(config, resume_from=source, resume_trial=written_by,
-                                              decide_at=part_rungs)
+                                              decide_at=decide_at)
 
     def _resume_source(self, trial: optuna.Trial) -> tuple[str, int] | None:
         """A retry of a trial that failed for reasons outside itself trains on after the last

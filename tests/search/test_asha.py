@@ -31,6 +31,16 @@ def test_rungs_follow_min_resource_times_eta_to_the_k():
     assert AshaPruner(1, 2, max_resource=2).rungs(3) == [1]  # past max_resource: no more rungs
 
 
+def test_a_half_epoch_first_rung_puts_every_rung_half_way_through_an_epoch():
+    asha = AshaPruner(0.5, 3)
+    assert asha.rungs(8) == [0.5, 1.5, 4.5] and asha.part_rungs(8) == (0.5, 1.5, 4.5)
+    assert AshaPruner(0.5, 3, max_resource=1).rungs(8) == [0.5] and AshaPruner(1, 3).part_rungs(8) == ()
+    halves = [_at({}, n) for n in range(3)]
+    for t, v in zip(halves, [0.2, 0.9, 0.5]):
+        t.user_attrs["part_values"] = {"0.5": v}
+    assert [asha.promotable(n, 0.5, halves) for n in range(3)] == [False, True, False]
+
+
 def test_a_trial_is_promotable_in_the_top_one_over_eta_at_its_rung():
     asha = AshaPruner(1, 3)
     trials = [_at({1: v}, n) for n, v in enumerate([0.5, 0.9, 0.1, 0.7, 0.3])]
@@ -43,7 +53,7 @@ def test_a_trial_is_promotable_in_the_top_one_over_eta_at_its_rung():
 
 @pytest.mark.parametrize("options, message", [
     ({"reduction_factor": 1}, "reduction_factor must be an integer >= 2"),
-    ({"min_resource": 0}, "min_resource must be an integer >= 1"),
+    ({"min_resource": 0}, "min_resource must be an integer >= 1 or 0.5 (half an epoch)"),
     ({"min_resource": 2, "max_resource": 2}, "max_resource must be an integer > min_resource"),
 ])
 def test_bad_asha_options_name_the_key(options, message, tmp_path, colour_folder):
