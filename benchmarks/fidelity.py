@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay  # benchmarks/replay.py
 from curves import FIELDS  # benchmarks/curves.py: the table's columns
-from search import KNOWN_IN_POOL, SIDES, manual_configs, space_doc  # benchmarks/search.py: the strategies' space files
+from search import KNOWN_IN_POOL, STRATEGY_SIDES, manual_configs, space_doc  # benchmarks/search.py: the strategies' space files
 
 from sweeper.search.asha import curve
 
@@ -47,7 +47,7 @@ def real_run(folder: Path, data: Path, strategy: str, seed: int, budget: int, wo
     doc = space_doc(args, data, "real", manual_configs(epochs)[:4])
     if model == "test_resnet":
         doc["train"]["precision"] = "fp32"
-    _, sampler, pruner = SIDES[strategy]
+    _, sampler, pruner = STRATEGY_SIDES[strategy]
     doc["search"].update(sampler={**sampler, "seed": seed}, pruner=pruner)
     if strategy in KNOWN_IN_POOL:
         doc["enqueue"] = manual_configs(epochs)[:4]
@@ -121,7 +121,7 @@ def main() -> int:
     from sweeper.testing import make_image_folder
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategy", default="random + asha", choices=list(SIDES))
+    parser.add_argument("--strategy", default="random + asha", choices=list(STRATEGY_SIDES))
     parser.add_argument("--seed", type=int, default=3, help="the sampler's seed")
     parser.add_argument("--budget", type=int, default=12, help="epochs (search.budget.epochs)")
     parser.add_argument("--workers", type=int, default=2)

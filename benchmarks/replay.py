@@ -95,7 +95,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import Space  # benchmarks/curves.py: the design's normalised box
-from search import KNOWN_IN_POOL, SIDES, space_doc  # benchmarks/search.py: the strategies and their space file
+from search import KNOWN_IN_POOL, STRATEGY_SIDES, space_doc  # benchmarks/search.py: the strategies and their space file
 
 from sweeper.sweep.progress import SweepProgress
 
@@ -105,7 +105,7 @@ QUICK = CURVES / "quick.csv"
 BUDGETS = ((1, 8), (1, 4), (1, 2))  # fractions of the grid's epochs
 GRID = "grid (known, full)"
 BASELINE = "1-epoch"
-STRATEGIES = [GRID, *SIDES]  # search.py's sides: tpe + asha (mf), (final), random + asha, 1-epoch
+STRATEGIES = [GRID, *STRATEGY_SIDES]  # search.py's sides (tpe + asha, random + asha, 1-epoch) and screening candidates
 SCORES = ("val_acc", "val_balanced_acc", "test_acc")
 
 
@@ -442,7 +442,7 @@ def strategy_doc(table: Table, strategy: str, seed: int, study: str) -> dict:
         doc["search"].update(n_trials=len(known), sampler={"name": "random", "seed": seed}, pruner="none")
         doc["enqueue"] = known
         return doc
-    _, sampler, pruner = SIDES[strategy]
+    _, sampler, pruner = STRATEGY_SIDES[strategy]
     doc["search"].update(sampler={**sampler, "seed": seed}, pruner=pruner)
     if strategy in KNOWN_IN_POOL:
         doc["enqueue"] = known

@@ -54,12 +54,15 @@ SIDES = {  # label: (study name, sampler, pruner)
     "tpe + asha (final)": ("final", {"name": "tpe", "multi_fidelity": False}, ASHA),
     "random + asha": ("random", {"name": "random"}, ASHA),
     "1-epoch": ("oneepoch", {"name": "random"}, {**ASHA, "max_resource": 2}),
+}
+SCREENING = {  # issue 27's candidates and ablations: replayed (replay.py), not run here by default
     "1/2-epoch": ("halfepoch", {"name": "random"}, {**ASHA, "min_resource": 0.5, "max_resource": 1}),
     "screen (prior)": ("screen", {"name": "prior"}, SCREEN),  # the known configurations in the pool
     "screen (uniform)": ("screenu", {"name": "random"}, SCREEN),  # ablation: the pool without them
     "screen (prior, 1/2)": ("screenh", {"name": "prior"}, {**SCREEN, "min_resource": 0.5}),  # first rung at half an epoch
     "screen (uniform, 1/2)": ("screenuh", {"name": "random"}, {**SCREEN, "min_resource": 0.5}),
 }
+STRATEGY_SIDES = {**SIDES, **SCREENING}
 KNOWN_IN_POOL = ("screen (prior)", "screen (prior, 1/2)")  # sides whose space file lists the known configurations
 
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from search import SIDES  # noqa: E402  benchmarks/search.py: the strategies replay.py compares
+from search import STRATEGY_SIDES  # noqa: E402  benchmarks/search.py: the strategies replay.py compares
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_replay_quick_prints_every_strategy_at_every_budget(tmp_path):
     assert "Best mean test acc over seeds: " in lines[0] and "Spearman rho of val at 1/2, 1, 2 epochs" in lines[0]
     assert lines[1].split()[:2] == ["budget", "strategy"] and "vs grid: median [95% CI] win" in lines[1]
     assert lines[2].startswith("full") and "grid (known, full)" in lines[2]
-    sides = list(SIDES)  # tpe + asha (mf), ..., 1-epoch, 1/2-epoch, screen (prior), ...
+    sides = list(STRATEGY_SIDES)  # tpe + asha (mf), ..., 1-epoch, 1/2-epoch, screen (prior), ...
     for i, budget in enumerate(("1/8", "1/4", "1/2")):
         for j, strategy in enumerate(sides):
             line = lines[3 + len(sides) * i + j]
