@@ -1,9 +1,9 @@
 """search.prior: the best configurations of earlier studies in the same store, read at `run`.
 
 Each named study gives its `top` best configurations (`sweeper best`'s order: by mean where
-re-checked). Only the parameters this space searches are carried over (the rest of an earlier
-study's are fixed here, or gone); a parameter this space adds is drawn uniformly by the prior
-sampler. A study that does not exist, has nothing COMPLETE, or shares no searched parameter
+re-checked). Only the parameters this space searches, with values inside it, are carried over
+(the rest of an earlier study's are fixed here, or gone; a value outside this space's range or
+choices is named and left out); a parameter left out is drawn by the sampler. A study that does not exist, has nothing COMPLETE, or shares no searched parameter
 with this space is refused, naming the key.
 """
 
@@ -15,6 +15,7 @@ from sweeper import store
 from sweeper.analyze.ranking import configurations
 from sweeper.errors import SpecError, StorageError
 from sweeper.redaction import redact
+from sweeper.spec.space import CategoricalParam
 from sweeper.spec.sweep_spec import SweepSpec
 
 
@@ -49,9 +50,18 @@ def known_configurations(spec: SweepSpec, storage_url: str) -> tuple[list[dict[s
         if dropped := sorted(searched - shared):
             notes.append(f"search.prior: {name}'s {', '.join(dropped)} not searched here: left out")
         for c in best:
-            params = {k: v for k, v in c.first.params.items() if k in shared}
-            if params not in known:
+            params = {k: v for k, v in c.first.params.items() if k in shared and _inside(spec, k, v)}
+            if outside := sorted(f"{k}={v!r}" for k, v in c.first.params.items() if k in shared and k not in params):
+                notes.append(f"search.prior: {name} trial {c.first.number}'s {', '.join(outside)} outside this "
+                             "space: drawn anew")
+            if params and params not in known:
                 known.append(params)
     if problems:
         raise SpecError(spec.source, problems)
     return known, notes
+
+
+def _inside(spec: SweepSpec, name: str, value: Any) -> bool:
+    """Is an earlier study's value (as Optuna stores it: a categorical's label) one this space can take?"""
+    p = spec.space[name]
+    return value in p.labels if isinstance(p, CategoricalParam) else p.contains(value)

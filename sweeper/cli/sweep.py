@@ -106,7 +106,7 @@ def run(
             progress.message(note)
         if known:
             progress.message(f"search.prior: {len(known)} configuration(s) from {', '.join(spec.search.prior.studies)}")
-        if (plan := spec.screen_plan(len(slots))) is not None:
+        if (plan := getattr(the_study.pruner, "plan", None)) is not None:  # the study's (setup.shared_plan)
             progress.message(f"screen: {plan.describe()}")
         if (said := sweep_setup.check_cpu_bf16(sweep_setup.values(spec, "precision"), slots)) is not None:
             progress.message(said)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -28,7 +29,7 @@ from sweeper.search.asha import PAUSED, AshaPruner, reached, value_at
 
 @dataclass(frozen=True)
 class Plan:
-    rungs: tuple[int, ...]  # the epochs at which trials are compared
+    rungs: tuple[float, ...]  # the epochs at which trials are compared (0.5: half-way through epoch 1)
     sizes: tuple[int, ...]  # trials that train to each rung, then to the final epoch
     epochs: int  # a trial's final epoch
 
@@ -90,6 +91,10 @@ class ScreenPruner(AshaPruner):
     def __init__(self, min_resource: float = 1, reduction_factor: int = 3):
         super().__init__(min_resource, reduction_factor)
         self.plan: Plan | None = None
+        # trials of the pool so far, as the scheduler counts them against it (setup.create_study
+        # gives recovery's rule: a failed attempt queued again is replaced by its retry)
+        self.claimed: Callable[[list[FrozenTrial]], int] = lambda trials: sum(
+            t.state != TrialState.WAITING for t in trials)
 
     def rungs(self, epochs: int) -> list[float]:
         return list(self.plan.rungs) if self.plan is not None else rungs(epochs, self.min_resource,
@@ -118,13 +123,16 @@ class ScreenPruner(AshaPruner):
     def _coming(self, rung: int, trials: list[FrozenTrial]) -> bool:
         """Can another trial still report at `rung`? A trial training below it, a queued one,
         an unstarted pool member, or a paused trial that a lower rung promotes."""
-        started = [t for t in trials if t.state != TrialState.WAITING]
-        if self.plan is not None and rung == self.plan.rungs[0] and len(started) < self.plan.pool:
+        # a queued trial (a retry, an enqueued configuration) starts only while the pool has room
+        room = self.plan is not None and self.claimed(trials) < self.plan.pool
+        if room and rung == self.plan.rungs[0]:
             return True
         for t in trials:
             at = reached(t)
             if t.state == TrialState.WAITING:
-                return True
+                if room:
+                    return True
+                continue
             if t.state != TrialState.RUNNING or at >= rung:
                 continue
             if not t.user_attrs.get(PAUSED):

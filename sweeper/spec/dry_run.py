@@ -13,14 +13,14 @@ from sweeper.spec.sweep_spec import SweepSpec
 N_SAMPLES = 3
 
 
-def sample_configs(spec: SweepSpec, n: int = N_SAMPLES) -> list[dict]:
-    """The first n configurations a sweep would try (enqueued first, or the prior sampler's
-    draws), from an in-memory study."""
+def sample_configs(spec: SweepSpec, n: int = N_SAMPLES, known: Sequence[dict] = ()) -> list[dict]:
+    """The first n configurations a sweep would try (enqueued first, then search.prior's `known`,
+    or the prior sampler's draws), from an in-memory study."""
     prior = spec.search.sampler.name == "prior"
     study = optuna.create_study(direction="maximize",
-                                sampler=spec.sampler() if prior else optuna.samplers.RandomSampler(seed=0))
-    for params in spec.enqueue if spec.enqueues else ():
-        study.enqueue_trial(spec.space.to_optuna_params(params))
+                                sampler=spec.sampler(known=known) if prior else optuna.samplers.RandomSampler(seed=0))
+    for params in [*map(spec.space.to_optuna_params, spec.enqueue), *known] if spec.enqueues else ():
+        study.enqueue_trial(params)
     out = []
     for _ in range(n):
         trial = study.ask()
@@ -65,6 +65,6 @@ def describe(spec: SweepSpec, workers: int = 1, known: Sequence[dict] = ()) -> s
         lines.append(f"  rungs at epochs {', '.join(map(str, plan.rungs))}; a rung is decided once full; "
                      f"the best of the last stage is the answer")
     lines.append(f"first {N_SAMPLES} configurations:")
-    for i, params in enumerate(sample_configs(spec)):
+    for i, params in enumerate(sample_configs(spec, known=known)):
         lines.append(f"  {i}: " + json.dumps(params))
     return "\n".join(lines)

@@ -74,7 +74,7 @@ class Orchestrator:
         if self._out_of_budget(trials):
             return None
         kept = self.budget.reserve(trials)
-        if kept is not None and kept.room < 1:  # only the reserve's trial trains now
+        if kept is not None and kept.room < self.budget.first_step:  # only the reserve's trial trains now
             return None
         return self.source.claim()
 

@@ -3,6 +3,7 @@ fetched once, and the study created or resumed with its known configurations que
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -16,9 +17,12 @@ from sweeper import store
 from sweeper.data import datasets
 from sweeper.errors import SpecError, WorkerError
 from sweeper.spec.space import CategoricalParam
-from sweeper.search.screen import ScreenPruner
+from sweeper.search.screen import Plan, ScreenPruner
 from sweeper.spec.sweep_spec import SweepSpec
+from sweeper.sweep import recovery
 from sweeper.sweep.worker_handle import Slot
+
+SCREEN_PLAN = "screen_plan"  # study user attribute: the plan every orchestrator of the study follows
 
 
 def check_data(spec: SweepSpec) -> list[str]:
@@ -141,5 +145,17 @@ def create_study(spec: SweepSpec, storage, storage_url: str, workers: int = 1,
     for params in queued:
         store.retrying(lambda: study.enqueue_trial(params, skip_if_exists=True))
     if isinstance(study.pruner, ScreenPruner):
-        study.pruner.plan = spec.screen_plan(workers)
+        study.pruner.plan = shared_plan(study, storage, storage_url, spec.screen_plan(workers))
+        study.pruner.claimed = lambda trials: sum(recovery.counts_toward_budget(t) or (
+            t.state == optuna.trial.TrialState.RUNNING and recovery.RECHECK_OF not in t.user_attrs) for t in trials)
     return study
+
+
+def shared_plan(study: optuna.Study, storage, storage_url: str, mine: Plan) -> Plan:
+    """The study's screening plan: the first orchestrator's, so that every orchestrator (and a
+    resumed run with other --workers or n_trials) decides the same rungs with the same quotas."""
+    with store.budget_lock(storage, storage_url, study.study_name):
+        if (kept := study.user_attrs.get(SCREEN_PLAN)) is None:
+            store.retrying(lambda: study.set_user_attr(SCREEN_PLAN, dataclasses.asdict(mine)))
+            return mine
+    return Plan(tuple(kept["rungs"]), tuple(kept["sizes"]), kept["epochs"])

@@ -266,3 +266,45 @@ def test_a_prior_study_without_a_complete_trial_is_refused(tmp_path, colour_fold
     doc = tiny_space(colour_folder, study="after", search={"prior": {"studies": ["before"]}})
     result = CliRunner().invoke(app, ["run", "--space", str(write_space(tmp_path / "s.yaml", doc)), "--storage", url])
     assert result.exit_code == 2 and "search.prior.studies[0]: study 'before' has no COMPLETE trial" in result.output
+
+
+def test_a_queued_trial_the_pool_has_no_room_for_does_not_hold_a_rung_open():
+    """Found in review: an enqueued configuration left over (the pool is full) kept rung 1 open
+    forever once a pool member had ended below it (a non-finite loss)."""
+    pruner = ScreenPruner(1, 3)
+    pruner.plan = plan(8, 1, 3, None, 4)
+    trials = [_trial(0, {1: 0.2}, paused=True), _trial(1, {1: 0.9}, paused=True), _trial(2, {1: 0.5}, paused=True),
+              _trial(3, {}, state=TrialState.PRUNED), _trial(4, {}, state=TrialState.WAITING)]
+    assert [pruner.promotable(n, 1, trials) for n in range(5)] == [False, True, False, False, False]
+    # with room in the pool, the queued trial will start and may arrive: the rung waits for it
+    pruner.plan = plan(8, 1, 3, None, 5)
+    assert not any(pruner.promotable(n, 1, trials) for n in range(5))
+
+
+def test_every_orchestrator_of_a_study_follows_the_first_one_s_plan(tmp_path):
+    from sweeper import store
+    from sweeper.sweep.setup import shared_plan
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    storage = store.open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    first, second = plan(8, 1, 3, 30, 100, workers=1), plan(8, 1, 3, 30, 100, workers=2)
+    assert first.sizes != second.sizes  # (15, 5, 1) and (14, 4, 1)
+    assert shared_plan(study, storage, url, first) == first
+    again = optuna.load_study(study_name="s", storage=url)
+    assert shared_plan(again, storage, url, second) == first
+
+
+def test_a_prior_value_outside_this_space_is_named_and_drawn_anew(tmp_path, colour_folder):
+    from optuna.distributions import CategoricalDistribution
+
+    from sweeper.analyze.prior_studies import known_configurations
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    before = optuna.create_study(storage=url, study_name="before", direction="maximize")
+    before.add_trial(create_trial(params={"lr": 0.5, "augment": "z"}, value=0.9, distributions={
+        "lr": FloatDistribution(0.01, 1.0), "augment": CategoricalDistribution(["z", "flip_crop"])}))
+    spec = parse_spec(tiny_space(colour_folder, search={"prior": {"studies": ["before"]}},
+                                 space={"lr": {"low": 0.01, "high": 0.1}, "augment": ["flip_crop", "swin_randaug"]}))
+    known, notes = known_configurations(spec, url)
+    assert known == [] and notes == ["search.prior: before trial 0's augment='z', lr=0.5 outside this space: drawn anew"]
