@@ -113,13 +113,16 @@ def finished_by_reserve(trials: Sequence[FrozenTrial]) -> list[tuple[int, str]]:
             for t in trials if t.user_attrs.get(FINISHED_BY_RESERVE)]
 
 
-def in_flight(trials: Sequence[FrozenTrial], deciding: int | None = None) -> int:
-    """Epochs being trained now: one per trial with a worker that has not reached its last epoch."""
-    def training(t: FrozenTrial) -> bool:
+def in_flight(trials: Sequence[FrozenTrial], deciding: int | None = None) -> float:
+    """Epochs committed now: one per trial with a worker that has not reached its last epoch, and
+    all that are left of a trial the reserve took (it trains to its end whatever the budget)."""
+    def committed(t: FrozenTrial) -> float:
         done = reached(t)
-        return (t.state == TrialState.RUNNING and not is_paused(t) and t.number != deciding
-                and RECHECK_OF not in t.user_attrs and done < t.user_attrs.get("epochs", done + 1))
-    return sum(map(training, trials))
+        if (t.state != TrialState.RUNNING or is_paused(t) or t.number == deciding or RECHECK_OF in t.user_attrs
+                or done >= t.user_attrs.get("epochs", done + 1)):
+            return 0
+        return t.user_attrs["epochs"] - done if t.user_attrs.get(FINISHED_BY_RESERVE) else 1
+    return sum(map(committed, trials))
 
 
 class Budget:

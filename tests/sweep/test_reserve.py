@@ -179,3 +179,15 @@ def test_a_sweep_that_ends_with_every_trial_paused_finishes_the_best_one(colour_
     assert table.exit_code == 0 and "finished rather than pruned: the sweep ended with no COMPLETE" in table.output
     shown = CliRunner().invoke(app, ["show", *db, "--trial", str(best.number)])
     assert shown.exit_code == 0 and f"trial {best.number}: COMPLETE {best.value:.4f} ({why})" in shown.output
+
+
+def test_a_trial_the_reserve_took_counts_all_its_remaining_epochs_against_the_budget():
+    """Seen in replays (caltech20, 1-epoch baseline at 48 epochs, seed 18): the reserve took trial
+    10 (it trains to its end whatever the budget); a COMPLETE trial better at its epoch then made
+    the reserve plan nothing, and new trials started in epochs trial 10 was still to train: 50 of 48."""
+    budget = reserve.Budget(None, None, None)
+    budget.epochs = 48
+    done = [trial(n, {e: 0.9 for e in range(1, 9)}, TrialState.COMPLETE) for n in range(5)]  # 40 epochs
+    taken = trial(10, {1: 0.5, 2: 0.5}, **{reserve.FINISHED_BY_RESERVE: reserve.KEPT})  # 42; 6 to go
+    assert reserve.in_flight(done + [taken]) == 6
+    assert budget.epochs_spent(done + [taken])  # 42 + 6 = 48: a new trial's epoch would be the 49th
