@@ -22,7 +22,9 @@ config, origin (known / mutation / uniform), seed, the configuration's values, e
 val_balanced_acc, test_acc, test_balanced_acc, train_loss, lr, seconds (since the run started:
 training and validation, without the test scoring), status (ok, or why the run ended early).
 Rows are appended a whole run at a time: a killed recording goes on where it stopped, at the
-first (configuration, seed) it lacks. The header of `<task>.meta.json` says what was recorded,
+first (configuration, seed) it lacks. A second recording of the same task with `--from-end` takes
+the runs from the last one backwards (one core each when the CPU registry shares two): both read
+the table before each run, so they stop where they meet. The header of `<task>.meta.json` says what was recorded,
 where, and how long it took.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -211,15 +214,29 @@ def with_cumulative_seconds(records: list[dict]) -> list[dict]:
     return out
 
 
-def append(table: Path, rows: list[dict]) -> None:
-    new = not table.is_file()
+def append(table: Path, rows: list[dict]) -> bool:
+    """Appends one run's rows, unless the other lane appended that run first (they met on it)."""
     with open(table, "a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # two lanes may append to one table
+        if {(int(r["config"]), int(r["seed"])) for r in rows} & done_runs(table):
+            return False
         writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
-        if new:
+        if f.tell() == 0:
             writer.writeheader()
         writer.writerows(rows)
         f.flush()
         os.fsync(f.fileno())
+    return True
+
+
+def write_meta(path: Path, meta: dict, session: dict) -> None:
+    """Writes this lane's session into the meta file as it is on disk now, keeping the other lane's."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = json.loads(path.read_text()) if path.is_file() else meta
+        sessions = [s for s in current["sessions"] if s.get("started") != session["started"]
+                    or s.get("lane") != session["lane"]]
+        path.write_text(json.dumps({**current, "sessions": [*sessions, session]}, indent=1))
 
 
 def machine() -> str:
@@ -245,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--pretrained", default=str(PRETRAINED))
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    parser.add_argument("--from-end", action="store_true",
+                        help="take the runs still to do from the last backwards (a second lane on the same table)")
     parser.add_argument("--quick", action="store_true", help="generated images, test_resnet, 2 x 2 epochs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -269,6 +288,8 @@ def record(args, data: Path, table: Path) -> int:
     table.parent.mkdir(parents=True, exist_ok=True)
     have = done_runs(table)
     todo = [(n, origin, c, s) for n, (origin, c) in enumerate(runs) for s in range(args.seeds) if (n, s) not in have]
+    if getattr(args, "from_end", False):
+        todo.reverse()
     meta_path = table.with_suffix(".meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {
         "task": data.name, "command": " ".join(sys.argv), "machine": machine(), "runs": len(runs) * args.seeds,
@@ -278,10 +299,11 @@ def record(args, data: Path, table: Path) -> int:
     work_root = args.work or Path(tempfile.mkdtemp(prefix="curves-"))
     cache = setup.prepare_data(spec, work_root)
     session = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "runs": 0, "hours": 0.0,
-               "machine": machine()}
-    meta["sessions"].append(session)
+               "machine": machine(), "lane": "from the end" if getattr(args, "from_end", False) else "from the start"}
     started = time.time()
     for n, origin, c, seed in todo[: args.max_runs]:
+        if (n, seed) in done_runs(table):  # the other lane recorded it meanwhile
+            continue
         t0 = time.time()
         records, status = record_run(spec, n, c, seed, cache, work_root)
         if not records and status.startswith("exit"):
@@ -289,13 +311,14 @@ def record(args, data: Path, table: Path) -> int:
             print(f"Error: config {n} seed {seed} did not start training ({status.strip()}); nothing recorded",
                   file=sys.stderr)
             return 1
-        append(table, rows_of(n, origin, c, seed, with_cumulative_seconds(records), status))
+        if not append(table, rows_of(n, origin, c, seed, with_cumulative_seconds(records), status)):
+            continue
         session.update(runs=session["runs"] + 1, hours=round((time.time() - started) / 3600, 3))
-        meta_path.write_text(json.dumps(meta, indent=1))  # after every run: a killed session is counted too
+        write_meta(meta_path, meta, session)  # after every run: a killed session is counted too
         last = records[-1] if records else {}
         print(f"config {n} ({origin}) seed {seed}: {status}, val {last.get('val_acc', float('nan')):.3f} "
               f"test {last.get('test_acc', float('nan')):.3f}, {time.time() - t0:.0f} s "
-              f"[{len(have) + session['runs']}/{len(runs) * args.seeds}]", flush=True)
+              f"[{len(done_runs(table))}/{len(runs) * args.seeds}]", flush=True)
     return 0
 
 
