@@ -719,6 +719,44 @@ def markdown(rows: list[dict], tables: dict[str, Table], workers: int) -> str:
     return "\n".join(out)
 
 
+def verdicts(rows: list[dict]) -> list[dict[str, Any]]:
+    """The success criterion of issue 27, per (budget, strategy): above both the grid and the
+    one-epoch baseline (median paired test difference > 0, its 95% CI excluding 0) on at least
+    2 of 3 tasks (two thirds of them), and on no task below either by more than 1 point."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    need = math.ceil(2 * len(tasks) / 3)
+    out = []
+    for budget in dict.fromkeys(r["budget"] for r in rows if r["budget"] != "full"):
+        for strategy in dict.fromkeys(r["strategy"] for r in rows if r["budget"] == budget):
+            mine = [r for r in rows if r["budget"] == budget and r["strategy"] == strategy]
+            if strategy == BASELINE or len(mine) < len(tasks) or any(r["vs_grid_median"] == "" for r in mine):
+                continue
+            above = [r["task"] for r in mine if r["vs_grid_low"] > 0 and r["vs_grid_median"] > 0
+                     and r["vs_1epoch_low"] > 0 and r["vs_1epoch_median"] > 0]
+            worst = min(min(r["vs_grid_median"], r["vs_1epoch_median"]) for r in mine)
+            out.append({"budget": budget, "strategy": strategy, "above_both": above, "tasks": len(tasks),
+                        "worst": worst, "meets": len(above) >= need and worst >= -0.01})
+    return out
+
+
+def verdict_text(rows: list[dict], markdown_table: bool = False) -> str:
+    v = verdicts(rows)
+    if not v:
+        return ""
+    head = ["budget", "strategy", "tasks above grid and 1-epoch (CI > 0)", "worst median difference", "meets"]
+    cells = [[r["budget"], r["strategy"], f"{len(r['above_both'])} of {r['tasks']}"
+              + (f" ({', '.join(r['above_both'])})" if r["above_both"] else ""), f"{r['worst']:+.3f}",
+              "yes" if r["meets"] else "no"] for r in v]
+    title = ("Success criterion (issue 27): above both baselines, CI excluding 0, on 2 of 3 tasks; "
+             "never below either by more than 0.01")
+    if markdown_table:
+        return "\n".join([title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                          *("| " + " | ".join(c) + " |" for c in cells), ""])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    return "\n".join([title, "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+                      *("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells), ""])
+
+
 def write(outcomes: list[Outcome], rows: list[dict], tables: dict[str, Table], workers: int, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "runs.csv", "w", newline="") as f:
@@ -729,7 +767,7 @@ def write(outcomes: list[Outcome], rows: list[dict], tables: dict[str, Table], w
         w = csv.DictWriter(f, list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "summary.md").write_text(markdown(rows, tables, workers))
+    (out / "summary.md").write_text(markdown(rows, tables, workers) + "\n" + verdict_text(rows, markdown_table=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -774,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = run_all(paths, strategies, args.seeds, args.workers, args.startup_s, args.jobs)
     rows = summarise(outcomes, tables)
     print(text_table(rows, tables, args.workers))
+    print(verdict_text(rows))
     out = args.out or (None if args.quick else ROOT / "benchmarks" / "replay")  # --quick: nothing, unless asked
     if out is not None:
         write(outcomes, rows, tables, args.workers, out)

@@ -93,6 +93,22 @@ def test_paired_differences_count_ties_as_half_a_win_and_no_answer_as_zero():
     assert replay.paired(ours, {}) is None
 
 
+def test_the_success_criterion_needs_two_of_three_tasks_above_both_and_none_a_point_below():
+    def row(task, strategy, grid, base):  # (median, CI low) against the grid and the one-epoch baseline
+        return {"task": task, "budget": "1/4", "strategy": strategy, "vs_grid_median": grid[0], "vs_grid_low": grid[1],
+                "vs_1epoch_median": base[0], "vs_1epoch_low": base[1]}
+
+    up, flat, slightly_down, down = (0.02, 0.005), (0.01, 0.0), (-0.008, -0.02), (-0.012, -0.03)
+    rows = [row("a", "s1", up, up), row("b", "s1", up, up), row("c", "s1", slightly_down, up),
+            row("a", "s2", up, up), row("b", "s2", up, up), row("c", "s2", up, down),
+            row("a", "s3", up, up), row("b", "s3", up, flat), row("c", "s3", up, up)]
+    got = {v["strategy"]: v for v in replay.verdicts(rows)}
+    assert got["s1"]["meets"] and got["s1"]["above_both"] == ["a", "b"]
+    assert not got["s2"]["meets"] and got["s2"]["worst"] == -0.012  # 1.2 points below the baseline on c
+    assert got["s3"]["meets"] and got["s3"]["above_both"] == ["a", "c"]  # on b the CI touches 0: not above
+    assert "s1  " in replay.verdict_text(rows) and "2 of 3 (a, b)" in replay.verdict_text(rows)
+
+
 def test_half_epoch_evaluations_reach_the_orchestrator_and_change_no_decision_today():
     """The table's half-epoch values are sent as `eval` events under train.eval_every 0.5; the
     orchestrator acts on whole epochs only (rungs are epochs), so nothing it decides changes."""
