@@ -35,29 +35,29 @@ from optuna.pruners import NopPruner
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from sweeper.search.asha import PAUSED
+from sweeper.search.asha import PAUSED, curve
 
 
 def is_paused(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.RUNNING and bool(trial.user_attrs.get(PAUSED))
 
 
-def _reports(trial: FrozenTrial) -> dict[int, float]:
-    """Finite values by epoch, for trials whose curve stands (a FAILed attempt's epochs are
-    carried by its retry, so they count there)."""
+def _reports(trial: FrozenTrial) -> dict[float, float]:
+    """Finite values by epoch, half-epoch rungs included, for trials whose curve stands (a
+    FAILed attempt's epochs are carried by its retry, so they count there)."""
     if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return {}
-    return {step: v for step, v in trial.intermediate_values.items() if math.isfinite(v)}
+    return {step: v for step, v in curve(trial).items() if math.isfinite(v)}
 
 
-def fidelity(trials: Sequence[FrozenTrial], n_min: int) -> int | None:
+def fidelity(trials: Sequence[FrozenTrial], n_min: int) -> float | None:
     """The highest epoch that at least `n_min` trials have reported, or None."""
     counts = Counter(step for t in trials for step in _reports(t))
     reached = [step for step, n in counts.items() if n >= n_min]
     return max(reached) if reached else None
 
 
-def view(trials: Sequence[FrozenTrial], n_min: int) -> tuple[int | None, list[FrozenTrial]]:
+def view(trials: Sequence[FrozenTrial], n_min: int) -> tuple[float | None, list[FrozenTrial]]:
     """(fidelity, one new trial per trial number as the model sees it there), to add in order
     to a fresh study so that position, number and id coincide.
 
@@ -73,7 +73,7 @@ def view(trials: Sequence[FrozenTrial], n_min: int) -> tuple[int | None, list[Fr
     return f, [_as_seen(by_number.get(n), f) for n in range(max(by_number, default=-1) + 1)]
 
 
-def _as_seen(t: FrozenTrial | None, f: int | None) -> FrozenTrial:
+def _as_seen(t: FrozenTrial | None, f: float | None) -> FrozenTrial:
     if t is None:
         return create_trial(state=TrialState.FAIL)
     value = _reports(t).get(f) if f is not None else None
@@ -115,9 +115,9 @@ class MultiFidelitySampler(optuna.samplers.BaseSampler):
 
     def __init__(self, base: optuna.samplers.BaseSampler, n_min: int):
         self.base, self.n_min = base, n_min
-        self._view: tuple[int, int | None, optuna.Study] | None = None  # (trial number, fidelity, study)
+        self._view: tuple[int, float | None, optuna.Study] | None = None  # (trial number, fidelity, study)
 
-    def view_study(self, study: optuna.Study, trial: FrozenTrial) -> tuple[int | None, optuna.Study]:
+    def view_study(self, study: optuna.Study, trial: FrozenTrial) -> tuple[float | None, optuna.Study]:
         """(fidelity, the view as a study), built once per trial sampled, on its first sampling
         call: the Trials sweeper builds to promote, resume or prune sample nothing, and build none."""
         if self._view is None or self._view[0] != trial.number:

@@ -16,7 +16,7 @@ from optuna.distributions import FloatDistribution
 from optuna.samplers._tpe.sampler import _split_trials
 from optuna.trial import TrialState, create_trial
 
-from sweeper.search.asha import PAUSED
+from sweeper.search.asha import PART_VALUES, PAUSED
 from sweeper.search.multi_fidelity import MultiFidelitySampler
 from sweeper.search.strategies import Named, create_sampler
 from sweeper.spec.sweep_spec import parse_spec
@@ -48,6 +48,24 @@ def suggestions_near_best(study, n=10) -> int:
         near += abs(math.log10(trial.suggest_float("lr", 1e-4, 1.0, log=True)) + 2) < 0.5
         study.tell(trial, state=TrialState.FAIL)  # keep the study as it was
     return near
+
+
+def test_trials_paused_at_a_half_epoch_rung_are_modelled_there(tmp_path):
+    # asha with min_resource 0.5: nine trials paused at 0.5 (their value in PART_VALUES, not an
+    # Optuna step), two of them also reached epoch 1; n_min 4 -> the model sees epoch 0.5
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    for i in range(9):
+        lr = 10 ** (-4 + 4 * i / 8)
+        steps = {1: score(lr)} if i in (0, 8) else {}
+        study.add_trial(create_trial(state=TrialState.RUNNING, params={"lr": lr}, distributions={"lr": LR},
+                                     intermediate_values=steps,
+                                     user_attrs={PAUSED: True, PART_VALUES: {"0.5": score(lr)}}))
+    sampler = MultiFidelitySampler(optuna.samplers.TPESampler(seed=0), 4)
+    trial = study.ask()
+    seen, view = sampler.view_study(study, study._storage.get_trial(trial._trial_id))
+    assert seen == 0.5
+    values = sorted(t.value for t in view.trials if t.state == TrialState.COMPLETE)
+    assert values == sorted(score(10 ** (-4 + 4 * i / 8)) for i in range(9))
 
 
 @pytest.mark.parametrize("name", ["tpe", "gp"])
