@@ -162,8 +162,9 @@ def _importance(study_trials: list[FrozenTrial], label: str) -> Importance:
 
 
 def _as_completed(trial: FrozenTrial) -> FrozenTrial:
-    """A pruned trial standing in as complete, valued at its last reported epoch."""
-    last = trial.intermediate_values[max(trial.intermediate_values)]
+    """A pruned trial standing in as complete, valued at its last report (a half-epoch rung's too)."""
+    values = curve(trial)
+    last = values[max(values)]
     return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
                                      value=last, intermediate_values=trial.intermediate_values)
 
@@ -171,7 +172,7 @@ def _as_completed(trial: FrozenTrial) -> FrozenTrial:
 def collect(study: optuna.Study) -> StudyData:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and curve(t)]
     counts = {s.name: sum(t.state == s for t in trials)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
     with_pruned = None

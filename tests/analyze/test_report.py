@@ -44,6 +44,21 @@ def test_data_counts_best_and_epochs_saved(full_study):
     assert data.importance_with_pruned is not None and data.importance_with_pruned.n_trials == 12
 
 
+def test_trials_pruned_at_a_half_epoch_rung_count_in_the_importance_with_pruned(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweeper.search.asha import PART_VALUES
+
+    study = make_study(f"sqlite:///{tmp_path}/s.db", "half", complete=8, pruned=0, failed=0)
+    for t in study.get_trials()[:4]:  # the same configurations, pruned at the 0.5 rung (no whole epoch)
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, params=t.params, distributions=t.distributions,
+            user_attrs={PART_VALUES: {"0.5": t.value / 8}, "reason": "pruned at epoch 0.5"}))
+    data = collect(study)
+    assert data.importance_with_pruned is not None and data.importance_with_pruned.n_trials == 12
+
+
 def test_report_has_every_section_best_params_and_one_figure_per_plot(tmp_path, full_study):
     text, out = _report(tmp_path, "full")
     for section in SECTIONS:
