@@ -66,10 +66,10 @@ class Promotions:
         return out
 
     def choose(self, trials: list[FrozenTrial], kept: Reserve | None, out_of_budget: bool,
-               free: Callable[[FrozenTrial], bool]) -> Waiting | None:
+               free: Callable[[FrozenTrial], bool], fits: Callable[[float], bool] = lambda paused_at: True) -> Waiting | None:
         """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
-        at its rung (higher rungs first), while the budget has room for it. Claimed: None when
-        another orchestrator took it first."""
+        at its rung (higher rungs first), while the budget has room for its next step (`fits`).
+        Claimed: None when another orchestrator took it first."""
         self.touched = False
         waiting = [w for w in self.waiting(trials) if free(w.trial)]
         if not waiting:
@@ -80,7 +80,7 @@ class Promotions:
             return None
         else:
             chosen = next((w for w in sorted(waiting, key=lambda w: (-w.epochs_run, w.trial.number))
-                           if self.asha.promotable(w.trial.number, w.epochs_run, trials)), None)
+                           if self.asha.promotable(w.trial.number, w.epochs_run, trials) and fits(w.epochs_run)), None)
         return self._take(chosen)
 
     def waits(self, number: int, epoch: float, epochs: int, trials: list[FrozenTrial]) -> bool:

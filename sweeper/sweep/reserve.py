@@ -139,6 +139,7 @@ class Budget:
         pruner, epochs_max = study.pruner if study is not None else None, spec.max_epochs if spec is not None else 1
         parts = pruner.part_rungs(epochs_max) if isinstance(pruner, AshaPruner) else ()
         self.first_step = parts[0] if parts and parts[0] < 1 else 1.0  # a new trial's first stop
+        self.part_rungs = tuple(parts)
 
     def trials(self) -> list[FrozenTrial]:
         """The study's trials as the budget counts them: with search.recheck, the re-checks have
@@ -162,6 +163,11 @@ class Budget:
         of one with a half-epoch first rung) no longer fits."""
         return (self.deadline is not None and time.monotonic() >= self.deadline) \
             or self.epochs_spent(trials, step=self.first_step)
+
+    def fits_promotion(self, trials: Sequence[FrozenTrial], paused_at: float) -> bool:
+        """Does a trial paused at `paused_at` fit its next step (to an epoch's end, or a part-epoch
+        rung)? A whole epoch does not fit the half one a half-epoch first rung leaves."""
+        return not self.epochs_spent(trials, step=epochs.next_step(paused_at, self.part_rungs))
 
     def reserve(self, trials: Sequence[FrozenTrial], deciding: int | None = None) -> Reserve | None:
         if not self.active:

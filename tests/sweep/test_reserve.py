@@ -58,6 +58,23 @@ def test_an_epoch_under_way_counts_against_the_budget():
     assert not budget.epochs_spent([now[0], trial(1, {1: 0.4, 2: 0.4, 3: 0.4}, paused=True)], deciding=0)
 
 
+def test_with_half_an_epoch_left_only_a_trial_paused_mid_epoch_is_promoted():
+    """A half-epoch first rung leaves budgets with half an epoch to spend: a trial paused at 0.5
+    fits it (to its epoch's end), one paused at a whole-epoch rung does not (a whole epoch)."""
+    from sweeper.search.asha import PART_VALUES
+
+    budget = reserve.Budget(None, None, None)
+    budget.epochs, budget.part_rungs, budget.first_step = 6, (0.5,), 0.5
+    done = trial(0, {e: 0.5 for e in range(1, 5)}, TrialState.COMPLETE, epochs=4)  # 4 trained
+    at_two = trial(1, {1: 0.6, 2: 0.7}, paused=True)  # 2 trained: 6 of 6, nothing left
+    assert not budget.fits_promotion([done, at_two], 2)
+    at_two = trial(1, {1: 0.6}, paused=True)  # now 5 trained
+    mid = trial(2, {}, paused=True, **{PART_VALUES: {"0.5": 0.4}})  # 5.5 trained: half an epoch left
+    now = [done, at_two, mid]
+    assert not budget.epochs_spent(now, step=budget.first_step)  # so the sweep is not out
+    assert not budget.fits_promotion(now, 1) and budget.fits_promotion(now, 0.5)
+
+
 def test_no_reserve_for_a_trial_no_better_than_a_complete_one_at_its_epoch():
     done = trial(5, {e: 0.1 * e for e in range(1, 9)}, TrialState.COMPLETE)  # 0.3 at epoch 3
     worse = trial(1, {1: 0.1, 2: 0.2, 3: 0.25}, paused=True)
