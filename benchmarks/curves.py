@@ -9,9 +9,10 @@ sweeper's own worker, with val and test accuracy and seconds every half epoch. R
 The design (--design-seed 0), in the space of benchmarks/search.py (lr 0.025-0.4 log, batch
 32-256, frozen_stages -1..4, step (with milestones) or cosine, flip_crop or swin_randaug):
 - the known configurations: CONTEXT.md's twelve manual runs, milestones scaled to --epochs;
-- mutations of them, PriorBand's rule (NePS defaults): each hyperparameter resampled with
-  probability 0.5, numerics from a normal of std 0.25 around it in the normalised space,
-  categoricals to another value;
+- mutations of them, after PriorBand's rule (NePS defaults): each hyperparameter resampled with
+  probability 0.5, lr from a normal of std 0.25 around it in the normalised (log) range, clipped;
+  batch size, frozen stages (which NePS would move as integers, by the normal), schedule,
+  milestones and augmentation to another value;
 - a space-filling sample of the rest: scrambled Sobol points in the normalised space.
 Each configuration trains --seeds times (training seeds 0, 1, ...), --epochs epochs, resnet18
 at 96 px from the shared backbone (../shared/data/pretrained), `train.eval_every: 0.5`, the test

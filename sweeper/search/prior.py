@@ -14,6 +14,15 @@ not one centre, so the prior share walks them instead:
   (NePS's defaults), redrawn (up to 20 times) while a trial has tried that point already;
 - a uniform draw is Optuna's RandomSampler.
 
+Where this differs from NePS's PriorBand (neps/optimizers/priorband.py, read at v0.16.0), and why:
+its prior draw samples around one default (a truncated normal of std 0.75 at "low" confidence),
+ours returns the user's configurations as they are, since each was run as such by hand; its
+mutations move its incumbent, ours the known configurations, since a screening pool is drawn
+before its rungs say much; it forces no parameter to move (its neps_priorband variant does, as
+we do, so that a mutation is never a repeat), truncates the normal where we clip it to the range,
+draws prior/uniform at random where we alternate (a pool of 11 gets its 0.5 share exactly), and
+lowers the uniform share above the first rung (1 / (1 + eta^rung)), where we sample only the pool.
+
 Everything goes through `sample_independent`, Optuna's public per-parameter hook: the point of
 a trial is chosen once, at its first parameter, and then handed out parameter by parameter. A
 parameter the point does not hold (a conditional one that becomes active) is drawn uniformly.
