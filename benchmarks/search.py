@@ -20,6 +20,15 @@ winner with 2 more seeds (`sweeper recheck`) and gives the mean ± std of its ru
 multi-fidelity side's median best at its budget (1/4 of the grid's epochs) is above the
 1-epoch and random + asha medians, and at least the grid's best after all its epochs.
 
+Data with a test split (test/ beside train/ and val/, as benchmarks/tasks.py writes them) adds
+the test accuracy of the configuration each run returns (`run` scores it at the end) and, per
+seed, each side's difference from the 1-epoch baseline's: the live check of a replay verdict
+(issue 27). --sides also takes the screening candidates' names (halfepoch, screen, screenu,
+screenh, screenuh: replay.py's strategies of those labels), which are not run by default:
+
+    python benchmarks/search.py --data benchmarks/data/caltech20 --sides oneepoch,screenuh \
+        --pretrained ../shared/data/pretrained/resnet18_caltech61_96px.pth
+
     python benchmarks/search.py --data ../shared/data/caltech20 \\
         --pretrained ../shared/data/pretrained/resnet18_caltech61_96px.pth   # ~45 min on 2 CPU cores
     python benchmarks/search.py --quick      # 4 configurations x 2 epochs, 1 seed, generated images
@@ -176,6 +185,31 @@ def cell(values: list[float | None]) -> str:
     return f"{statistics.median(got):.4f} [{min(got):.4f}-{max(got):.4f}]"
 
 
+def test_of(folder: Path, study: str) -> float | None:
+    """The test accuracy of the configuration the run returned, as `run` scored it (None: the
+    data has no test split, or the run returned nothing)."""
+    from sweeper.analyze.test_score import TEST_SCORE
+
+    score = optuna.load_study(study_name=study, storage=f"sqlite:///{folder / 'studies.db'}").user_attrs.get(TEST_SCORE)
+    return score.get("test") if score else None
+
+
+def print_tests(tests: dict[str, list[float | None]]) -> None:
+    """Test accuracy of each returned configuration per seed, and the paired difference from the
+    1-epoch baseline's (same sampler seed)."""
+    if not any(v is not None for values in tests.values() for v in values):
+        return
+    base = tests.get("1-epoch")
+    print("\nTest accuracy of the configuration each run returned, per sampler seed"
+          + ("; difference from 1-epoch with the same seed" if base else ""))
+    for label, values in tests.items():
+        line = f"{label:<30} " + " ".join("-" if v is None else f"{v:.4f}" for v in values)
+        if base and label != "1-epoch" and len(values) == len(base):
+            diffs = [(v or 0.0) - (b or 0.0) for v, b in zip(values, base)]
+            line += f"   vs 1-epoch: {' '.join(f'{d:+.4f}' for d in diffs)} (median {statistics.median(diffs):+.4f})"
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/caltech20"))
@@ -192,9 +226,13 @@ def main() -> None:
                              "for --n-min K); default: all")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    sides = {**SIDES, **{f"tpe + asha (mf, n_min {k})": (f"mf{k}", {"name": "tpe", "n_min": k}, ASHA)
-                         for k in args.n_min}}
-    wanted = set(args.sides.split(",")) if args.sides else {"grid", *(name for name, _, _ in sides.values())}
+    sides = {**STRATEGY_SIDES, **{f"tpe + asha (mf, n_min {k})": (f"mf{k}", {"name": "tpe", "n_min": k}, ASHA)
+                                  for k in args.n_min}}
+    wanted = set(args.sides.split(",")) if args.sides else \
+        {"grid", *(name for label, (name, _, _) in sides.items() if label not in SCREENING)}
+    if unknown := wanted - {"grid", *(name for name, _, _ in sides.values())}:
+        raise SystemExit(f"Error: --sides: unknown {sorted(unknown)}; valid: grid, "
+                         + ", ".join(name for name, _, _ in sides.values()))
     sides = {label: side for label, side in sides.items() if side[0] in wanted}
     configs = manual_configs(args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,6 +242,8 @@ def main() -> None:
             args.seeds = 1  # the flow, not the figures: one seed per side
             configs = manual_configs(args.epochs)[:4]
             data = make_image_folder(root / "data", classes=3, per_class=20)
+            make_image_folder(root / "held_out", classes=3, per_class=6, seed=1, split=False)
+            (root / "held_out").rename(data / "test")  # so that each run's answer is scored
         else:
             data = args.data.resolve()
             if isinstance(args.pretrained, str) and args.pretrained not in ("true", "false"):
@@ -213,6 +253,7 @@ def main() -> None:
         grid_epochs = len(configs) * args.epochs
         budget = max(args.epochs, grid_epochs // 4)
         rows = []  # (label, budget, [best at 1/4, 1/2, all per seed], retrained per seed, rechecks)
+        tests: dict[str, list[float | None]] = {}  # label: the returned configuration's test accuracy per seed
         if "grid" in wanted:
             grid_doc = space_doc(args, data, "grid", configs)
             grid_doc["search"].update(n_trials=len(configs), sampler={"name": "random", "seed": 0}, pruner="none")
@@ -221,19 +262,24 @@ def main() -> None:
             marks = [grid_epochs // 4, grid_epochs // 2, grid_epochs]
             rows.append(("grid (manual configurations)", grid_epochs, [best_by_epochs(root, "grid", trials, marks)],
                          [epoch_count.retrained(trials)], [recheck(root, "grid")] if args.recheck else []))
+            tests["grid (manual configurations)"] = [test_of(root, "grid")]
         marks = [budget // 4, budget // 2, budget]
         for label, (name, sampler, pruner) in sides.items():
             bests, retrained, rechecks = [], [], []
             for seed in range(args.seeds):
                 doc = space_doc(args, data, f"{name}{seed}", configs)
                 doc["search"].update(sampler={**sampler, "seed": seed}, pruner=pruner)
+                if label in KNOWN_IN_POOL:
+                    doc["enqueue"] = configs
                 trials = run_side(root, doc, budget)
+                tests.setdefault(label, []).append(test_of(root, doc["study"]))
                 bests.append(best_by_epochs(root, doc["study"], trials, marks))
                 retrained.append(epoch_count.retrained(trials))
                 if args.recheck:
                     rechecks.append(recheck(root, doc["study"]))
-                print(f"{label} seed {seed}: best {bests[-1]}", flush=True)
+                print(f"{label} seed {seed}: best {bests[-1]}, test {tests[label][-1]}", flush=True)
             rows.append((label, budget, bests, retrained, rechecks))
+    print_tests(tests)
     print(f"\n{args.model} at {args.size} px, {args.epochs} epochs per trial; the grid's {len(configs)} "
           f"configurations take {grid_epochs} epochs, every other side gets {budget}; sampler seeds "
           f"0..{args.seeds - 1}. Best val_acc of a COMPLETE trial, median [min-max] over seeds, after")

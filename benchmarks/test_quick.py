@@ -68,6 +68,11 @@ def test_search_quick_prints_every_side():
     assert sides == ["grid (manual configurations)", "tpe + asha (mf)", "tpe + asha (final)", "random + asha",
                      "1-epoch"]
     assert lines[-1].startswith("target (mf median at its budget > 1-epoch and random + asha medians")
+    tested = lines.index("Test accuracy of the configuration each run returned, per sampler seed; "
+                         "difference from 1-epoch with the same seed")
+    assert [line.split("  ")[0] for line in lines[tested + 1:tested + 6]] == sides
+    assert all(0 <= float(line.split()[-1 if "vs 1-epoch" not in line else line.split().index("vs") - 1]) <= 1
+               for line in lines[tested + 1:tested + 6])
 
 
 @pytest.mark.slow
