@@ -148,5 +148,7 @@ class PriorSampler(optuna.samplers.BaseSampler):
         self._uniform.after_trial(study, trial, state, values)
 
 
-def _same(known: dict[str, Any], params: dict[str, Any]) -> bool:
-    return all(params.get(k) == v for k, v in known.items())
+def _same(point: dict[str, Any], params: dict[str, Any]) -> bool:
+    """Has a trial with `params` tried `point`? Only the parameters the trial has count: a point
+    that moved `schedule` off step keeps a `milestones` the trial never asked for."""
+    return bool(params) and all(params[k] == v for k, v in point.items() if k in params)

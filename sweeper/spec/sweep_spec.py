@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,11 @@ class SweepSpec:
         p = self.search.pruner
         if p.name != "screen":
             return None
+        n_trials = self.search.n_trials
+        if self.search.sampler.name == "grid":  # a pool larger than the grid would never fill its first rung
+            n_trials = min(n_trials or math.inf, math.prod(len(v) for v in self.space.grid().values()))
         return screen.plan(self.max_epochs, p.options.get("min_resource", 1), p.options.get("reduction_factor", 3),
-                           self.search_budget_epochs, self.search.n_trials, workers)
+                           self.search_budget_epochs, n_trials, workers)
 
     @property
     def enqueues(self) -> bool:

@@ -78,7 +78,9 @@ def plan(trials: Sequence[FrozenTrial], budget: int, deciding: int | None = None
     # the highest through the rungs that still fits: a trial that arrives better but less far
     # (its first epoch started while another was promoted) would need more than is left
     ordered = sorted(taken or unfinished, key=lambda t: (*_reached(t), -t.number), reverse=True)
-    candidate = next((t for t in ordered if room_beside(t) >= 0), ordered[0])
+    # none fits: the one closest to fitting (a better one that fits even less would let the
+    # trial kept so far train on beside it, half an epoch over with a half-epoch first rung)
+    candidate = next((t for t in ordered if room_beside(t) >= 0), max(ordered, key=room_beside))
     at, value = _reached(candidate)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete and not all(value > (value_at(t, at) or float("-inf")) for t in complete):

@@ -123,6 +123,34 @@ def test_uniform_share_one_never_draws_the_known_configurations(tmp_path):
     assert known[0] not in _ask(study, 4)
 
 
+def test_mutations_off_a_conditional_parameter_do_not_repeat_a_tried_configuration():
+    """A mutation that moves schedule off step keeps the known configuration's milestones, which
+    the trial never asks for: it must still count as tried (seen: 14 of 20 seeds repeated one)."""
+    known = [{"schedule": "step", "milestones": "[3, 6]", "bs": 32, "aug": "none"}]
+    for seed in range(20):
+        study = optuna.create_study(sampler=PriorSampler(known, uniform_share=0.0, seed=seed))
+        seen = []
+        for _ in range(8):  # of 18 configurations in all
+            t = study.ask()
+            c = {"schedule": t.suggest_categorical("schedule", ["step", "cosine"])}
+            if c["schedule"] == "step":
+                c["milestones"] = t.suggest_categorical("milestones", ["[3, 6]", "[5, 7]"])
+            c["bs"] = t.suggest_categorical("bs", [32, 64, 128])
+            c["aug"] = t.suggest_categorical("aug", ["none", "ra"])
+            study.tell(t, 0.0)
+            seen.append(c)
+        assert all(c not in seen[:i] for i, c in enumerate(seen)), (seed, seen)
+
+
+def test_a_screening_pool_is_no_larger_than_the_grid(tmp_path, colour_folder):
+    doc = tiny_space(colour_folder, train={"epochs": 8}, search={
+        "n_trials": 20, "sampler": {"name": "grid"}, "pruner": {"name": "screen", "min_resource": 0.5}},
+        space={"lr": [0.01, 0.02, 0.05, 0.1], "batch_size": [8, 16]})
+    result = CliRunner().invoke(app, ["run", "--space", str(write_space(tmp_path / "s.yaml", doc)), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "pool 8; 8 trial(s) epochs 0->0.5" in result.output  # 4 x 2 points, not n_trials' 20
+
+
 @pytest.mark.parametrize("sampler, pruner, message", [
     ({"name": "prior", "uniform_share": 1.5}, "none", "uniform_share must be a number in [0, 1]"),
     ({"name": "prior", "mutation_std": 0}, "none", "mutation_std must be a number > 0"),

@@ -75,6 +75,20 @@ def test_with_half_an_epoch_left_only_a_trial_paused_mid_epoch_is_promoted():
     assert not budget.fits_promotion(now, 1) and budget.fits_promotion(now, 0.5)
 
 
+def test_when_no_trial_fits_the_reserve_keeps_the_one_closest_to_fitting():
+    """Seen in replays (4 workers, half-epoch first rung, budget 17): trial 0 was kept at epoch
+    2; a new trial's start (room 0.5) left it 0.5 short, and the reserve switched to a better
+    trial at epoch 2 that was 1.5 short, while trial 0 trained on: 17.5 of 17."""
+    from sweeper.search.asha import PART_VALUES
+
+    kept = trial(0, {1: 0.5, 2: 0.5})  # training its third epoch
+    better = trial(9, {1: 0.6, 2: 0.6}, paused=True)
+    pruned = trial(3, {}, TrialState.PRUNED, **{PART_VALUES: {"0.5": 0.1}})  # 4.5 trained in all
+    now = reserve.plan([kept, better, pruned], budget=10)
+    # trial 0 needs 6 (10 - 4.5 - 6 = -0.5); trial 9 needs 6 and trial 0's epoch beside it (-1.5)
+    assert (now.trial, now.room) == (0, -0.5)
+
+
 def test_no_reserve_for_a_trial_no_better_than_a_complete_one_at_its_epoch():
     done = trial(5, {e: 0.1 * e for e in range(1, 9)}, TrialState.COMPLETE)  # 0.3 at epoch 3
     worse = trial(1, {1: 0.1, 2: 0.2, 3: 0.25}, paused=True)
