@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -111,11 +112,11 @@ class RecheckSource:
         return {(t.user_attrs.get(recovery.RECHECK_OF), t.user_attrs.get(RECHECK_SEED))
                 for t in trials if t.state in (TrialState.COMPLETE, TrialState.RUNNING)}
 
-    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
+    def claim(self, admit: Callable[[], bool] | None = None) -> tuple[optuna.Trial, TrialConfig] | None:
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
             started = self._started()
             self.todo = [p for p in self.todo if (p.first.number, p.seed_index) not in started]
-            if not self.todo:
+            if not self.todo or (admit is not None and not admit()):
                 return None
             p = self.todo.pop(0)
             template = optuna.trial.create_trial(

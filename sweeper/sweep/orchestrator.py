@@ -70,13 +70,14 @@ class Orchestrator:
             store.retrying(lambda: trial.set_user_attr(reserve.FINISHED_BY_RESERVE, why))
             self.progress.message(f"trial {trial.number}: {why}")
 
+    def _admits(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        """Budget for a new trial, beside what the reserve's trial needs (else only it trains now)."""
+        return not self._out_of_budget(trials) and (
+            (kept := self.budget.reserve(trials)) is None or kept.room >= self.budget.first_step)
+
     def _claim(self, trials: list[optuna.trial.FrozenTrial]) -> tuple[optuna.Trial, TrialConfig] | None:
-        if self._out_of_budget(trials):
-            return None
-        kept = self.budget.reserve(trials)
-        if kept is not None and kept.room < self.budget.first_step:  # only the reserve's trial trains now
-            return None
-        return self.source.claim()
+        # asked again under the store's lock, on fresh trials: another orchestrator may have started one
+        return self.source.claim(admit=lambda: self._admits(self.budget.trials())) if self._admits(trials) else None
 
     def _promotable(self, slot: Slot, trials: list[optuna.trial.FrozenTrial]) -> Waiting | None:
         """A paused trial to promote now (promotion.py); one that trains alone waits for a free device."""
@@ -84,7 +85,7 @@ class Orchestrator:
             return None
         return self.promotions.choose(trials, self.budget.reserve(trials), self._out_of_budget(trials),
                                       lambda t: not self.sharing.busy_for(t, slot, self.running),
-                                      lambda paused_at: self.budget.fits_promotion(trials, paused_at))
+                                      lambda at, fresh=False: self.budget.fits_promotion(self.budget.trials() if fresh else trials, at))
 
     def _last_chance(self) -> Waiting | None:
         if not self.asha or self.interrupts or (chosen := self.promotions.last_chance(self.budget.trials())) is None:

@@ -66,10 +66,12 @@ class Promotions:
         return out
 
     def choose(self, trials: list[FrozenTrial], kept: Reserve | None, out_of_budget: bool,
-               free: Callable[[FrozenTrial], bool], fits: Callable[[float], bool] = lambda paused_at: True) -> Waiting | None:
+               free: Callable[[FrozenTrial], bool],
+               fits: Callable[..., bool] = lambda paused_at, fresh=False: True) -> Waiting | None:
         """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
-        at its rung (higher rungs first), while the budget has room for its next step (`fits`).
-        Claimed: None when another orchestrator took it first."""
+        at its rung (higher rungs first), while the budget has room for its next step (`fits`; asked
+        again on fresh trials under the lock, `fresh=True`). Claimed: None when another orchestrator
+        took it first, or took the room."""
         self.touched = False
         waiting = [w for w in self.waiting(trials) if free(w.trial)]
         if not waiting:
@@ -81,6 +83,7 @@ class Promotions:
         else:
             chosen = next((w for w in sorted(waiting, key=lambda w: (-w.epochs_run, w.trial.number))
                            if self.asha.promotable(w.trial.number, w.epochs_run, trials) and fits(w.epochs_run)), None)
+            return self._take(chosen, lambda: fits(chosen.epochs_run, fresh=True))
         return self._take(chosen)
 
     def waits(self, number: int, epoch: float, epochs: int, trials: list[FrozenTrial]) -> bool:
@@ -102,13 +105,13 @@ class Promotions:
         return (f"finished rather than pruned: the sweep ended with no COMPLETE trial, and it is the "
                 f"paused trial highest through the rungs (epoch {chosen.epochs_run}{value})")
 
-    def _take(self, chosen: Waiting | None) -> Waiting | None:
+    def _take(self, chosen: Waiting | None, admit: Callable[[], bool] | None = None) -> Waiting | None:
         """Claim the trial and read its configuration; a store that does not answer leaves it
         paused for later (or for another orchestrator)."""
         if chosen is None:
             return None
         self.touched = True
-        if not self.claim(chosen.trial):
+        if not self.claim(chosen.trial, admit):
             return None
         try:
             return dataclasses.replace(chosen, config=self.config(chosen.trial))
@@ -121,11 +124,12 @@ class Promotions:
             store.retrying(lambda: self.study.tell(live, state=TrialState.FAIL))
             return None
 
-    def claim(self, trial: FrozenTrial) -> bool:
-        """Take a paused trial for this orchestrator; False when another took it first."""
+    def claim(self, trial: FrozenTrial, admit: Callable[[], bool] | None = None) -> bool:
+        """Take a paused trial for this orchestrator; False when another took it first (or, per
+        `admit`, took the budget's room since this one looked)."""
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
             now = store.retrying(lambda: self.study._storage.get_trial(trial._trial_id))
-            if now.state != TrialState.RUNNING or not now.user_attrs.get(PAUSED):
+            if now.state != TrialState.RUNNING or not now.user_attrs.get(PAUSED) or (admit is not None and not admit()):
                 return False
             # beaten first: never a moment when it is neither paused nor fresh (recovery.is_stale)
             store.retrying(lambda: recovery.beat(self.study, trial._trial_id, self.heartbeat))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -38,8 +38,9 @@ def failing_if_unstarted(study: optuna.Study, trial: optuna.Trial) -> Iterator[N
 class TrialSource(Protocol):
     """What a free slot trains next."""
 
-    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
-        """A new RUNNING trial and its configuration, or None when there is no more work."""
+    def claim(self, admit: Callable[[], bool] | None = None) -> tuple[optuna.Trial, TrialConfig] | None:
+        """A new RUNNING trial and its configuration, or None when there is no more work (or
+        `admit`, asked under the store's lock, says the budget has no room)."""
 
     def running_elsewhere(self) -> int:
         """Trials of this work still training in other orchestrators (0: nothing to wait for)."""
@@ -67,10 +68,12 @@ class SweepSource:
         running = [t for t in trials if t.state == TrialState.RUNNING and recovery.RECHECK_OF not in t.user_attrs]
         return finished, len(running), sum(bool(t.user_attrs.get(PAUSED)) for t in running)
 
-    def claim(self) -> tuple[optuna.Trial, TrialConfig] | None:
+    def claim(self, admit: Callable[[], bool] | None = None) -> tuple[optuna.Trial, TrialConfig] | None:
+        """A new trial, when n_trials (or the screening pool) and `admit` (the epoch budget, read
+        afresh under the lock that several orchestrators share) leave room for it."""
         with store.budget_lock(self.study._storage, self.storage_url, self.study.study_name):
             finished, running, _ = self._counts()
-            if finished + running >= self.limit:
+            if finished + running >= self.limit or (admit is not None and not admit()):
                 return None
             sampler = self.study.sampler
             if isinstance(sampler, GridSampler) and not store.retrying(

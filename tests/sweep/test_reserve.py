@@ -89,6 +89,30 @@ def test_when_no_trial_fits_the_reserve_keeps_the_one_closest_to_fitting():
     assert (now.trial, now.room) == (0, -0.5)
 
 
+def test_new_trials_and_promotions_ask_the_budget_again_under_the_store_lock(tmp_path):
+    """Two orchestrators that both saw room for one more epoch must not both start one: the
+    budget is asked again under the lock they share, on the trials the store holds then."""
+    import optuna
+
+    from sweeper.search.asha import PAUSED
+    from sweeper.spec.sweep_spec import parse_spec
+    from sweeper.sweep.promotion import Promotions
+    from sweeper.sweep.scheduler import SweepSource
+
+    url = f"sqlite:///{tmp_path}/studies.db"
+    spec = parse_spec(tiny_space(search={"n_trials": 5}), "tiny")
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    source = SweepSource(spec, study, tmp_path / "cache", tmp_path / "trials", url, heartbeat=30)
+    assert source.claim(admit=lambda: False) is None and study.get_trials() == []  # nothing asked
+    trial, _ = source.claim(admit=lambda: True)
+    study._storage.set_trial_user_attr(trial._trial_id, PAUSED, True)
+    promotions = Promotions(study, url, tmp_path / "trials", tmp_path / "cache", None, 30, None)
+    paused = study.get_trials()[0]
+    assert not promotions.claim(paused, admit=lambda: False)
+    assert study.get_trials()[0].user_attrs[PAUSED]  # still paused, for whoever has room later
+    assert promotions.claim(paused, admit=lambda: True) and not study.get_trials()[0].user_attrs[PAUSED]
+
+
 def test_no_reserve_for_a_trial_no_better_than_a_complete_one_at_its_epoch():
     done = trial(5, {e: 0.1 * e for e in range(1, 9)}, TrialState.COMPLETE)  # 0.3 at epoch 3
     worse = trial(1, {1: 0.1, 2: 0.2, 3: 0.25}, paused=True)
