@@ -55,7 +55,12 @@ def recheck_epochs(recheck: Recheck | None, epochs: int) -> int:
 
 
 def check_fits(budget: int | None, recheck: Recheck | None, epochs: int, problems: Problems) -> None:
-    """The search must keep at least one trial's epochs once the re-check is set aside."""
+    """The search must keep at least one trial's epochs once the re-check is set aside: a budget
+    ends with a finished trial (sweep/reserve.py), which a smaller one would overshoot."""
+    if budget is not None and recheck is None and budget < epochs:
+        problems.append(("search.budget.epochs", f"{budget} is less than one trial's {epochs} epochs: the "
+                                                 f"sweep ends by finishing its best trial, which would go over it; "
+                                                 f"raise it to at least {epochs} or lower train.epochs"))
     kept = recheck_epochs(recheck, epochs)
     if budget is not None and recheck is not None and budget - kept < epochs:
         problems.append(("search.recheck", f"re-checking {recheck.top} configuration(s) with {recheck.seeds} "

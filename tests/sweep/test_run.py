@@ -163,6 +163,7 @@ def _digest(path: Path) -> str:
     ({"model": {"name": "resnet51"}}, [], "model.name: unknown timm model 'resnet51'"),
     ({}, ["--data", "does/not/exist"], "does/not/exist not found; pass --data"),
     ({}, ["--gpus", "a,b"], "--gpus"),
+    ({}, ["--budget-epochs", "1"], "search.budget.epochs: 1 is less than one trial's 2 epochs"),
 ])
 def test_bad_input_exits_2_with_one_message_and_leaves_the_store(
         colour_folder, tmp_path, monkeypatch, doc_change, args, message):
