@@ -38,7 +38,11 @@ def test_the_grid_trains_every_known_configuration_and_returns_the_best_by_val()
     assert sorted(c for c, _, _ in launched.values()) == sorted(table.known)
     finals = {number: table.curves[(c, s)].records[-1] for number, (c, s, _) in launched.items()}
     best = max(finals, key=lambda n: (finals[n]["val_acc"], -n))  # ties: the earlier trial
-    assert got.config == launched[best][0] and got.test_acc == finals[best]["test_acc"]
+    config, seed, _ = launched[best]
+    assert got.config == config and got.test_checkpoint == finals[best]["test_acc"]  # the run it returns
+    # the configuration's: the mean over the table's seeds, at the same epoch
+    assert got.test_acc == pytest.approx(sum(table.curves[(config, s)].records[-1]["test_acc"] for s in table.seeds)
+                                         / len(table.seeds))
 
 
 def test_two_simulated_workers_interleave_by_the_table_s_seconds():
@@ -80,7 +84,7 @@ def test_fidelity_with_two_workers_prints_every_trial_and_what_agrees():
 
 
 def _outcome(seed: int, test: float | None) -> replay.Outcome:
-    return replay.Outcome("t", "s", "1/4", 24, seed, test, test, 0, 24, 5, 5, 5, 0.0, 1.0, 0.1)
+    return replay.Outcome("t", "s", "1/4", 24, seed, test, test, test, 0, 24, 5, 5, 5, 0.0, 1.0, 0.1)
 
 
 def test_paired_differences_count_ties_as_half_a_win_and_no_answer_as_zero():
@@ -90,7 +94,20 @@ def test_paired_differences_count_ties_as_half_a_win_and_no_answer_as_zero():
     assert got["win"] == (1 + 0.5) / 4  # +0.1, 0, -0.4 (no answer scores 0), -0.1
     assert got["median"] == pytest.approx(-0.05)
     assert got["low"] <= got["median"] <= got["high"]
+    assert got["mean"] == pytest.approx(-0.1) and got["mean_low"] <= got["mean"] <= got["mean_high"]
+    assert got["wtl"] == "1-1-2"
+    from scipy.stats import wilcoxon  # Pratt's treatment of the zero difference, as scipy states it
+    assert got["p"] == pytest.approx(wilcoxon([0.1, 0.0, -0.4, -0.1], zero_method="pratt").pvalue)
     assert replay.paired(ours, {}) is None
+
+
+def test_a_suggestion_trains_as_a_configuration_no_earlier_trial_of_the_replay_trains_as():
+    table = replay.Table(replay.QUICK)
+    doc = replay.strategy_doc(table, "random + asha", 3, "r")
+    for mapping, repeats in (("unused", False), ("nearest", True)):
+        trained = [c for c, _, _ in replay.sweep(table, doc, 3, 16, mapping=mapping).launcher.trials.values()]
+        first = trained[:len(table.configs)]  # once every configuration is used, the nearest again
+        assert len(first) == len(table.configs) and (len(set(first)) < len(first)) == repeats, (mapping, trained)
 
 
 def test_the_success_criterion_needs_two_of_three_tasks_above_both_and_none_a_point_below():
