@@ -77,7 +77,8 @@ class Orchestrator:
 
     def _claim(self, trials: list[optuna.trial.FrozenTrial]) -> tuple[optuna.Trial, TrialConfig] | None:
         # asked again under the store's lock, on fresh trials: another orchestrator may have started one
-        return self.source.claim(admit=lambda: self._admits(self.budget.trials())) if self._admits(trials) else None
+        again = (lambda: self._admits(self.budget.trials())) if self.budget.active else None  # no budget: no read
+        return self.source.claim(admit=again) if self._admits(trials) else None
 
     def _promotable(self, slot: Slot, trials: list[optuna.trial.FrozenTrial]) -> Waiting | None:
         """A paused trial to promote now (promotion.py); one that trains alone waits for a free device."""
