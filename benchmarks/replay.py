@@ -661,6 +661,61 @@ def paired(ours: dict[int, Outcome], theirs: dict[int, Outcome]) -> dict[str, fl
             "wtl": f"{won}-{len(d) - won - lost}-{lost}", "p": p if not math.isnan(p) else 1.0}
 
 
+def pooled(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """Across tasks, per (budget, strategy): the mean paired test difference over every (task,
+    seed) against the grid and the one-epoch baseline, its 95% CI from a bootstrap stratified by
+    task (each task's seeds resampled within it, so every task weighs the same), and W-T-L.
+    The criterion is per task; this says which way the evidence leans where tasks disagree."""
+    by: dict[tuple, dict[int, Outcome]] = {}
+    for o in outcomes:
+        by.setdefault((o.task, o.strategy, o.budget), {})[o.seed] = o
+    tasks = list(dict.fromkeys(o.task for o in outcomes))
+    rows = []
+    for budget in [f"{a}/{b}" for a, b in BUDGETS]:
+        for strategy in STRATEGIES:
+            if strategy == GRID or not all((t, strategy, budget) in by for t in tasks):
+                continue
+            row: dict[str, Any] = {"budget": budget, "strategy": strategy, "tasks": len(tasks)}
+            for name, other in (("grid", lambda t: by.get((t, GRID, "full"), {})),
+                                ("1epoch", lambda t: by.get((t, BASELINE, budget), {}))):
+                diffs = []
+                for t in tasks:
+                    ours, theirs = by[(t, strategy, budget)], other(t)
+                    seeds = sorted(set(ours) & set(theirs)) if theirs is not ours else []
+                    diffs.append(np.array([(ours[s].test_acc or 0.0) - (theirs[s].test_acc or 0.0) for s in seeds]))
+                if strategy == BASELINE and name == "1epoch" or not all(len(d) for d in diffs):
+                    row[name] = None
+                    continue
+                rng = np.random.default_rng(0)
+                means = np.mean([d[rng.integers(0, len(d), (2000, len(d)))].mean(axis=1) for d in diffs], axis=0)
+                every = np.concatenate(diffs)
+                won, lost = int((every > 1e-12).sum()), int((every < -1e-12).sum())
+                row[name] = {"mean": float(np.mean([d.mean() for d in diffs])),
+                             "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5)),
+                             "wtl": f"{won}-{len(every) - won - lost}-{lost}"}
+            rows.append(row)
+    return rows
+
+
+def pooled_text(rows: list[dict], markdown_table: bool = False) -> str:
+    if not rows or rows[0]["tasks"] < 2:
+        return ""
+    head = ["budget", "strategy", "vs grid: mean [95% CI] W-T-L", "vs 1-epoch: mean [95% CI] W-T-L"]
+
+    def cell(d: dict | None) -> str:
+        return "-" if d is None else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['wtl']}"
+
+    cells = [[r["budget"], r["strategy"], cell(r["grid"]), cell(r["1epoch"])] for r in rows]
+    title = (f"Pooled over {rows[0]['tasks']} tasks (each task weighs the same; bootstrap stratified by task): "
+             "paired test-accuracy difference")
+    if markdown_table:
+        return "\n".join([title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                          *("| " + " | ".join(c) + " |" for c in cells), ""])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    return "\n".join([title, "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+                      *("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells), ""])
+
+
 def summarise(outcomes: list[Outcome], tables: dict[str, Table]) -> list[dict[str, Any]]:
     """One row per (task, budget, strategy): the primary metric against the grid and the
     one-epoch baseline, and the secondary ones."""
@@ -823,7 +878,8 @@ def write(outcomes: list[Outcome], rows: list[dict], tables: dict[str, Table], w
         w = csv.DictWriter(f, list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "summary.md").write_text(markdown(rows, tables, workers) + "\n" + verdict_text(rows, markdown_table=True))
+    (out / "summary.md").write_text(markdown(rows, tables, workers) + "\n" + verdict_text(rows, markdown_table=True)
+                                    + "\n" + pooled_text(pooled(outcomes), markdown_table=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -872,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(outcomes, tables)
     print(text_table(rows, tables, args.workers))
     print(verdict_text(rows))
+    print(pooled_text(pooled(outcomes)))
     out = args.out or (None if args.quick else ROOT / "benchmarks" / "replay")  # --quick: nothing, unless asked
     if out is not None:
         write(outcomes, rows, tables, args.workers, out)

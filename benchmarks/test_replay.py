@@ -110,6 +110,24 @@ def test_a_suggestion_trains_as_a_configuration_no_earlier_trial_of_the_replay_t
         assert len(first) == len(table.configs) and (len(set(first)) < len(first)) == repeats, (mapping, trained)
 
 
+def test_the_pooled_difference_weighs_each_task_the_same_whatever_its_seeds(monkeypatch):
+    def o(task, strategy, budget, seed, test):
+        return replay.Outcome(task, strategy, budget, 24, seed, test, test, test, 0, 24, 5, 5, 5, 0.0, 1.0, 0.1)
+
+    # task a: +0.1 on 4 seeds; task b: -0.02 on 2 seeds; against the grid, the baseline level with it
+    runs = [o("a", replay.GRID, "full", s, 0.5) for s in range(4)] + [o("b", replay.GRID, "full", s, 0.8) for s in range(2)]
+    runs += [o("a", replay.BASELINE, "1/4", s, 0.5) for s in range(4)] + [o("b", replay.BASELINE, "1/4", s, 0.8) for s in range(2)]
+    runs += [o("a", "s", "1/4", s, 0.6) for s in range(4)] + [o("b", "s", "1/4", s, 0.78) for s in range(2)]
+    monkeypatch.setattr(replay, "STRATEGIES", [*replay.STRATEGIES, "s", "x"])
+    got = {r["strategy"]: r for r in replay.pooled(runs + [o("a", "x", "1/4", 0, 0.1)])}
+    assert "x" not in got  # replayed on one task of two: not pooled
+    assert got["s"]["grid"]["mean"] == pytest.approx((0.1 - 0.02) / 2)  # not (4 * 0.1 - 2 * 0.02) / 6
+    assert got["s"]["grid"]["low"] == pytest.approx(0.04) and got["s"]["grid"]["high"] == pytest.approx(0.04)  # no spread within a task
+    assert got["s"]["grid"]["wtl"] == "4-0-2" and got["s"]["1epoch"]["wtl"] == "4-0-2"
+    assert got[replay.BASELINE]["1epoch"] is None and got[replay.BASELINE]["grid"]["wtl"] == "0-6-0"
+    assert "+0.040 [+0.040, +0.040] 4-0-2" in replay.pooled_text(replay.pooled(runs))
+
+
 def test_the_success_criterion_needs_two_of_three_tasks_above_both_and_none_a_point_below():
     def row(task, strategy, grid, base):  # (median, CI low) against the grid and the one-epoch baseline
         return {"task": task, "budget": "1/4", "strategy": strategy, "vs_grid_median": grid[0], "vs_grid_low": grid[1],
