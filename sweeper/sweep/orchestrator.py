@@ -85,8 +85,7 @@ class Orchestrator:
         if not self.asha or self.interrupts:
             return None
         return self.promotions.choose(trials, self.budget.reserve(trials), self._out_of_budget(trials),
-                                      lambda t: not self.sharing.busy_for(t, slot, self.running),
-                                      lambda at, fresh=False: self.budget.fits_promotion(self.budget.trials() if fresh else trials, at))
+                                      lambda t: not self.sharing.busy_for(t, slot, self.running), self.budget)
 
     def _last_chance(self) -> Waiting | None:
         if not self.asha or self.interrupts or (chosen := self.promotions.last_chance(self.budget.trials())) is None:

@@ -24,7 +24,7 @@ from sweeper.search.asha import PAUSED, AshaPruner, value_at
 from sweeper.search.multi_fidelity import is_paused
 from sweeper.spec.trial_config import TrialConfig
 from sweeper.sweep import recovery, reserve
-from sweeper.sweep.reserve import Reserve
+from sweeper.sweep.reserve import Budget, Reserve
 from sweeper.train import resume
 
 
@@ -66,12 +66,11 @@ class Promotions:
         return out
 
     def choose(self, trials: list[FrozenTrial], kept: Reserve | None, out_of_budget: bool,
-               free: Callable[[FrozenTrial], bool],
-               fits: Callable[..., bool] = lambda paused_at, fresh=False: True) -> Waiting | None:
+               free: Callable[[FrozenTrial], bool], budget: Budget | None = None) -> Waiting | None:
         """The reserve's trial once only it may train; else a paused trial now in the top 1/eta
-        at its rung (higher rungs first), while the budget has room for its next step (`fits`; asked
-        again on fresh trials under the lock, `fresh=True`). Claimed: None when another orchestrator
-        took it first, or took the room."""
+        at its rung (higher rungs first), while `budget` has room for its next step (asked again
+        on the store's trials under the lock when a budget is set). Claimed: None when another
+        orchestrator took it first, or took the room."""
         self.touched = False
         waiting = [w for w in self.waiting(trials) if free(w.trial)]
         if not waiting:
@@ -82,8 +81,11 @@ class Promotions:
             return None
         else:
             chosen = next((w for w in sorted(waiting, key=lambda w: (-w.epochs_run, w.trial.number))
-                           if self.asha.promotable(w.trial.number, w.epochs_run, trials) and fits(w.epochs_run)), None)
-            return self._take(chosen, lambda: fits(chosen.epochs_run, fresh=True))
+                           if self.asha.promotable(w.trial.number, w.epochs_run, trials)
+                           and (budget is None or budget.fits_promotion(trials, w.epochs_run))), None)
+            again = None if budget is None or not budget.active or chosen is None else \
+                (lambda: budget.fits_promotion(budget.trials(), chosen.epochs_run))  # no budget: no read
+            return self._take(chosen, again)
         return self._take(chosen)
 
     def waits(self, number: int, epoch: float, epochs: int, trials: list[FrozenTrial]) -> bool:
