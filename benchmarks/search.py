@@ -146,19 +146,20 @@ def recheck(folder: Path, study: str) -> tuple[float, float] | None:
 
 
 def epoch_times(folder: Path, study: str, trial) -> list[tuple[float, int]]:
-    """(when it finished, epoch) for each epoch the trial trained itself: its workers' segments
-    (several when ASHA paused it) plus each epoch's seconds from its metrics.csv."""
+    """(when it finished, epoch) for each whole epoch the trial trained itself: its workers'
+    segments (several when a pruner paused it, at half an epoch too) plus each epoch's seconds
+    from its metrics.csv (counted from the epoch's start, across a pause inside it)."""
     path = folder / "trials" / study / str(trial.number) / "metrics.csv"
     if not path.is_file():
         return []
-    seconds = {int(r["epoch"]): float(r["seconds"]) for r in csv.DictReader(open(path))}
+    seconds = {float(r["epoch"]): float(r["seconds"]) for r in csv.DictReader(open(path))}
     carried = trial.user_attrs.get(epoch_count.RESUMED_AFTER, 0)
     bounds = [carried] + trial.user_attrs.get("pauses", []) + [max(seconds, default=0)]
     out = []
     for (start, _), lo, hi in zip(trial.user_attrs.get("segments", []), bounds, bounds[1:]):
         t = start
-        for e in range(lo + 1, hi + 1):
-            t += seconds.get(e, 0.0)
+        for e in range(math.floor(lo) + 1, math.floor(hi) + 1):
+            t += seconds.get(e, 0.0) - (seconds.get(lo, 0.0) if lo > e - 1 else 0.0)  # begun before a pause at lo
             out.append((t, e))
     return out
 

@@ -27,8 +27,8 @@ def test_contention_quick_prints_its_table():
     assert lines[-2].startswith("two at once, each taking every core (old)")
 
 
-def _quick(script: str) -> list[str]:
-    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick"], cwd=ROOT,
+def _quick(script: str, *args: str) -> list[str]:
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()
@@ -73,6 +73,19 @@ def test_search_quick_prints_every_side():
     assert [line.split("  ")[0] for line in lines[tested + 1:tested + 6]] == sides
     assert all(0 <= float(line.split()[-1 if "vs 1-epoch" not in line else line.split().index("vs") - 1]) <= 1
                for line in lines[tested + 1:tested + 6])
+
+
+@pytest.mark.slow
+def test_the_live_check_of_half_epoch_screening_runs_and_scores_each_answer():
+    """benchmarks/README's live check (1-epoch against screen (uniform, 1/2)): the screening
+    side's trials pause at half an epoch, which its epoch timeline reads (it crashed on 0.5)."""
+    lines = _quick("search.py", "--sides", "oneepoch,screenuh")
+    tested = lines.index("Test accuracy of the configuration each run returned, per sampler seed; "
+                         "difference from 1-epoch with the same seed")
+    base, screen = lines[tested + 1].split(), lines[tested + 2].split()
+    assert base[0] == "1-epoch" and 0 < float(base[1]) <= 1
+    assert " ".join(screen[:3]) == "screen (uniform, 1/2)" and 0 < float(screen[3]) <= 1
+    assert screen[4:6] == ["vs", "1-epoch:"]
 
 
 @pytest.mark.slow
