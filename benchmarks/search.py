@@ -23,9 +23,10 @@ multi-fidelity side's median best at its budget (1/4 of the grid's epochs) is ab
 Data with a test split (test/ beside train/ and val/, as benchmarks/tasks.py writes them) adds
 the test accuracy of the configuration each run returns (`run` scores it at the end) and, per
 seed, each side's difference from the 1-epoch baseline's: the live check of a replay verdict
-(issue 27). --sides also takes the screening candidates' names (oneepochk: the shipped
-default, 1-epoch with the known configurations queued first; halfepoch, screen, screenu,
-screenh, screenuh: replay.py's strategies of those labels), which are not run by default:
+(issue 27). --sides also takes the screening candidates' names (oneepochk: the default until
+2026-12-07, 1-epoch with the known configurations queued first; halfepoch, screen, screenu,
+screenh, screenuh: replay.py's strategies of those labels; screenuh is the default now), which
+are not run by default:
 
     python benchmarks/search.py --data benchmarks/data/caltech20 --sides oneepoch,screenuh \
         --pretrained ../shared/data/pretrained/resnet18_caltech61_96px.pth
@@ -66,13 +67,13 @@ SIDES = {  # label: (study name, sampler, pruner)
     "1-epoch": ("oneepoch", {"name": "random"}, {**ASHA, "max_resource": 2}),
 }
 SCREENING = {  # issue 27's candidates and ablations: replayed (replay.py), not run here by default
-    # what search_spaces/resnet.yaml ships: the 1-epoch baseline with the known configurations queued first
+    # what search_spaces/resnet.yaml shipped until 2026-12-07: the 1-epoch baseline, known configurations queued first
     "1-epoch (known first)": ("oneepochk", {"name": "random"}, {**ASHA, "max_resource": 2}),
     "1/2-epoch": ("halfepoch", {"name": "random"}, {**ASHA, "min_resource": 0.5, "max_resource": 1}),
     "screen (prior)": ("screen", {"name": "prior"}, SCREEN),  # the known configurations in the pool
     "screen (uniform)": ("screenu", {"name": "random"}, SCREEN),  # ablation: the pool without them
     "screen (prior, 1/2)": ("screenh", {"name": "prior"}, {**SCREEN, "min_resource": 0.5}),  # first rung at half an epoch
-    "screen (uniform, 1/2)": ("screenuh", {"name": "random"}, {**SCREEN, "min_resource": 0.5}),
+    "screen (uniform, 1/2)": ("screenuh", {"name": "random"}, {**SCREEN, "min_resource": 0.5}),  # what it ships now
 }
 STRATEGY_SIDES = {**SIDES, **SCREENING}
 KNOWN_IN_POOL = ("1-epoch (known first)", "screen (prior)", "screen (prior, 1/2)")  # sides whose space file lists the known configurations
