@@ -223,6 +223,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="sampler seeds FIRST..FIRST+SEEDS-1 (more seeds later)")
     parser.add_argument("--recheck", action="store_true", help="retrain each run's winner with 2 more seeds")
     parser.add_argument("--n-min", type=int, action="append", default=[],
                         help="add a side: tpe + asha (mf) with this n_min (repeatable)")
@@ -271,7 +272,7 @@ def main() -> None:
         marks = [budget // 4, budget // 2, budget]
         for label, (name, sampler, pruner) in sides.items():
             bests, retrained, rechecks = [], [], []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 doc = space_doc(args, data, f"{name}{seed}", configs)
                 doc["search"].update(sampler={**sampler, "seed": seed}, pruner=pruner)
                 if label in KNOWN_IN_POOL:
@@ -287,7 +288,7 @@ def main() -> None:
     print_tests(tests)
     print(f"\n{args.model} at {args.size} px, {args.epochs} epochs per trial; the grid's {len(configs)} "
           f"configurations take {grid_epochs} epochs, every other side gets {budget}; sampler seeds "
-          f"0..{args.seeds - 1}. Best val_acc of a COMPLETE trial, median [min-max] over seeds, after")
+          f"{args.first_seed}..{args.first_seed + args.seeds - 1}. Best val_acc of a COMPLETE trial, median [min-max] over seeds, after")
     head = ["1/4 of budget", "1/2", "all"]
     print(f"{'side':<30} {'budget':>6} {head[0]:>24} {head[1]:>24} {head[2]:>24} {'retrained':>9}"
           + ("   recheck: winner mean ± std (3 runs)" if args.recheck else ""))
