@@ -49,7 +49,8 @@ def test_counts_modes_sizes_duplicates_and_unreadable_match_the_files(folder, tm
     assert page.count("plotly-graph-div") == 2 and "Images per class" in page and "class_2" in page
 
 
-def test_an_image_above_the_pixel_cap_is_listed_from_its_header_not_decoded(folder, monkeypatch):
+def test_an_image_above_the_pixel_cap_is_listed_from_its_header_not_decoded(folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its page goes to trials/inspect/ here, not into the checkout
     huge_png(folder / "train" / "class_0" / "huge.png")
     result = runner.invoke(app, ["data", "inspect", str(folder), "--json"])
     assert result.exit_code == 0, result.output
