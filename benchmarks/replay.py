@@ -661,14 +661,20 @@ def paired(ours: dict[int, Outcome], theirs: dict[int, Outcome]) -> dict[str, fl
             "wtl": f"{won}-{len(d) - won - lost}-{lost}", "p": p if not math.isnan(p) else 1.0}
 
 
+def _by_run(outcomes: list[Outcome]) -> dict[tuple[str, str, str], dict[int, Outcome]]:
+    """{(task, strategy, budget): {optimizer seed: outcome}}."""
+    by: dict[tuple[str, str, str], dict[int, Outcome]] = {}
+    for o in outcomes:
+        by.setdefault((o.task, o.strategy, o.budget), {})[o.seed] = o
+    return by
+
+
 def pooled(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     """Across tasks, per (budget, strategy): the mean paired test difference over every (task,
     seed) against the grid and the one-epoch baseline, its 95% CI from a bootstrap stratified by
     task (each task's seeds resampled within it, so every task weighs the same), and W-T-L.
     The criterion is per task; this says which way the evidence leans where tasks disagree."""
-    by: dict[tuple, dict[int, Outcome]] = {}
-    for o in outcomes:
-        by.setdefault((o.task, o.strategy, o.budget), {})[o.seed] = o
+    by = _by_run(outcomes)
     tasks = list(dict.fromkeys(o.task for o in outcomes))
     rows = []
     for budget in [f"{a}/{b}" for a, b in BUDGETS]:
@@ -676,14 +682,13 @@ def pooled(outcomes: list[Outcome]) -> list[dict[str, Any]]:
             if strategy == GRID or not all((t, strategy, budget) in by for t in tasks):
                 continue
             row: dict[str, Any] = {"budget": budget, "strategy": strategy, "tasks": len(tasks)}
-            for name, other in (("grid", lambda t: by.get((t, GRID, "full"), {})),
-                                ("1epoch", lambda t: by.get((t, BASELINE, budget), {}))):
+            for name, (other, other_budget) in (("grid", (GRID, "full")), ("1epoch", (BASELINE, budget))):
                 diffs = []
                 for t in tasks:
-                    ours, theirs = by[(t, strategy, budget)], other(t)
-                    seeds = sorted(set(ours) & set(theirs)) if theirs is not ours else []
+                    ours, theirs = by[(t, strategy, budget)], by.get((t, other, other_budget), {})
+                    seeds = sorted(set(ours) & set(theirs))
                     diffs.append(np.array([(ours[s].test_acc or 0.0) - (theirs[s].test_acc or 0.0) for s in seeds]))
-                if strategy == BASELINE and name == "1epoch" or not all(len(d) for d in diffs):
+                if strategy == other or not all(len(d) for d in diffs):
                     row[name] = None
                     continue
                 rng = np.random.default_rng(0)
@@ -708,6 +713,11 @@ def pooled_text(rows: list[dict], markdown_table: bool = False) -> str:
     cells = [[r["budget"], r["strategy"], cell(r["grid"]), cell(r["1epoch"])] for r in rows]
     title = (f"Pooled over {rows[0]['tasks']} tasks (each task weighs the same; bootstrap stratified by task): "
              "paired test-accuracy difference")
+    return _render(title, head, cells, markdown_table)
+
+
+def _render(title: str, head: list[str], cells: list[list[str]], markdown_table: bool) -> str:
+    """A titled table: markdown, or columns padded for a terminal."""
     if markdown_table:
         return "\n".join([title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
                           *("| " + " | ".join(c) + " |" for c in cells), ""])
@@ -719,9 +729,7 @@ def pooled_text(rows: list[dict], markdown_table: bool = False) -> str:
 def summarise(outcomes: list[Outcome], tables: dict[str, Table]) -> list[dict[str, Any]]:
     """One row per (task, budget, strategy): the primary metric against the grid and the
     one-epoch baseline, and the secondary ones."""
-    by: dict[tuple, dict[int, Outcome]] = {}
-    for o in outcomes:
-        by.setdefault((o.task, o.strategy, o.budget), {})[o.seed] = o
+    by = _by_run(outcomes)
     rows = []
     for task in dict.fromkeys(o.task for o in outcomes):
         table = tables[task]
@@ -860,12 +868,7 @@ def verdict_text(rows: list[dict], markdown_table: bool = False) -> str:
               "yes" if r["meets_mean"] else "no"] for r in v]
     title = ("Success criterion (issue 27): above both baselines, CI excluding 0, on 2 of 3 tasks; never below "
              "either by more than 0.01. As fixed (the median) and on the mean (its CI; below by the median or the mean)")
-    if markdown_table:
-        return "\n".join([title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-                          *("| " + " | ".join(c) + " |" for c in cells), ""])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-    return "\n".join([title, "  ".join(h.ljust(w) for h, w in zip(head, widths)),
-                      *("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells), ""])
+    return _render(title, head, cells, markdown_table)
 
 
 def write(outcomes: list[Outcome], rows: list[dict], tables: dict[str, Table], workers: int, out: Path) -> None:
