@@ -153,7 +153,8 @@ def epoch_times(folder: Path, study: str, trial) -> list[tuple[float, int]]:
     path = folder / "trials" / study / str(trial.number) / "metrics.csv"
     if not path.is_file():
         return []
-    seconds = {float(r["epoch"]): float(r["seconds"]) for r in csv.DictReader(open(path))}
+    with open(path) as f:
+        seconds = {float(r["epoch"]): float(r["seconds"]) for r in csv.DictReader(f)}
     carried = trial.user_attrs.get(epoch_count.RESUMED_AFTER, 0)
     bounds = [carried] + trial.user_attrs.get("pauses", []) + [max(seconds, default=0)]
     out = []
